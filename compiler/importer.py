@@ -1,0 +1,292 @@
+"""ONNX import: load and check a model, pin its dynamic dims, make ``auto_pad`` explicit, simplify the graph so
+exporter shape chains fold, then convert it to a TVM Relax module.
+
+Every failure is a :class:`~convpipe.errors.ConvpipeError` naming the file, node, input or axis at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from convpipe.errors import ConvpipeError
+
+#: ONNX element types convpipe can feed and return (ONNX TensorProto enum -> NumPy dtype name).
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output: ONNX name, static shape, NumPy dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class ImportedModel:
+    """A checked, shape-pinned, simplified ONNX model ready for :func:`to_relax`."""
+
+    model: onnx.ModelProto
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    path: str
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``.
+
+    Raises:
+        ConvpipeError: not a comma-separated list of positive integers.
+    """
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise ConvpipeError(f"bad shape {text!r}: expected comma-separated integers such as 1,3,224,224") from None
+    if not dims or any(d < 1 for d in dims):
+        raise ConvpipeError(f"bad shape {text!r}: every dim must be a positive integer")
+    return dims
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["input=1,3,224,224", ...]`` -> ``{"input": (1, 3, 224, 224)}``; a bare shape keys the first input as ``""``."""
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition("=")
+        out[name if sep else ""] = parse_shape(dims)
+    return out
+
+
+def load_onnx(path: str) -> onnx.ModelProto:
+    """Read and check an ONNX file (``onnx.checker``).
+
+    Raises:
+        ConvpipeError: the file is missing, unreadable, not ONNX, or fails the checker.
+    """
+    if not os.path.exists(path):
+        raise ConvpipeError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ConvpipeError(f"{path}: is a directory, expected an .onnx file")
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ConvpipeError(f"{path}: not a valid ONNX model (corrupt or truncated?): {e}") from None
+    if not model.graph.node:
+        raise ConvpipeError(f"{path}: not a valid ONNX model: the graph has no nodes")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise ConvpipeError(f"{path}: ONNX checker rejected the model: {first}") from None
+    return model
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _elem_dtype(vi: onnx.ValueInfoProto, where: str) -> str:
+    et = vi.type.tensor_type.elem_type
+    if et not in _ONNX_DTYPES:
+        raise ConvpipeError(f"{where} {vi.name!r}: unsupported element type {onnx.TensorProto.DataType.Name(et)}")
+    return _ONNX_DTYPES[et]
+
+
+def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: str = "model") -> None:
+    """Fix every graph input's dims in place: from ``shapes`` where given, else the model's static dims.
+
+    Raises:
+        ConvpipeError: a name in ``shapes`` is not a graph input, a rank or static dim disagrees, or a dynamic
+            dim is left unpinned (the message names the input and axis and how to pin it).
+    """
+    inputs = _graph_inputs(model)
+    names = [i.name for i in inputs]
+    shapes = dict(shapes)
+    if "" in shapes:
+        if len(inputs) != 1:
+            raise ConvpipeError(f"{path}: a bare --input-shape needs a model with one input; inputs are {names}")
+        shapes[names[0]] = shapes.pop("")
+    for name in shapes:
+        if name not in names:
+            raise ConvpipeError(f"{path}: --input-shape names {name!r}, which is not a graph input; inputs are {names}")
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        given = shapes.get(vi.name)
+        if given is not None and len(given) != len(dims):
+            raise ConvpipeError(
+                f"{path}: input {vi.name!r} has rank {len(dims)}, --input-shape gives {len(given)} dims {given}"
+            )
+        for axis, d in enumerate(dims):
+            if given is not None:
+                if d.HasField("dim_value") and d.dim_value != given[axis]:
+                    raise ConvpipeError(
+                        f"{path}: input {vi.name!r} axis {axis} is static {d.dim_value}, --input-shape gives {given[axis]}"
+                    )
+                d.Clear()
+                d.dim_value = given[axis]
+            elif not d.HasField("dim_value") or d.dim_value < 1:
+                sym = d.dim_param or "?"
+                raise ConvpipeError(
+                    f"{path}: input {vi.name!r} axis {axis} is dynamic ({sym!r}); pin it with "
+                    f"--input-shape {vi.name}=D0,D1,..."
+                )
+
+
+def _make_conv_pads_explicit(model: onnx.ModelProto) -> None:
+    """Replace ``auto_pad`` SAME_UPPER / SAME_LOWER / VALID on 2-D Conv nodes by explicit ``pads`` (ONNX Conv
+    spec: total pad = max(0, (ceil(in / s) - 1) * s + (k - 1) * d + 1 - in); SAME_UPPER puts the odd pixel at the
+    end, SAME_LOWER at the beginning). Needs inferred shapes; leaves nodes it cannot resolve untouched."""
+    shapes: dict[str, list[int]] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "auto_pad" not in attrs:
+            continue
+        mode = attrs["auto_pad"].s.decode()
+        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if mode == "NOTSET" or x is None or w is None or len(x) != 4:
+            continue
+        kernel = list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else w[2:]
+        strides = list(attrs["strides"].ints) if "strides" in attrs else [1, 1]
+        dil = list(attrs["dilations"].ints) if "dilations" in attrs else [1, 1]
+        if mode == "VALID":
+            pads = [0, 0, 0, 0]
+        else:
+            begin, end = [], []
+            for i in range(2):
+                total = max(0, (-(-x[2 + i] // strides[i]) - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - x[2 + i])
+                small, big = total // 2, total - total // 2
+                begin.append(small if mode == "SAME_UPPER" else big)
+                end.append(big if mode == "SAME_UPPER" else small)
+            pads = begin + end
+        keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(keep + [helper.make_attribute("pads", pads)])
+
+
+def _check_supported_ops(model: onnx.ModelProto, path: str) -> None:
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    supported = _get_convert_map()
+    for i, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            raise ConvpipeError(
+                f"{path}: node {node.name or i!r} uses op {node.domain}::{node.op_type}, a custom domain TVM cannot import"
+            )
+        if node.op_type not in supported:
+            raise ConvpipeError(
+                f"{path}: node {node.name or i!r} uses op {node.op_type!r}, which TVM's ONNX importer does not support"
+            )
+
+
+def _infer(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise ConvpipeError(f"{path}: ONNX shape inference failed: {msg}") from None
+
+
+def _static_info(vis, where: str, path: str) -> list[TensorInfo]:
+    out = []
+    for vi in vis:
+        dims = vi.type.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") for d in dims):
+            raise ConvpipeError(f"{path}: {where} {vi.name!r} has a shape that does not resolve to static dims")
+        out.append(TensorInfo(vi.name, tuple(d.dim_value for d in dims), _elem_dtype(vi, where)))
+    return out
+
+
+def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = None, simplify: bool = True) -> ImportedModel:
+    """Load, check, pin, infer, make Conv pads explicit and simplify an ONNX model.
+
+    Args:
+        path: the ``.onnx`` file.
+        input_shapes: dims to pin, by input name (``""`` for the only input).
+        simplify: run onnxslim (constant folding, shape-chain folding, dead-node removal).
+
+    Raises:
+        ConvpipeError: see :func:`load_onnx`, :func:`pin_input_shapes`; an op TVM cannot import (names the op
+            and node); shapes that do not resolve statically.
+    """
+    model = load_onnx(path)
+    pin_input_shapes(model, input_shapes or {}, path)
+    model = _infer(model, path)
+    if simplify:
+        import onnxslim
+
+        try:
+            model = onnxslim.slim(model)
+        except Exception as e:  # keep the unsimplified graph; the importer may still take it
+            import warnings
+
+            warnings.warn(f"{path}: onnxslim failed ({e}); importing the graph unsimplified", stacklevel=2)
+        model = _infer(model, path)
+    _make_conv_pads_explicit(model)
+    _check_supported_ops(model, path)
+    inputs = _static_info(_graph_inputs(model), "input", path)
+    outputs = _static_info(model.graph.output, "output", path)
+    return ImportedModel(model, inputs, outputs, path)
+
+
+def to_relax(imported: ImportedModel):
+    """Convert to a Relax ``IRModule`` (weights become constants, so the compiler can pre-pack them).
+
+    Raises:
+        ConvpipeError: TVM's ONNX frontend failed (the message names the op it was converting).
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shape_dict = {i.name: list(i.shape) for i in imported.inputs}
+    dtype_dict = {i.name: i.dtype for i in imported.inputs}
+    try:
+        return from_onnx(imported.model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise ConvpipeError(f"{imported.path}: TVM's ONNX frontend failed: {msg}") from None
+
+
+def random_inputs(infos: list[TensorInfo], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs per dtype: floats ~ N(0, 1), ints in [0, 10), bools at random."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for info in infos:
+        if info.dtype.startswith("float"):
+            out[info.name] = rng.standard_normal(info.shape).astype(info.dtype)
+        elif info.dtype == "bool":
+            out[info.name] = rng.integers(0, 2, info.shape).astype(bool)
+        else:
+            out[info.name] = rng.integers(0, 10, info.shape).astype(info.dtype)
+    return out
+
+
+def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    return None

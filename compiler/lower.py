@@ -1,0 +1,145 @@
+"""Lower every ``relax.nn.conv2d`` of a Relax module through convpipe's schedules.
+
+``relax.transform.LegalizeOps`` with a custom legalisation for ``relax.nn.conv2d``: for each call it builds the
+workload, asks :mod:`.select` for a family and knobs, pre-packs the constant weight with the rule's NumPy packing,
+adds the rule's scheduled PrimFunc with ``bb.add_func`` and returns ``relax.call_tir``. The PrimFunc is marked
+``op_pattern = kOpaque`` so FuseOps/FuseTIR never merge it into a fused function that would drop the schedule.
+Everything else keeps TVM's default lowering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from convpipe.errors import ConvpipeError
+from convpipe.schedules import Conv2dWorkload, TargetInfo, rules_for
+
+from .select import choose
+
+#: ``relay::OpPatternKind::kOpaque``: FuseOps leaves such a call alone.
+_OPAQUE = 8
+
+
+@dataclass
+class LayerRecord:
+    """One lowered conv2d: its workload and the schedule chosen (what ``inspect`` and the manifest show)."""
+
+    index: int
+    workload: Conv2dWorkload
+    family: str
+    knobs: dict
+    reason: str
+    kernel: str
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "workload": self.workload.to_dict(),
+            "family": self.family,
+            "knobs": dict(self.knobs),
+            "reason": self.reason,
+            "kernel": self.kernel,
+            "gflop": self.workload.gflop,
+        }
+
+
+def _ints(xs) -> list[int]:
+    return [int(x) for x in xs]
+
+
+def workload_of(call: relax.Call) -> Conv2dWorkload:
+    """The :class:`Conv2dWorkload` of a ``relax.nn.conv2d`` call with static NCHW/OIHW shapes.
+
+    Raises:
+        ConvpipeError: layouts other than NCHW/OIHW, dynamic shapes, or a dtype other than float32.
+    """
+    attrs = call.attrs
+    if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout not in ("NCHW", ""):
+        raise ConvpipeError(
+            f"conv2d with layouts {attrs.data_layout}/{attrs.kernel_layout}/{attrs.out_layout}: expected NCHW/OIHW"
+        )
+    data, weight = call.args
+    try:
+        dshape = _ints(data.ty.shape)
+        wshape = _ints(weight.ty.shape)
+    except (TypeError, ValueError, AttributeError):
+        raise ConvpipeError(f"conv2d with non-static shapes {data.ty} x {weight.ty}: pin input shapes") from None
+    dtype = str(data.ty.dtype)
+    out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
+    if dtype != "float32" or str(weight.ty.dtype) != "float32" or out_dtype not in ("", "void", "float32"):
+        raise ConvpipeError(f"conv2d on {dtype} x {weight.ty.dtype} -> {out_dtype}: only float32 is supported")
+    strides, padding, dilation = _ints(attrs.strides), _ints(attrs.padding), _ints(attrs.dilation)
+    if len(padding) == 2:
+        padding = padding * 2
+    return Conv2dWorkload(
+        batch=dshape[0],
+        in_channels=dshape[1],
+        in_h=dshape[2],
+        in_w=dshape[3],
+        out_channels=wshape[0],
+        kernel_h=wshape[2],
+        kernel_w=wshape[3],
+        stride_h=strides[0],
+        stride_w=strides[1],
+        pad_top=padding[0],
+        pad_left=padding[1],
+        pad_bottom=padding[2],
+        pad_right=padding[3],
+        dilation_h=dilation[0],
+        dilation_w=dilation[1],
+        groups=int(attrs.groups),
+    )
+
+
+def lower_conv2d(
+    mod: tvm.IRModule, target: TargetInfo, schedule: str = "auto", db=None
+) -> tuple[tvm.IRModule, list[LayerRecord]]:
+    """Replace every ``relax.nn.conv2d`` in ``mod`` by a call to a convpipe-scheduled kernel.
+
+    Args:
+        mod: Relax module from :func:`convpipe.compiler.importer.to_relax` (conv weights constant).
+        target: where the kernels will run.
+        schedule: ``"auto"`` or a family name (see :mod:`.select`).
+        db: optional :class:`convpipe.compiler.tune.TuningDatabase` whose records take precedence.
+
+    Returns:
+        The lowered module and one :class:`LayerRecord` per conv2d, in program order.
+
+    Raises:
+        ConvpipeError: a conv2d whose weight is not a constant, or with unsupported layout/dtype.
+    """
+    rules = rules_for(target.arch)
+    records: list[LayerRecord] = []
+    kernels: dict[tuple, relax.GlobalVar] = {}
+
+    def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        wl = workload_of(call)
+        weight = call.args[1]
+        if not isinstance(weight, tvm.ir.expr.Constant):
+            raise ConvpipeError(
+                f"conv2d #{len(records)} ({wl.describe()}): its weight is computed at run time; convpipe needs "
+                "constant (initializer) weights to pre-pack them"
+            )
+        try:
+            choice = choose(wl, target, rules, schedule, db)
+        except ValueError as e:
+            raise ConvpipeError(str(e)) from None
+        key = (wl, choice.family, tuple(sorted(choice.knobs.items())))
+        if key not in kernels:
+            func = choice.rule.build(wl, target, choice.knobs).with_attr("op_pattern", _OPAQUE)
+            name = f"conv2d_{choice.family}_{len(kernels)}"
+            kernels[key] = bb.add_func(func, name)
+        gv = kernels[key]
+        packed = choice.rule.pack_weight(weight.value.numpy(), wl, choice.knobs).astype(np.float32)
+        records.append(LayerRecord(len(records), wl, choice.family, choice.knobs, choice.reason, gv.name_hint))
+        return relax.call_tir(
+            gv, [call.args[0], relax.const(packed)], relax.TensorType(list(wl.out_shape), "float32")
+        )
+
+    with target.target:
+        lowered = relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": legalize_conv2d})(mod)
+    return lowered, records

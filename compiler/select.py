@@ -1,0 +1,86 @@
+"""Per-layer choice of a conv2d schedule family and its knobs.
+
+Order of precedence for one layer:
+
+1. a tuning-database record for (workload, target) -- measured, when ``compile --db`` is given;
+2. ``--schedule FAMILY``: that family wherever it supports the layer, else the fallback below;
+3. ``--schedule auto``: the heuristic below.
+
+Fallback (a family that does not support a layer): depthwise layers -> ``depthwise``; ``groups == 1`` ->
+``direct``; anything else (grouped convs) -> ``im2col``, which supports every conv2d.
+
+``auto`` heuristic (documented, unmeasured; measured choice is ``convpipe tune``):
+
+- depthwise (``groups == C``) -> ``depthwise``;
+- Winograd shape (3x3, stride 1, dilation 1, groups 1) with ``C >= 16``, ``K >= 16`` and an output of at least
+  8x8 -> ``winograd`` (F(4x4, 3x3) does 2.25x fewer multiplies; small layers do not amortise the transforms);
+- other ``groups == 1`` -> ``direct``;
+- other grouped convs -> ``im2col``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from convpipe.schedules import Conv2dRule, Conv2dWorkload, Knobs, TargetInfo
+
+
+@dataclass
+class Choice:
+    """The schedule chosen for one conv2d layer."""
+
+    family: str
+    knobs: Knobs
+    reason: str
+    rule: Conv2dRule = field(repr=False)
+
+
+def fallback_family(wl: Conv2dWorkload, rules: dict[str, Conv2dRule], target: TargetInfo) -> str:
+    for fam in (("depthwise",) if wl.is_depthwise else ()) + ("direct", "im2col"):
+        if fam in rules and rules[fam].supports(wl, target):
+            return fam
+    raise ValueError(f"no {target.arch} schedule supports {wl.describe()}")
+
+
+def auto_family(wl: Conv2dWorkload, rules: dict[str, Conv2dRule], target: TargetInfo) -> tuple[str, str]:
+    if wl.is_depthwise and rules["depthwise"].supports(wl, target):
+        return "depthwise", "auto: depthwise conv"
+    if (
+        "winograd" in rules
+        and rules["winograd"].supports(wl, target)
+        and wl.in_channels >= 16
+        and wl.out_channels >= 16
+        and min(wl.out_h, wl.out_w) >= 8
+    ):
+        return "winograd", "auto: 3x3 stride-1 conv, C,K >= 16, output >= 8x8"
+    fam = fallback_family(wl, rules, target)
+    return fam, f"auto: {'groups=1' if fam == 'direct' else 'grouped conv'} -> {fam}"
+
+
+def choose(
+    wl: Conv2dWorkload,
+    target: TargetInfo,
+    rules: dict[str, Conv2dRule],
+    requested: str = "auto",
+    db=None,
+) -> Choice:
+    """Pick family and knobs for ``wl`` (see the module docstring for the policy).
+
+    Raises:
+        ValueError: ``requested`` is not ``auto`` or one of ``rules``' families.
+    """
+    if db is not None:
+        rec = db.lookup(wl, target)
+        if rec is not None and rec["family"] in rules and rules[rec["family"]].supports(wl, target):
+            return Choice(rec["family"], dict(rec["knobs"]), f"tuned: {rec['gflops']:.1f} GFLOP/s", rules[rec["family"]])
+    if requested == "auto":
+        fam, reason = auto_family(wl, rules, target)
+    elif requested not in rules:
+        raise ValueError(f"unknown schedule {requested!r}: expected auto or one of {sorted(rules)}")
+    elif rules[requested].supports(wl, target):
+        fam, reason = requested, "requested"
+    else:
+        fam = fallback_family(wl, rules, target)
+        reason = f"fallback: {requested} {rules[requested].unsupported_reason(wl, target)}"
+    rule = rules[fam]
+    return Choice(fam, rule.default_knobs(wl, target), reason, rule)

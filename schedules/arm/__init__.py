@@ -1,0 +1,2 @@
+"""ARM (aarch64 NEON) conv2d schedule rules."""
+RULES = []
