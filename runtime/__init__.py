@@ -1,1 +1,11 @@
-"""The deployed runtime: loads a convpipe artifact and runs it with the TVM runtime and NumPy only."""
+"""The deployed runtime: loads a convpipe artifact and runs it with the TVM runtime and NumPy only.
+
+Importing it imports neither torch nor onnx nor onnxruntime. See :mod:`convpipe.runtime.module`.
+"""
+
+from convpipe.errors import ConvpipeError
+
+from .artifact import read_manifest
+from .module import IOInfo, Module, load
+
+__all__ = ["ConvpipeError", "IOInfo", "Module", "load", "read_manifest"]

@@ -81,6 +81,122 @@ def direct_nchwc(wl: Conv2dWorkload, oc_block: int) -> list[te.Tensor]:
     return [data, weight, out]
 
 
+def direct_blocked_geometry(wl: Conv2dWorkload, oc_block: int, ic_block: int, ow_tile: int) -> dict[str, int]:
+    """Padded extents of :func:`direct_blocked`: ``k_outer`` (``ceil(K / oc_block)``), ``c_outer``
+    (``ceil(C / ic_block)``), ``ow_padded`` (OW rounded up to ``ow_tile``), ``hp``/``wp`` (the padded input
+    plane, wide enough for every column of ``ow_padded``) and ``needs_pack`` (0 when the kernel can read ``data``
+    in place: ``ic_block == 1`` and no spatial padding at all)."""
+    ow_p = -(-wl.out_w // ow_tile) * ow_tile
+    hp = wl.in_h + wl.pad_top + wl.pad_bottom
+    wp = max(wl.in_w + wl.pad_left + wl.pad_right, (ow_p - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
+    needs_pack = int(ic_block != 1 or hp != wl.in_h or wp != wl.in_w or wl.pad_top or wl.pad_left)
+    return {
+        "k_outer": -(-wl.out_channels // oc_block),
+        "c_outer": -(-wl.in_channels // ic_block),
+        "ow_padded": ow_p,
+        "hp": hp,
+        "wp": wp,
+        "needs_pack": needs_pack,
+    }
+
+
+def direct_blocked_packed_shape(wl: Conv2dWorkload, oc_block: int, ic_block: int) -> tuple[int, ...]:
+    """``(ceil(K/ob), ceil(C/ib), KH, KW, ib, ob)`` -- OIHW with both channel axes blocked (``OIHW[ib]i[ob]o``),
+    zero-padded up to whole blocks."""
+    return (
+        -(-wl.out_channels // oc_block),
+        -(-wl.in_channels // ic_block),
+        wl.kernel_h,
+        wl.kernel_w,
+        ic_block,
+        oc_block,
+    )
+
+
+def direct_blocked_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, oc_block: int, ic_block: int) -> np.ndarray:
+    """OIHW ``[K, C, KH, KW]`` -> ``[K/ob, C/ib, KH, KW, ib, ob]`` with zero rows for the padded channels."""
+    k, c, kh, kw = weight.shape
+    ko, co = -(-k // oc_block), -(-c // ic_block)
+    w = np.zeros((ko * oc_block, co * ic_block, kh, kw), dtype=weight.dtype)
+    w[:k, :c] = weight
+    w = w.reshape(ko, oc_block, co, ic_block, kh, kw).transpose(0, 2, 4, 5, 3, 1)
+    return np.ascontiguousarray(w)
+
+
+def direct_blocked(wl: Conv2dWorkload, oc_block: int, ic_block: int, ow_tile: int) -> list[te.Tensor]:
+    """Direct conv2d on channel-blocked data, the NCHW[x]c scheme of ``topi/nn/conv2d.py:conv2d_NCHWc``.
+
+    Stages:
+
+    - ``data_pack`` ``[N, ceil(C/ib), Hp, Wp, ib]``: zero padding and input-channel blocking of NCHW ``data`` in
+      one pass (absent when ``ic_block == 1`` and nothing needs padding: the kernel then reads ``data``);
+    - ``conv`` ``[N, ceil(K/ob), OH, OWp, ob]`` (NCHW[ob]c, OW rounded up to ``ow_tile``) =
+      ``sum_{co, rh, rw, ci} data_pack[n, co, y*sh + rh*dh, x*sw + rw*dw, ci] * W[ko, co, rh, rw, ci, ki]``;
+    - ``out`` ``[N, K, OH, OW]``: NCHW, padded channels and columns cropped.
+
+    ``packed_weight`` is :func:`direct_blocked_pack_weight`. Requires ``groups == 1``. Returns
+    ``[data, packed_weight, out]``.
+    """
+    if wl.groups != 1:
+        raise ValueError(f"direct_blocked needs groups=1: {wl.describe()}")
+    geo = direct_blocked_geometry(wl, oc_block, ic_block, ow_tile)
+    c = wl.in_channels
+    data = te.placeholder(wl.data_shape, wl.dtype, name="data")
+    weight = te.placeholder(direct_blocked_packed_shape(wl, oc_block, ic_block), wl.dtype, name="packed_weight")
+    pt, pl = wl.pad_top, wl.pad_left
+    if geo["needs_pack"]:
+
+        def _pack(n, co, h, w, ci):
+            ch = co * ic_block + ci
+            conds = []
+            if c % ic_block:
+                conds.append(ch < c)
+            if pt:
+                conds.append(h >= pt)
+            if geo["hp"] - pt > wl.in_h:
+                conds.append(h < pt + wl.in_h)
+            if pl:
+                conds.append(w >= pl)
+            if geo["wp"] - pl > wl.in_w:
+                conds.append(w < pl + wl.in_w)
+            val = data[n, ch, h - pt, w - pl]
+            if not conds:
+                return val
+            return te.if_then_else(tirx.all(*conds), val, tirx.const(0.0, wl.dtype))
+
+        packed = te.compute(
+            (wl.batch, geo["c_outer"], geo["hp"], geo["wp"], ic_block), _pack, name="data_pack"
+        )
+
+        def src(n, co, h, w, ci):
+            return packed[n, co, h, w, ci]
+
+    else:
+
+        def src(n, co, h, w, ci):
+            return data[n, co, h, w]
+
+    co_ax = te.reduce_axis((0, geo["c_outer"]), name="co")
+    ci_ax = te.reduce_axis((0, ic_block), name="ci")
+    rh = te.reduce_axis((0, wl.kernel_h), name="rh")
+    rw = te.reduce_axis((0, wl.kernel_w), name="rw")
+    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
+    conv = te.compute(
+        (wl.batch, geo["k_outer"], wl.out_h, geo["ow_padded"], oc_block),
+        lambda n, ko, y, x, ki: te.sum(
+            src(n, co_ax, y * sh + rh * dh, x * sw + rw * dw, ci_ax) * weight[ko, co_ax, rh, rw, ci_ax, ki],
+            axis=[co_ax, rh, rw, ci_ax],
+        ),
+        name="conv",
+    )
+    out = te.compute(
+        wl.out_shape,
+        lambda n, k, y, x: conv[n, k // oc_block, y, x, k % oc_block],
+        name="out",
+    )
+    return [data, weight, out]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # im2col + GEMM (any stride, padding, dilation, groups)
 # ------------------------------------------------------------------------------------------------------------
@@ -145,17 +261,30 @@ def winograd_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.nd
     return _cook_toom_convolution(_interpolation_points(m + r - 1), m, r)
 
 
-def winograd_packed_shape(wl: Conv2dWorkload, m: int) -> tuple[int, ...]:
-    """``(alpha, alpha, C, K)`` -- the transformed kernel U = G g G^T per (eps, nu)."""
+def _round_up(x: int, b: int) -> int:
+    return (x + b - 1) // b * b
+
+
+def winograd_packed_shape(wl: Conv2dWorkload, m: int, k_block: int = 1) -> tuple[int, ...]:
+    """``(alpha, alpha, C, K_pad)`` -- the transformed kernel U = G g G^T per (eps, nu), ``alpha = m + 2``.
+
+    ``K_pad = ceil(K / k_block) * k_block``: output channels are zero-padded to a multiple of the GEMM's vector
+    block so the batched GEMM never needs a boundary predicate.
+    """
     a = m + 2
-    return (a, a, wl.in_channels, wl.out_channels)
+    return (a, a, wl.in_channels, _round_up(wl.out_channels, k_block))
 
 
-def winograd_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, m: int) -> np.ndarray:
-    """Kernel transform ``U[eps, nu, c, k] = (G g[k, c] G^T)[eps, nu]``, computed in float64 then cast."""
+def winograd_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, m: int, k_block: int = 1) -> np.ndarray:
+    """Kernel transform ``U[eps, nu, c, k] = (G g[k, c] G^T)[eps, nu]``, computed in float64 then cast.
+
+    Output channels ``k >= K`` (padding up to a multiple of ``k_block``) are zero.
+    """
     _, _, g_mat = winograd_matrices(m)
     u = np.einsum("ar,kcrs,bs->abck", g_mat, weight.astype(np.float64), g_mat)
-    return np.ascontiguousarray(u.astype(weight.dtype))
+    out = np.zeros(winograd_packed_shape(wl, m, k_block), dtype=np.float64)
+    out[..., : wl.out_channels] = u
+    return np.ascontiguousarray(out.astype(weight.dtype))
 
 
 def winograd_tiles(wl: Conv2dWorkload, m: int) -> tuple[int, int]:
@@ -163,61 +292,112 @@ def winograd_tiles(wl: Conv2dWorkload, m: int) -> tuple[int, int]:
     return math.ceil(wl.out_h / m), math.ceil(wl.out_w / m)
 
 
-def winograd(wl: Conv2dWorkload, m: int) -> list[te.Tensor]:
-    """Winograd F(m x m, 3 x 3) for a 3x3, stride-1, dilation-1, groups-1 conv.
+def _lincomb(coefs, terms, dtype: str):
+    """``sum_i coefs[i] * terms[i]`` as a TE expression with zero coefficients dropped and +-1 not multiplied."""
+    acc = None
+    for c, t in zip(coefs, terms):
+        c = float(c)
+        if c == 0.0:
+            continue
+        if abs(c) == 1.0:
+            term, neg = t, c < 0
+        else:
+            term, neg = t * tirx.const(c, dtype), False
+        if acc is None:
+            acc = -term if neg else term
+        else:
+            acc = acc - term if neg else acc + term
+    return acc if acc is not None else tirx.const(0.0, dtype)
 
-    Stages: ``pad_temp`` -> ``input_tile`` ``d[c, p, alpha, alpha]`` -> ``data_pack`` ``V[eps, nu, c, p] = B^T d B``
-    -> ``bgemm`` ``M[eps, nu, k, p] = sum_c U[eps, nu, c, k] V[eps, nu, c, p]`` -> ``inverse``
-    ``Y[k, p, m, m] = A^T M A`` -> ``out`` (NCHW, tiles cropped). ``p`` runs over ``N * nH * nW`` tiles.
-    Returns ``[data, packed_weight (U), out]``.
+
+def _select(idx, exprs):
+    """``exprs[idx]`` for a loop variable ``idx`` as a Select chain: folds to one expression once ``idx``'s loop
+    is unrolled, so each Winograd transform output keeps only its own non-zero terms."""
+    res = exprs[-1]
+    for i in range(len(exprs) - 2, -1, -1):
+        res = tirx.Select(idx == i, exprs[i], res)
+    return res
+
+
+def winograd(wl: Conv2dWorkload, m: int, k_block: int = 1, p_block: int = 1) -> list[te.Tensor]:
+    """Winograd F(m x m, 3 x 3) for a 3x3, stride-1, dilation-1, groups-1 conv (Lavin & Gray 2016).
+
+    ``alpha = m + 2``; ``P = N * nH * nW`` tiles (``nH = ceil(OH / m)``), padded to ``P_pad`` (multiple of
+    ``p_block``; extra tiles repeat the last one); ``K_pad`` = K rounded up to ``k_block``. Stages:
+
+    - ``pad_temp`` ``[N, nH*m+2, nW*m+2, C]``: zero-padded input, channels last (one gather pass over NCHW; every
+      tile window then lies inside it, so no bounds test runs in the transforms);
+    - ``data_tmp`` ``[P_pad, alpha, alpha, C]`` = d B and ``data_pack`` ``V[eps, nu, P_pad, C]`` = B^T d B, each
+      output an explicit sparse linear combination (constants folded, zeros dropped once the loops unroll);
+    - ``bgemm`` ``M[P_pad, eps, nu, K_pad] = sum_c U[eps, nu, c, k] V[eps, nu, p, c]``;
+    - ``inv_tmp`` ``[P_pad, alpha, m, K_pad]`` = M A and ``inverse`` ``[N, nH*m, nW*m, K_pad]`` = A^T M A
+      (channels last);
+    - ``out`` NCHW ``[N, K, OH, OW]``: crop + transpose of ``inverse``.
+
+    Returns ``[data, packed_weight (U, see winograd_packed_shape), out]``.
     """
     if not wl.is_winograd_shape():
         raise ValueError(f"Winograd F(m, 3) needs a 3x3, stride-1, dilation-1, groups-1 conv: {wl.describe()}")
     alpha = m + 2
+    dt = wl.dtype
     a_np, b_np, _ = winograd_matrices(m)
     n_h, n_w = winograd_tiles(wl, m)
-    n_tiles = wl.batch * n_h * n_w
-    c, k = wl.in_channels, wl.out_channels
-    data = te.placeholder(wl.data_shape, wl.dtype, name="data")
-    weight = te.placeholder(winograd_packed_shape(wl, m), wl.dtype, name="packed_weight")
-    # pad so that every tile's alpha x alpha input window lies inside the padded image
-    need_h = n_h * m + 2 - (wl.in_h + wl.pad_top + wl.pad_bottom)
-    need_w = n_w * m + 2 - (wl.in_w + wl.pad_left + wl.pad_right)
-    pad = pad_nchw(data, wl, max(need_h, 0), max(need_w, 0))
-    a_mat = const_matrix(a_np.astype(wl.dtype), "A")
-    b_mat = const_matrix(b_np.astype(wl.dtype), "B")
     per_img = n_h * n_w
+    n_tiles = wl.batch * per_img
+    p_pad = _round_up(n_tiles, p_block)
+    c, k = wl.in_channels, wl.out_channels
+    k_pad = _round_up(k, k_block)
+    data = te.placeholder(wl.data_shape, dt, name="data")
+    weight = te.placeholder(winograd_packed_shape(wl, m, k_block), dt, name="packed_weight")
+    hp, wp = n_h * m + 2, n_w * m + 2
 
-    tile = te.compute(
-        (c, n_tiles, alpha, alpha),
-        lambda ci, p, eps, nu: pad[p // per_img, ci, (p % per_img) // n_w * m + eps, (p % n_w) * m + nu],
-        name="input_tile",
-    )
-    ra = te.reduce_axis((0, alpha), "r_a")
-    rb = te.reduce_axis((0, alpha), "r_b")
-    data_pack = te.compute(
-        (alpha, alpha, c, n_tiles),
-        lambda eps, nu, ci, p: te.sum(tile[ci, p, ra, rb] * b_mat[ra, eps] * b_mat[rb, nu], axis=[ra, rb]),
-        name="data_pack",
-    )
+    def _pad(n, y, x, ci):
+        iy, ix = y - wl.pad_top, x - wl.pad_left
+        inside = tirx.all(iy >= 0, iy < wl.in_h, ix >= 0, ix < wl.in_w)
+        return tirx.if_then_else(
+            inside,
+            data[n, ci, tirx.min(tirx.max(iy, 0), wl.in_h - 1), tirx.min(tirx.max(ix, 0), wl.in_w - 1)],
+            tirx.const(0.0, dt),
+        )
+
+    pad = te.compute((wl.batch, hp, wp, c), _pad, name="pad_temp")
+
+    def _tile_origin(p):
+        pc = tirx.min(p, n_tiles - 1)
+        return pc // per_img, (pc % per_img) // n_w * m, (pc % n_w) * m
+
+    def _dtmp(p, ra, nu, ci):
+        n, y0, x0 = _tile_origin(p)
+        row = [pad[n, y0 + ra, x0 + rb, ci] for rb in range(alpha)]
+        return _select(nu, [_lincomb(b_np[:, j], row, dt) for j in range(alpha)])
+
+    dtmp = te.compute((p_pad, alpha, alpha, c), _dtmp, name="data_tmp")
+
+    def _dpack(eps, nu, p, ci):
+        col = [dtmp[p, ra, nu, ci] for ra in range(alpha)]
+        return _select(eps, [_lincomb(b_np[:, i], col, dt) for i in range(alpha)])
+
+    data_pack = te.compute((alpha, alpha, p_pad, c), _dpack, name="data_pack")
     rc = te.reduce_axis((0, c), "rc")
     bgemm = te.compute(
-        (alpha, alpha, k, n_tiles),
-        lambda eps, nu, ko, p: te.sum(weight[eps, nu, rc, ko] * data_pack[eps, nu, rc, p], axis=rc),
+        (p_pad, alpha, alpha, k_pad),
+        lambda p, eps, nu, ko: te.sum(weight[eps, nu, rc, ko] * data_pack[eps, nu, p, rc], axis=rc),
         name="bgemm",
     )
-    ra2 = te.reduce_axis((0, alpha), "r_a")
-    rb2 = te.reduce_axis((0, alpha), "r_b")
-    inverse = te.compute(
-        (k, n_tiles, m, m),
-        lambda ko, p, vh, vw: te.sum(bgemm[ra2, rb2, ko, p] * a_mat[ra2, vh] * a_mat[rb2, vw], axis=[ra2, rb2]),
-        name="inverse",
-    )
-    out = te.compute(
-        wl.out_shape,
-        lambda n, ko, y, x: inverse[ko, n * per_img + (y // m) * n_w + x // m, y % m, x % m],
-        name="out",
-    )
+
+    def _itmp(p, eps, vw, ko):
+        row = [bgemm[p, eps, nu, ko] for nu in range(alpha)]
+        return _select(vw, [_lincomb(a_np[:, j], row, dt) for j in range(m)])
+
+    itmp = te.compute((p_pad, alpha, m, k_pad), _itmp, name="inv_tmp")
+
+    def _inv(n, y, x, ko):
+        p = n * per_img + (y // m) * n_w + x // m
+        col = [itmp[p, eps, x % m, ko] for eps in range(alpha)]
+        return _select(y % m, [_lincomb(a_np[:, i], col, dt) for i in range(m)])
+
+    inverse = te.compute((wl.batch, n_h * m, n_w * m, k_pad), _inv, name="inverse")
+    out = te.compute(wl.out_shape, lambda n, ko, y, x: inverse[n, y, x, ko], name="out")
     return [data, weight, out]
 
 

@@ -1,5 +1,11 @@
-"""Tiled direct conv2d for x86: output channels blocked by the vector width (NCHW[x]c tile), register tile over
-output columns, broadcast-input x vector-weight FMA (the layout of ``topi/nn/conv2d.py:conv2d_NCHWc``)."""
+"""Direct conv2d for x86 (AVX-512 / AVX2), register-tiled on channel-blocked data.
+
+The NCHW[x]c scheme of ``topi/nn/conv2d.py:conv2d_NCHWc`` and of the AutoTVM x86 templates
+(``topi/x86/conv2d_avx_common.py`` in TVM <= 0.16): output channels blocked by the vector width, input
+channels blocked too, each reduction step is ``ow_tile x oc_tile`` broadcast-input x vector-weight FMAs into
+accumulators that stay in registers. Padding and input-channel blocking happen once, in a ``data_pack`` pass;
+the accumulator tile is written straight to the NCHW output.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,30 @@ from .. import compute
 from ..rule import Conv2dRule, Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
+from ._util import best_tile, channel_block, largest_divisor, vector_registers
 
 
-def _largest_divisor(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+def _ic_block(channels: int, lanes: int) -> int:
+    if channels <= lanes:
+        return channels
+    d = largest_divisor(channels, lanes)
+    return d if d >= 4 else lanes
 
 
 class DirectX86(Conv2dRule):
-    """Knobs: ``oc_block`` (output channels per vector, divides K), ``ow_tile`` (output columns per register
-    tile, divides OW). Supports ``groups == 1``."""
+    """Register-tiled direct conv2d. Supports ``groups == 1`` with any kernel, stride, padding, dilation.
+
+    Knobs:
+        oc_block: output channels per vector (the vectorised axis; ``K`` is zero-padded up to a multiple).
+        ic_block: input channels per block of the packed input ``[N, C/ib, Hp, Wp, ib]`` (``C`` zero-padded);
+            1 with no padding reads the NCHW input in place.
+        ow_tile: output columns per register tile (``OW`` is padded up to a multiple; the extra columns are
+            computed and dropped).
+        oc_tile: output-channel blocks per register tile (divides ``ceil(K / oc_block)``).
+
+    The register tile holds ``ow_tile * oc_tile`` vector accumulators; the defaults keep that within 28 of the
+    32 zmm registers (AVX-512) or 12 of the 16 ymm registers (AVX2).
+    """
 
     family = "direct"
     arch = "x86"
@@ -29,31 +50,72 @@ class DirectX86(Conv2dRule):
             return "grouped/depthwise conv (groups != 1)"
         return None
 
-    def default_knobs(self, wl, target):
+    def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
+        return self._knobs(wl, target.vector_lanes)
+
+    def _knobs(self, wl: Conv2dWorkload, lanes: int, oc_tile: int | None = None, ic_block: int | None = None) -> Knobs:
+        ob = channel_block(wl.out_channels, lanes)
+        k_outer = -(-wl.out_channels // ob)
+        if oc_tile is None:
+            oc_tile = 2 if k_outer % 2 == 0 else 1
+        budget = vector_registers(lanes) // 2
         return {
-            "oc_block": _largest_divisor(wl.out_channels, target.vector_lanes),
-            "ow_tile": _largest_divisor(wl.out_w, 8),
+            "oc_block": ob,
+            "ic_block": 1 if ic_block is None else ic_block,
+            "ow_tile": best_tile(wl.out_w, max(budget // oc_tile, 1)),
+            "oc_tile": oc_tile,
         }
 
+    def candidate_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> list[Knobs]:
+        lanes = target.vector_lanes
+        default = self.default_knobs(wl, target)
+        cands = [default]
+        budget = vector_registers(lanes) // 2
+        k_outer = -(-wl.out_channels // default["oc_block"])
+        for oc_tile in (1, 2, 3, 4):
+            if k_outer % oc_tile:
+                continue
+            for ib in {default["ic_block"], _ic_block(wl.in_channels, lanes)}:
+                base = self._knobs(wl, lanes, oc_tile, ib)
+                cap = max(budget // oc_tile, 1)
+                for owt in {base["ow_tile"], best_tile(wl.out_w, max(cap // 2, 1)), largest_divisor(wl.out_w, cap)}:
+                    k = {**base, "ow_tile": owt}
+                    if k not in cands:
+                        cands.append(k)
+        return cands
+
     def packed_weight_shape(self, wl, knobs):
-        return compute.direct_packed_shape(wl, knobs["oc_block"])
+        return compute.direct_blocked_packed_shape(wl, knobs["oc_block"], knobs["ic_block"])
 
     def pack_weight(self, weight: np.ndarray, wl, knobs):
-        return compute.direct_pack_weight(weight, wl, knobs["oc_block"])
+        return compute.direct_blocked_pack_weight(weight, wl, knobs["oc_block"], knobs["ic_block"])
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
-        ob, owt = knobs["oc_block"], knobs["ow_tile"]
-        sch = s_tir.Schedule(compute.create_prim_func(compute.direct_nchwc(wl, ob)))
+        ob, ib, owt, noc = knobs["oc_block"], knobs["ic_block"], knobs["ow_tile"], knobs["oc_tile"]
+        geo = compute.direct_blocked_geometry(wl, ob, ib, owt)
+        if min(ob, ib, owt, noc) < 1 or geo["k_outer"] % noc:
+            raise ValueError(f"direct x86 knobs {knobs} invalid for {wl.describe()}")
+        sch = s_tir.Schedule(compute.create_prim_func(compute.direct_blocked(wl, ob, ib, owt)))
+
+        if geo["needs_pack"]:
+            pack = sch.get_sblock("data_pack")
+            n, co, h, w, ci = sch.get_loops(pack)
+            sch.parallel(sch.fuse(n, co, h))
+
         conv = sch.get_sblock("conv")
-        n, ko, y, x, ki, ic, rh, rw = sch.get_loops(conv)
+        n, ko, y, x, ki, co, rh, rw, ci = sch.get_loops(conv)
+        koo, koi = sch.split(ko, [None, noc])
         xo, xi = sch.split(x, [None, owt])
-        sch.reorder(n, ko, y, xo, ic, rh, rw, xi, ki)
-        outer = sch.fuse(n, ko, y)
-        sch.parallel(outer)
-        sch.vectorize(ki)
+        sch.reorder(n, koo, y, xo, co, rh, rw, ci, koi, xi, ki)
+        sch.parallel(sch.fuse(n, koo, y))
+        sch.unroll(koi)
         sch.unroll(xi)
+        sch.vectorize(ki)
         out = sch.get_sblock("out")
         sch.reverse_compute_at(out, xo)
-        sch.decompose_reduction(conv, ic)
+        if knobs.get("vec_out", 1) and geo["ow_padded"] == wl.out_w and geo["k_outer"] * ob == wl.out_channels:
+            sch.vectorize(sch.get_loops(out)[-1])
+        sch.set_scope(conv, 0, "local")  # the compacted accumulator tile -> stack -> registers
+        sch.decompose_reduction(conv, co)
         return sch.mod["main"]

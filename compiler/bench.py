@@ -1,0 +1,81 @@
+"""Side-by-side latency: convpipe vs onnxruntime vs PyTorch eager, measured in one process, engines interleaved
+round by round so the machine's noise hits all alike. Reported figure: the median over rounds of the mean
+latency of a batch of runs (ms)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def set_threads(threads: int) -> None:
+    """Make TVM (``TVM_NUM_THREADS``, read when its pool starts), PyTorch and OpenMP use ``threads`` threads."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def side_by_side(engines: dict[str, Callable[[], object]], rounds: int = 7, round_s: float = 0.25) -> dict[str, dict]:
+    """Time each zero-argument callable; returns ``{name: {"median_ms", "min_ms", "max_ms", "runs"}}``.
+
+    Each engine is warmed up (3 calls) and calibrated to about ``round_s`` seconds per round; then ``rounds``
+    rounds run the engines in turn (A B C A B C ...).
+    """
+    per_round = {}
+    for name, fn in engines.items():
+        for _ in range(3):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - t0, 1e-6)
+        per_round[name] = max(1, min(1000, int(round_s / one)))
+    samples: dict[str, list[float]] = {n: [] for n in engines}
+    for _ in range(rounds):
+        for name, fn in engines.items():
+            n = per_round[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / n * 1e3)
+    return {
+        n: {"median_ms": statistics.median(s), "min_ms": min(s), "max_ms": max(s), "runs": per_round[n] * rounds}
+        for n, s in samples.items()
+    }
+
+
+def model_engines(artifact: str, onnx_path: str | None, inputs: dict[str, np.ndarray], threads: int, torch_model=None):
+    """Callables running one inference with convpipe (artifact), onnxruntime (``onnx_path``) and PyTorch eager."""
+    import tvm
+
+    from convpipe.runtime import load
+
+    from .verify import onnxruntime_session
+
+    engines: dict[str, Callable[[], object]] = {}
+    module = load(artifact)
+    vm = module._vm()
+    args = [tvm.runtime.tensor(a) for a in module.check_inputs(inputs)]
+    engines["convpipe"] = lambda: vm["main"](*args)
+    if onnx_path:
+        sess = onnxruntime_session(onnx_path, threads)
+        engines["onnxruntime"] = lambda: sess.run(None, inputs)
+    if torch_model is not None:
+        import torch
+
+        xs = [torch.from_numpy(a) for a in inputs.values()]
+
+        def run_torch():
+            with torch.no_grad():
+                return torch_model(*xs)
+
+        engines["pytorch"] = run_torch
+    return engines

@@ -1,0 +1,113 @@
+"""ONNX file -> artifact directory: import, lower every conv2d through our schedules, build with TVM, write the
+library and manifest atomically (a failed compile leaves nothing behind)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import tvm
+
+
+import convpipe
+from convpipe.errors import ConvpipeError
+from convpipe.runtime.artifact import FORMAT, LIBRARY, MANIFEST, atomic_directory, sha256_file
+from convpipe.schedules import TargetError, TargetInfo, resolve_target
+
+from .importer import ImportedModel, import_onnx, to_relax
+from .lower import LayerRecord, lower_conv2d
+
+
+@dataclass
+class CompileResult:
+    """What :func:`compile_model` produced: the artifact path, its manifest and the time each phase took (s)."""
+
+    path: str
+    manifest: dict
+    layers: list[LayerRecord]
+    seconds: dict = field(default_factory=dict)
+
+
+def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "auto", db=None):
+    """Import + lower + ``tvm.compile``: returns ``(executable, layer records)``.
+
+    Raises:
+        ConvpipeError: import or lowering failed (see :mod:`.importer`, :mod:`.lower`).
+    """
+    mod = to_relax(imported)
+    lowered, layers = lower_conv2d(mod, target, schedule, db)
+    with target.target:
+        ex = tvm.compile(lowered, target=target.target)
+    return ex, layers
+
+
+def export_library(ex, path: str, target: TargetInfo) -> None:
+    """Write the executable as a shared library, cross-compiling for aarch64 when the target is ARM."""
+    if target.arch == "arm":
+        from tvm.support import cc
+
+        ex.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    else:
+        ex.export_library(path)
+
+
+def compile_model(
+    onnx_path: str,
+    output: str,
+    target: str | TargetInfo = "x86",
+    schedule: str = "auto",
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    db=None,
+    arch: str | None = None,
+) -> CompileResult:
+    """Compile an ONNX model into an artifact directory (see :mod:`convpipe.runtime.artifact`).
+
+    Args:
+        onnx_path: the source ``.onnx``.
+        output: artifact directory to create (replaced atomically if it exists).
+        target: ``"x86"``, ``"arm"``, ``"cuda"``, a TVM target JSON, or a :class:`TargetInfo`.
+        schedule: ``"auto"`` or a family (``direct``, ``im2col``, ``winograd``, ``depthwise``).
+        input_shapes: dims to pin by input name.
+        db: an optional tuning database (measured per-layer choices take precedence).
+        arch: CUDA arch for ``target="cuda"``.
+
+    Raises:
+        ConvpipeError: bad model, bad target, or a failure while building; nothing is written then.
+    """
+    times = {}
+    t0 = time.perf_counter()
+    try:
+        tinfo = target if isinstance(target, TargetInfo) else resolve_target(target, arch)
+    except TargetError as e:
+        raise ConvpipeError(str(e)) from None
+    imported = import_onnx(onnx_path, input_shapes)
+    times["import"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ex, layers = build_relax(imported, tinfo, schedule, db)
+    times["build"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with atomic_directory(output) as tmp:
+        lib = os.path.join(tmp, LIBRARY)
+        export_library(ex, lib, tinfo)
+        manifest = {
+            "format": FORMAT,
+            "convpipe_version": convpipe.__version__,
+            "tvm_version": tvm.__version__,
+            "target": tinfo.to_json(),
+            "library": {"file": LIBRARY, "sha256": sha256_file(lib)},
+            "source_onnx": {"file": os.path.abspath(onnx_path), "sha256": sha256_file(onnx_path)},
+            "inputs": [i.to_dict() for i in imported.inputs],
+            "outputs": [o.to_dict() for o in imported.outputs],
+            "schedule": schedule,
+            "conv2d": [layer.to_dict() for layer in layers],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2)
+    times["export"] = time.perf_counter() - t0
+    return CompileResult(os.path.abspath(output), manifest, layers, times)
+
+

@@ -1,0 +1,93 @@
+"""``torch.nn.Module`` -> ONNX.
+
+Uses PyTorch's TorchScript-based exporter (``dynamo=False``): on torch 2.13 it is fast and exports every
+``nn.Conv2d`` argument (stride, padding int/tuple/'same'/'valid', dilation, groups, bias, padding_mode
+zeros/reflect/replicate/circular: non-zero modes become Pad or Slice/Concat before a pad-free Conv). The result
+is checked with ``onnx.checker`` and shape inference.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+
+from convpipe.errors import ConvpipeError
+
+DEFAULT_OPSET = 17
+
+
+def export_onnx(
+    model,
+    input_shape: tuple[int, ...],
+    path: str,
+    opset: int = DEFAULT_OPSET,
+    input_name: str = "input",
+    output_names: list[str] | None = None,
+    source: str | None = None,
+) -> list[str]:
+    """Export ``model`` (eval mode) for one float32 NCHW input of ``input_shape`` to ``path``.
+
+    Output names: ``output_names`` if given, else ``output`` for a single output and ``output0``, ``output1``,
+    ... otherwise. ``source`` (a zoo name or ``package.module:factory``) is recorded in the model's
+    ``metadata_props`` as ``convpipe.source`` with ``convpipe.input_shape``, so ``convpipe bench`` can rebuild the
+    PyTorch model for its side-by-side timing. The file is written atomically (temporary file, then rename).
+
+    Returns:
+        The output names.
+
+    Raises:
+        ConvpipeError: the exporter failed (the message carries its reason) or the result fails the checker.
+    """
+    import onnx
+    import torch
+
+    model = model.eval()
+    x = torch.zeros(input_shape, dtype=torch.float32)
+    with torch.no_grad():
+        y = model(x)
+    n_out = len(y) if isinstance(y, (tuple, list)) else 1
+    names = output_names or (["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (x,),
+                buf,
+                input_names=[input_name],
+                output_names=names,
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+    except Exception as e:
+        raise ConvpipeError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from None
+    proto = onnx.load_from_string(buf.getvalue())
+    if source:
+        onnx.helper.set_model_props(
+            proto, {"convpipe.source": source, "convpipe.input_shape": ",".join(map(str, input_shape))}
+        )
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ConvpipeError(f"exported ONNX fails the checker: {e}") from None
+    tmp = f"{path}.tmp-{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(proto.SerializeToString())
+    os.replace(tmp, path)
+    return names
+
+
+def torch_outputs(model, x: np.ndarray) -> list[np.ndarray]:
+    """Run ``model`` eagerly on ``x`` and return its outputs as NumPy arrays (flattened tuple order)."""
+    import torch
+
+    with torch.no_grad():
+        y = model(torch.from_numpy(x))
+    ys = y if isinstance(y, (tuple, list)) else [y]
+    return [t.numpy() for t in ys]

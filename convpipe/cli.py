@@ -1,0 +1,333 @@
+"""The ``convpipe`` command line: export, compile, run, verify, inspect, bench, demo.
+
+User errors (bad files, inputs, artifacts, targets) print one ``convpipe: error: ...`` line and exit 2; ``verify``
+exits 1 when an output does not match. Heavy modules (torch, onnx, TVM) are imported by the subcommand that
+needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from convpipe.errors import ConvpipeError
+
+FAMILY_CHOICES = ("auto", "direct", "im2col", "winograd", "depthwise")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------------------
+def _console():
+    from rich.console import Console
+
+    import shutil
+
+    return Console(highlight=False, width=max(shutil.get_terminal_size((160, 40)).columns, 150))
+
+
+def _load_inputs(specs: list[str] | None, infos) -> dict:
+    """``NAME=file.npy`` (or a bare ``file.npy`` for a one-input model) -> ``{name: array}``."""
+    import numpy as np
+
+    out = {}
+    names = [i.name for i in infos]
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise ConvpipeError(f"--input {spec!r}: the model has inputs {names}; write NAME=file.npy")
+            name, path = names[0], spec
+        if not os.path.isfile(path):
+            raise ConvpipeError(f"--input {name}: {path}: no such file")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise ConvpipeError(f"--input {name}: {path}: not a .npy array: {e}") from None
+    return out
+
+
+def _layer_table(layers: list[dict], title: str):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in ("#", "N,C,H,W", "K", "kernel", "stride", "pad t,l,b,r", "dil", "groups", "schedule", "knobs", "GFLOP"):
+        t.add_column(col, justify="right" if col in ("#", "K", "groups", "GFLOP") else "left")
+    total = 0.0
+    for layer in layers:
+        w = layer["workload"]
+        total += layer["gflop"]
+        t.add_row(
+            str(layer["index"]),
+            f"{w['batch']},{w['in_channels']},{w['in_h']},{w['in_w']}",
+            str(w["out_channels"]),
+            f"{w['kernel_h']}x{w['kernel_w']}",
+            f"{w['stride_h']}x{w['stride_w']}",
+            f"{w['pad_top']},{w['pad_left']},{w['pad_bottom']},{w['pad_right']}",
+            f"{w['dilation_h']}x{w['dilation_w']}",
+            str(w["groups"]),
+            layer["family"],
+            " ".join(f"{k}={v}" for k, v in layer["knobs"].items()) or "-",
+            f"{layer['gflop']:.4f}",
+        )
+    t.caption = f"{len(layers)} conv2d layers, {total:.3f} GFLOP"
+    return t
+
+
+def _print_checks(console, checks, rtol, atol) -> bool:
+    from rich.table import Table
+
+    t = Table(title=f"verify vs onnxruntime (CPU)  rtol={rtol:g} atol={atol:g}", title_justify="left")
+    for col in ("output", "shape", "max abs err", "max rel err", "match"):
+        t.add_column(col)
+    for c in checks:
+        t.add_row(c.name, str(list(c.shape)), f"{c.max_abs:.3e}", f"{c.max_rel:.3e}", "[green]yes[/]" if c.ok else "[red]NO[/]")
+    console.print(t)
+    return all(c.ok for c in checks)
+
+
+def _bench_table(res: dict, title: str):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in ("engine", "median ms", "min ms", "max ms", "convpipe speed-up"):
+        t.add_column(col, justify="right" if col != "engine" else "left")
+    ours = res["convpipe"]["median_ms"]
+    for name, r in res.items():
+        t.add_row(name, f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
+    t.caption = "speed-up = engine median / convpipe median (> 1: convpipe faster)"
+    return t
+
+
+# ------------------------------------------------------------------------------------------------------------
+# subcommands
+# ------------------------------------------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    from convpipe.compiler.export import export_onnx
+    from convpipe.compiler.importer import parse_shape
+    from convpipe.compiler.zoo import get_model
+
+    model, default_shape, _ = get_model(args.model)
+    shape = parse_shape(args.input_shape) if args.input_shape else default_shape
+    if shape is None:
+        raise ConvpipeError(f"model {args.model!r} has no default input shape: give --input-shape N,C,H,W")
+    names = export_onnx(model, shape, args.output, opset=args.opset, source=args.model)
+    print(f"exported {args.model} ({','.join(map(str, shape))}) -> {args.output}  outputs: {', '.join(names)}")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.importer import parse_input_shapes
+
+    db = None
+    if args.db:
+        from convpipe.compiler.tune import TuningDatabase
+
+        db = TuningDatabase(args.db)
+    res = compile_model(
+        args.model, args.output, args.target, args.schedule, parse_input_shapes(args.input_shape), db, args.arch
+    )
+    con = _console()
+    if not args.quiet:
+        con.print(_layer_table(res.manifest["conv2d"], f"{args.output}: conv2d schedules ({res.manifest['target']['isa']})"))
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items())
+    con.print(f"compiled {args.model} -> {res.path} for {res.manifest['target']['arch']}/{res.manifest['target']['isa']} ({secs})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from convpipe.runtime import load
+
+    module = load(args.artifact)
+    inputs = _load_inputs(args.input, module.inputs)
+    if not inputs:
+        from convpipe.compiler.importer import TensorInfo, random_inputs
+
+        inputs = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in module.inputs], args.seed)
+    outputs = module.run(inputs)
+    if args.output:
+        np.savez(args.output, **outputs)
+    for name, a in outputs.items():
+        print(f"{name}: shape={list(a.shape)} dtype={a.dtype} mean={a.mean():.6g} max={a.max():.6g}")
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from convpipe.compiler.importer import TensorInfo, random_inputs
+    from convpipe.compiler.verify import compare, run_onnxruntime
+    from convpipe.runtime import load
+
+    module = load(args.artifact)
+    inputs = _load_inputs(args.input, module.inputs)
+    generated = [i for i in module.inputs if i.name not in inputs]
+    inputs.update(random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in generated], args.seed))
+    ours = module.run(inputs)
+    ref = run_onnxruntime(args.model, inputs)
+    con = _console()
+    ok = _print_checks(con, compare(ours, ref, args.rtol, args.atol), args.rtol, args.atol)
+    con.print("[green]verify: all outputs match onnxruntime[/]" if ok else "[red]verify: MISMATCH[/]")
+    return 0 if ok else 1
+
+
+def cmd_inspect(args) -> int:
+    from convpipe.runtime import read_manifest
+
+    m = read_manifest(args.artifact)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    con = _console()
+    tgt = m["target"]
+    con.print(f"artifact {args.artifact}: convpipe {m['convpipe_version']}, TVM {m['tvm_version']}, target "
+              f"{tgt['arch']}/{tgt['isa']} {json.dumps(tgt['tvm_target'])}")
+    for kind in ("inputs", "outputs"):
+        con.print(f"{kind}: " + ", ".join(f"{i['name']} {i['dtype']}{list(i['shape'])}" for i in m[kind]))
+    con.print(_layer_table(m["conv2d"], "conv2d layers"))
+    return 0
+
+
+def _bench(artifact: str, onnx_path: str | None, threads: int, rounds: int, inputs=None) -> dict:
+    from convpipe.compiler.bench import model_engines, set_threads, side_by_side
+    from convpipe.compiler.importer import TensorInfo, random_inputs
+    from convpipe.runtime import read_manifest
+
+    set_threads(threads)
+    m = read_manifest(artifact)
+    if onnx_path is None and os.path.isfile(m["source_onnx"]["file"]):
+        onnx_path = m["source_onnx"]["file"]
+    if inputs is None:
+        inputs = random_inputs([TensorInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in m["inputs"]])
+    torch_model = _torch_model_of(onnx_path) if onnx_path else None
+    return side_by_side(model_engines(artifact, onnx_path, inputs, threads, torch_model), rounds=rounds)
+
+
+def _torch_model_of(onnx_path: str):
+    """Rebuild the PyTorch model an ONNX file was exported from (``convpipe.source`` metadata), or None."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(onnx_path, load_external_data=False).metadata_props}
+    if "convpipe.source" not in props:
+        return None
+    from convpipe.compiler.zoo import get_model
+
+    return get_model(props["convpipe.source"])[0]
+
+
+def cmd_bench(args) -> int:
+    import tempfile
+
+    con = _console()
+    target = args.model
+    onnx_path = None
+    tmp = None
+    if os.path.isfile(target) and target.endswith(".onnx"):
+        from convpipe.compiler.build import compile_model
+        from convpipe.compiler.importer import parse_input_shapes
+
+        onnx_path = target
+        tmp = tempfile.TemporaryDirectory(prefix="convpipe-bench-")
+        artifact = os.path.join(tmp.name, "model.cpa")
+        compile_model(onnx_path, artifact, "x86", args.schedule, parse_input_shapes(args.input_shape))
+    else:
+        artifact = target
+    res = _bench(artifact, onnx_path, args.threads, args.rounds)
+    con.print(_bench_table(res, f"bench {args.model}  threads={args.threads}  batch latency, median of {args.rounds} interleaved rounds"))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from convpipe.compiler.demo import run_demo
+
+    return run_demo(args.out, threads=args.threads, mtcnn=not args.no_mtcnn, console=_console())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# parser
+# ------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="convpipe", description=__doc__.splitlines()[0])
+    from convpipe import __version__
+
+    p.add_argument("--version", action="version", version=f"convpipe {__version__}")
+    p.add_argument("--traceback", action="store_true", help="show Python tracebacks for user errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("export", help="export a PyTorch model to ONNX")
+    s.add_argument("model", metavar="MODEL", help="zoo name (resnet18, resnet50, mobilenet_v2, pnet, rnet, onet, ...) or package.module:factory")
+    s.add_argument("-o", "--output", required=True, help="output .onnx path")
+    s.add_argument("--input-shape", help="N,C,H,W (default: the zoo model's)")
+    s.add_argument("--opset", type=int, default=17)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
+    s.add_argument("model", metavar="MODEL.onnx")
+    s.add_argument("-o", "--output", required=True, metavar="ARTIFACT")
+    s.add_argument("--target", default="x86", help="x86 (this host), arm, cuda, or a TVM target JSON")
+    s.add_argument("--arch", help="CUDA arch for --target cuda: sm_80 | sm_90 (default: the local GPU's)")
+    s.add_argument("--schedule", default="auto", choices=FAMILY_CHOICES)
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="pin an input's dims (repeatable)")
+    s.add_argument("--db", help="tuning database (JSON) whose measured choices take precedence")
+    s.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("run", help="run an artifact on .npy inputs")
+    s.add_argument("artifact", metavar="ARTIFACT")
+    s.add_argument("--input", action="append", metavar="NAME=x.npy")
+    s.add_argument("-o", "--output", metavar="out.npz", help="write outputs keyed by ONNX output name")
+    s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("verify", help="compare an artifact with onnxruntime (exit 1 on mismatch)")
+    s.add_argument("artifact", metavar="ARTIFACT")
+    s.add_argument("model", metavar="MODEL.onnx")
+    s.add_argument("--input", action="append", metavar="NAME=x.npy")
+    s.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
+    s.add_argument("--rtol", type=float, default=1e-3)
+    s.add_argument("--atol", type=float, default=1e-4)
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("inspect", help="show an artifact's manifest and per-layer conv2d schedules")
+    s.add_argument("artifact", metavar="ARTIFACT")
+    s.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("bench", help="latency of convpipe vs onnxruntime vs PyTorch, side by side")
+    s.add_argument("model", metavar="ARTIFACT|MODEL.onnx")
+    s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--rounds", type=int, default=7)
+    s.add_argument("--schedule", default="auto", choices=FAMILY_CHOICES, help="when given an .onnx")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("demo", help="the main job: ResNet-18 + MTCNN end to end on real images")
+    s.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
+    s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--no-mtcnn", action="store_true", help="skip the MTCNN nets")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConvpipeError as e:
+        if args.traceback:
+            raise
+        print(f"convpipe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

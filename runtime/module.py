@@ -1,0 +1,215 @@
+"""Load and run a convpipe artifact with the TVM runtime and NumPy only (no torch, onnx or onnxruntime).
+
+Usage, in the manner of ``onnxruntime.InferenceSession``::
+
+    import convpipe.runtime as rt
+    m = rt.load("resnet18.cpa")
+    outputs = m.run({"input": x})          # or m.run([x]); -> {"output": np.ndarray}
+
+Threads: TVM's kernel thread pool uses ``TVM_NUM_THREADS`` threads; :func:`load` sets it to ``threads`` when
+given, else (if unset) to ``os.cpu_count()`` -- TVM's own default counts one per physical core pair here. It is
+read when the pool starts (the first run in the process).
+
+Thread safety: one :class:`Module` may be shared by several threads. The loaded library (kernels and constant
+weights) is shared; each thread gets its own ``relax.VirtualMachine`` (created on that thread's first
+:meth:`Module.run`), because a VM keeps per-call state (registers, allocated intermediate tensors).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from convpipe.errors import ConvpipeError
+
+from .artifact import read_manifest, verify_library
+
+
+@dataclass(frozen=True)
+class IOInfo:
+    """A model input or output: ONNX name, static shape, NumPy dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _host_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def check_target(manifest: dict, device: str) -> None:
+    """Refuse an artifact built for another target or TVM version than this process can run.
+
+    Raises:
+        ConvpipeError: TVM version differs; an x86 artifact on a non-x86 host or AVX-512 code on a host without
+            AVX-512 (AVX2 likewise); an ARM artifact on a non-aarch64 host; a CUDA artifact without a GPU.
+    """
+    import tvm
+
+    if manifest["tvm_version"] != tvm.__version__:
+        raise ConvpipeError(
+            f"artifact built with TVM {manifest['tvm_version']}, this runtime has TVM {tvm.__version__}: recompile it"
+        )
+    tgt = manifest["target"]
+    arch, isa = tgt.get("arch"), tgt.get("isa")
+    machine = platform.machine().lower()
+    if arch == "x86":
+        if machine not in ("x86_64", "amd64"):
+            raise ConvpipeError(f"artifact built for x86 ({isa}), this host is {machine}")
+        flags = _host_flags()
+        need = {"avx512": "avx512f", "avx2": "avx2"}.get(isa)
+        if need and flags and need not in flags:
+            raise ConvpipeError(f"artifact built for x86 {isa}, this CPU lacks {need}: recompile with --target x86 here")
+        if device != "cpu":
+            raise ConvpipeError(f"artifact built for x86 CPU, asked to run on device {device!r}")
+    elif arch == "arm":
+        if machine not in ("aarch64", "arm64"):
+            raise ConvpipeError(
+                f"artifact built for aarch64 ({isa}), this host is {machine}: run it on the board (--remote HOST:PORT)"
+            )
+    elif arch == "cuda":
+        if not tvm.cuda(0).exist:
+            raise ConvpipeError(f"artifact built for CUDA {isa}, but no CUDA GPU is present")
+    else:
+        raise ConvpipeError(f"artifact has unknown target arch {arch!r}")
+
+
+class Module:
+    """A loaded artifact. Use :func:`load` to make one.
+
+    Attributes:
+        path: the artifact directory.
+        manifest: the parsed ``manifest.json`` (see :mod:`convpipe.runtime.artifact`).
+        inputs, outputs: lists of :class:`IOInfo` in graph order.
+    """
+
+    def __init__(self, path: str, device: str = "cpu", threads: int | None = None):
+        if threads:
+            os.environ["TVM_NUM_THREADS"] = str(threads)
+        else:
+            os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+        import tvm
+
+        self.path = path
+        self.manifest = read_manifest(path)
+        lib = verify_library(path, self.manifest)
+        check_target(self.manifest, device)
+        self.inputs = [IOInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in self.manifest["inputs"]]
+        self.outputs = [IOInfo(o["name"], tuple(o["shape"]), o["dtype"]) for o in self.manifest["outputs"]]
+        self._dev = tvm.cuda(0) if self.manifest["target"]["arch"] == "cuda" else tvm.cpu(0)
+        try:
+            self._lib = tvm.runtime.load_module(lib)
+        except Exception as e:
+            raise ConvpipeError(f"{lib}: TVM could not load the library: {e}") from None
+        self._local = threading.local()
+
+    # -- running --------------------------------------------------------------------------------------------
+    def _vm(self):
+        vm = getattr(self._local, "vm", None)
+        if vm is None:
+            from tvm import relax
+
+            vm = self._local.vm = relax.VirtualMachine(self._lib, self._dev)
+        return vm
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Validate and order inputs (by name, or positionally).
+
+        Raises:
+            ConvpipeError: missing, unexpected, wrong-shape or wrong-dtype input (names it, expected vs got).
+        """
+        names = [i.name for i in self.inputs]
+        if isinstance(inputs, Mapping):
+            extra = [k for k in inputs if k not in names]
+            if extra:
+                raise ConvpipeError(f"unexpected input(s) {extra}; the model's inputs are {names}")
+            missing = [n for n in names if n not in inputs]
+            if missing:
+                raise ConvpipeError(f"missing input(s) {missing}; the model's inputs are {names}")
+            arrays = [inputs[n] for n in names]
+        else:
+            arrays = list(inputs)
+            if len(arrays) != len(names):
+                raise ConvpipeError(f"got {len(arrays)} positional input(s), the model takes {len(names)}: {names}")
+        out = []
+        for info, a in zip(self.inputs, arrays):
+            if not isinstance(a, np.ndarray):
+                raise ConvpipeError(f"input {info.name!r}: expected a NumPy array, got {type(a).__name__}")
+            if tuple(a.shape) != info.shape:
+                raise ConvpipeError(f"input {info.name!r}: expected shape {list(info.shape)}, got {list(a.shape)}")
+            if str(a.dtype) != info.dtype:
+                raise ConvpipeError(f"input {info.name!r}: expected dtype {info.dtype}, got {a.dtype}")
+            out.append(np.ascontiguousarray(a))
+        return out
+
+    def run(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model once.
+
+        Args:
+            inputs: ``{name: array}`` or arrays in input order; shapes and dtypes exactly as :attr:`inputs`.
+
+        Returns:
+            ``{output name: np.ndarray}`` in graph output order.
+
+        Raises:
+            ConvpipeError: see :meth:`check_inputs`.
+        """
+        import tvm
+
+        arrays = self.check_inputs(inputs)
+        res = self._vm()["main"](*[tvm.runtime.tensor(a, self._dev) for a in arrays])
+        flat = _flatten(res)
+        if len(flat) != len(self.outputs):
+            raise ConvpipeError(f"library returned {len(flat)} outputs, manifest lists {len(self.outputs)}")
+        return {o.name: t.numpy() for o, t in zip(self.outputs, flat)}
+
+    def time(self, inputs, number: int = 10, repeat: int = 5) -> list[float]:
+        """Per-run latency in seconds, ``repeat`` figures each the mean of ``number`` runs (TVM time_evaluator,
+        inputs already on the device)."""
+        import tvm
+
+        arrays = self.check_inputs(inputs)
+        vm = self._vm()
+        args = [tvm.runtime.tensor(a, self._dev) for a in arrays]
+        vm.set_input("main", *args)
+        fn = vm.time_evaluator("invoke_stateful", self._dev, number=number, repeat=repeat)
+        return list(fn("main").results)
+
+
+def _flatten(res) -> list:
+    import tvm
+
+    if isinstance(res, tvm.runtime.Tensor):
+        return [res]
+    out = []
+    for r in res:
+        out.extend(_flatten(r))
+    return out
+
+
+def load(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> Module:
+    """Load an artifact directory made by ``convpipe compile``.
+
+    Args:
+        path: the artifact directory.
+        device: ``"cpu"`` or ``"cuda"`` (a CUDA artifact always runs on ``cuda:0``).
+        threads: CPU threads for TVM's pool (see the module docstring).
+
+    Raises:
+        ConvpipeError: not an artifact; library missing or its sha256 disagrees with the manifest; built for
+            another target or TVM version.
+    """
+    return Module(os.fspath(path), device, threads)

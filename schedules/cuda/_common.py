@@ -1,0 +1,218 @@
+"""Shared pieces of the CUDA conv2d schedules: cooperative shared-memory fetch, the tiled GEMM used by implicit-GEMM
+im2col and by Winograd's batched GEMM, knob checks, and the nvcc/ptxas resource report used by tests and
+``scripts/check_cuda.py``.
+
+All schedules here are pure loop transformations (split/reorder/bind/cache/compute_at/inline) of the
+target-independent computes in :mod:`..compute`; they never change what is computed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+from tvm import s_tir
+
+#: CUDA limits we schedule against (sm_80 and sm_90 alike): threads per block, static shared memory per block.
+MAX_THREADS = 1024
+MAX_STATIC_SMEM = 48 * 1024
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pow2_at_most(n: int, cap: int) -> int:
+    """Largest power of two <= min(n, cap) (at least 1)."""
+    v = 1
+    while v * 2 <= min(n, cap):
+        v *= 2
+    return v
+
+
+def check_threads(n: int, family: str) -> None:
+    if n < 1 or n > MAX_THREADS:
+        raise ValueError(f"cuda/{family}: {n} threads per block (must be 1..{MAX_THREADS})")
+
+
+def check_smem(nbytes: int, family: str) -> None:
+    if nbytes > MAX_STATIC_SMEM:
+        raise ValueError(f"cuda/{family}: {nbytes} bytes of shared memory per block (static limit {MAX_STATIC_SMEM})")
+
+
+def coop_fetch(sch: s_tir.Schedule, block, n_tx: int, n_ty: int = 1, vec: int = 1) -> None:
+    """Cooperative fetch: spread all loops of a shared-memory copy ``block`` over the block's threads.
+
+    ``block`` must already be ``compute_at``-ed under the reduction loop; its own loops are fused and split as
+    ``[serial, threadIdx.y, threadIdx.x, vec]`` (vec > 1 only when it divides the copy's contiguous extent; the
+    generated code is still correct with a ragged tail because splits add predicates).
+    """
+    loops = sch.get_loops(block)
+    # the copy block's own loops are the trailing ones that were created by cache_read + compute_at
+    n_own = len(sch.get(block).iter_vars)
+    own = loops[-n_own:]
+    fused = sch.fuse(*own)
+    factors = [None, n_ty, n_tx] if vec == 1 else [None, n_ty, n_tx, vec]
+    parts = sch.split(fused, factors)
+    if n_ty > 1:
+        sch.bind(parts[1], "threadIdx.y")
+    else:
+        # a unit threadIdx.y split still needs no binding; keep it serial (extent 1)
+        pass
+    sch.bind(parts[2], "threadIdx.x")
+    if vec > 1:
+        sch.vectorize(parts[3])
+
+
+def gemm_tile(
+    sch: s_tir.Schedule,
+    block,
+    *,
+    m_thr: int,
+    m_reg: int,
+    n_thr: int,
+    n_reg: int,
+    k_tile: int,
+    shared_reads: tuple[int, ...] = (0, 1),
+    batch_loops: int = 1,
+) -> tuple:
+    """Tile a GEMM-shaped block ``C[b.., m, n] += A[.., m, k] * B[.., k, n]`` for CUDA.
+
+    The block's loops must be ``(*batch, m, n, k)`` with ``batch_loops`` leading batch loops. The output tile per
+    thread block is ``(m_thr*m_reg) x (n_thr*n_reg)``; each thread keeps an ``m_reg x n_reg`` register tile
+    (``local`` cache), both operands are staged through shared memory in ``k_tile`` slices, fetched
+    cooperatively by all ``m_thr*n_thr`` threads. Grid: batch -> blockIdx.z, m -> blockIdx.y, n -> blockIdx.x.
+
+    Returns ``(block, writeback_block, shared_blocks)``. Splits need not divide: ragged edges get predicates.
+    """
+    local = sch.cache_write(block, 0, "local")
+    loops = sch.get_loops(block)
+    batch = loops[:batch_loops]
+    m, n, k = loops[batch_loops:]
+    mb, mt, mr = sch.split(m, [None, m_thr, m_reg])
+    nb, nt, nr = sch.split(n, [None, n_thr, n_reg])
+    ko, ki = sch.split(k, [None, k_tile])
+    sch.reorder(*batch, mb, nb, mt, nt, ko, ki, mr, nr)
+    if batch:
+        bz = sch.fuse(*batch) if len(batch) > 1 else batch[0]
+        sch.bind(bz, "blockIdx.z")
+    sch.bind(mb, "blockIdx.y")
+    sch.bind(nb, "blockIdx.x")
+    sch.bind(mt, "threadIdx.y")
+    sch.bind(nt, "threadIdx.x")
+    shared = []
+    for idx in shared_reads:
+        s = sch.cache_read(block, idx, "shared")
+        sch.compute_at(s, ko, preserve_unit_loops=True)
+        shared.append(s)
+    sch.reverse_compute_at(local, nt, preserve_unit_loops=True)
+    unroll_inner(sch, local, nt)
+    sch.unroll(ki)
+    sch.unroll(mr)
+    sch.unroll(nr)
+    return block, local, shared, ko
+
+
+def replay_without_threads(sch: s_tir.Schedule, original) -> "tvm.tirx.PrimFunc":
+    """The same schedule with every ``bind`` dropped: the identical loop nest, shared/local staging, inlining and
+    predicates, but with thread/block loops serial, so it compiles for ``llvm`` and runs on a CPU.
+
+    TensorIR schedule primitives preserve semantics and a thread binding only annotates a loop, so running this
+    replay against a reference checks the schedule's index arithmetic without a GPU (not the barriers/races).
+    """
+    from tvm.s_tir.schedule import Trace
+
+    trace = sch.trace
+    insts = [i for i in trace.insts if i.kind.name != "Bind"]
+    decisions = {i: d for i, d in trace.decisions.items() if i.kind.name != "Bind"}
+    fresh = s_tir.Schedule(original)
+    Trace(insts, decisions).apply_to_schedule(fresh, remove_postproc=False)
+    return fresh.mod["main"]
+
+
+def unroll_inner(sch: s_tir.Schedule, block, outer) -> None:
+    """Unroll every loop of ``block`` nested below loop ``outer`` (register-tile write-backs: a local array indexed
+    by a rolled loop would be demoted to local memory, i.e. a stack frame)."""
+    target = sch.get(outer)
+    loops = sch.get_loops(block)
+    idx = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(target))
+    for lp in loops[idx + 1 :]:
+        sch.unroll(lp)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# nvcc / ptxas checks (offline: no GPU needed)
+# ------------------------------------------------------------------------------------------------------------
+NVCC = os.environ.get("CONVPIPE_NVCC", "nvcc")
+
+
+@dataclass
+class PtxasReport:
+    """ptxas ``-v`` figures of one kernel (``__global__`` function)."""
+
+    kernel: str
+    registers: int
+    smem_bytes: int
+    spill_stores: int
+    spill_loads: int
+    stack_bytes: int
+
+    @property
+    def spills(self) -> int:
+        return self.spill_stores + self.spill_loads
+
+
+def cuda_source(func, target) -> str:
+    """CUDA C source of a scheduled PrimFunc compiled standalone for ``target`` (a CUDA ``tvm.target.Target``)."""
+    import tvm
+
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    with target:
+        ex = tvm.compile(mod, target=target)
+    for m in ex.mod.imports:
+        if m.kind == "cuda":
+            return m.inspect_source("cuda")
+    raise RuntimeError("no CUDA module in the compiled executable")
+
+
+_FN_RE = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
+_SPILL_RE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED_RE = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+
+
+def ptxas_report(source: str, arch: str) -> list[PtxasReport]:
+    """Compile CUDA ``source`` to a cubin for ``arch`` with ``nvcc -Xptxas -v`` and parse the per-kernel figures.
+
+    Raises:
+        RuntimeError: nvcc failed (its output is in the message).
+    """
+    with tempfile.TemporaryDirectory() as d:
+        cu = os.path.join(d, "k.cu")
+        with open(cu, "w") as f:
+            f.write(source)
+        cmd = [NVCC, "--cubin", f"-arch={arch}", "-O3", "-Xptxas", "-v", "-o", os.path.join(d, "k.cubin"), cu]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    if r.returncode != 0:
+        raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{out}")
+    reports, cur, stack = [], None, None
+    for line in out.splitlines():
+        if mm := _FN_RE.search(line):
+            cur, stack = mm.group(1), None
+        elif (mm := _SPILL_RE.search(line)) and cur:
+            stack = tuple(int(x) for x in mm.groups())
+        elif (mm := _USED_RE.search(line)) and cur:
+            st = stack or (0, 0, 0)
+            reports.append(PtxasReport(cur, int(mm.group(1)), int(mm.group(2) or 0), st[1], st[2], st[0]))
+            cur = None
+    if not reports:
+        raise RuntimeError(f"could not parse ptxas output:\n{out}")
+    return reports
+
+
+def prod(xs) -> int:
+    return math.prod(xs)
