@@ -3,7 +3,7 @@
 Uses PyTorch's TorchScript-based exporter (``dynamo=False``): on torch 2.13 it is fast and exports every
 ``nn.Conv2d`` argument (stride, padding int/tuple/'same'/'valid', dilation, groups, bias, padding_mode
 zeros/reflect/replicate/circular: non-zero modes become Pad or Slice/Concat before a pad-free Conv). The result
-is checked with ``onnx.checker`` and shape inference.
+is checked with ``onnx.checker`` and shape inference; Conv ``auto_pad`` is rewritten to explicit ``pads``.
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def export_onnx(
     except Exception as e:
         raise ConvpipeError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from None
     proto = onnx.load_from_string(buf.getvalue())
+    # torch exports padding='same' as auto_pad=SAME_UPPER, which onnxruntime refuses with dilation > 1:
+    # write the explicit pads instead (same semantics, portable).
+    from .importer import make_conv_pads_explicit
+
+    proto = onnx.shape_inference.infer_shapes(proto)
+    make_conv_pads_explicit(proto)
     if source:
         onnx.helper.set_model_props(
             proto, {"convpipe.source": source, "convpipe.input_shape": ",".join(map(str, input_shape))}

@@ -150,7 +150,7 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                 )
 
 
-def _make_conv_pads_explicit(model: onnx.ModelProto) -> None:
+def make_conv_pads_explicit(model: onnx.ModelProto) -> None:
     """Replace ``auto_pad`` SAME_UPPER / SAME_LOWER / VALID on 2-D Conv nodes by explicit ``pads`` (ONNX Conv
     spec: total pad = max(0, (ceil(in / s) - 1) * s + (k - 1) * d + 1 - in); SAME_UPPER puts the odd pixel at the
     end, SAME_LOWER at the beginning). Needs inferred shapes; leaves nodes it cannot resolve untouched."""
@@ -247,7 +247,7 @@ def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = Non
 
             warnings.warn(f"{path}: onnxslim failed ({e}); importing the graph unsimplified", stacklevel=2)
         model = _infer(model, path)
-    _make_conv_pads_explicit(model)
+    make_conv_pads_explicit(model)
     _check_supported_ops(model, path)
     inputs = _static_info(_graph_inputs(model), "input", path)
     outputs = _static_info(model.graph.output, "output", path)

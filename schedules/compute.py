@@ -24,7 +24,6 @@ import math
 import numpy as np
 from tvm import te, tirx, topi
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
-from tvm.topi.utils import const_matrix
 
 from .workload import Conv2dWorkload
 
@@ -247,6 +246,72 @@ def im2col_gemm(wl: Conv2dWorkload) -> list[te.Tensor]:
     return [data, weight, out]
 
 
+def im2col_blocked_packed_shape(wl: Conv2dWorkload, k_block: int) -> tuple[int, ...]:
+    """``(G, ceil((K/G) / kb), C/G * KH * KW, kb)`` -- per group, the GEMM left operand in ``kb``-row panels
+    (output channels zero-padded up to whole panels)."""
+    g = wl.groups
+    return (g, -(-(wl.out_channels // g) // k_block), (wl.in_channels // g) * wl.kernel_h * wl.kernel_w, k_block)
+
+
+def im2col_blocked_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, k_block: int) -> np.ndarray:
+    """OIHW ``[K, C/G, KH, KW]`` -> ``[G, Kg/kb, C/G*KH*KW, kb]``, zero rows for the padded channels."""
+    g, ko, r, kb = im2col_blocked_packed_shape(wl, k_block)
+    kg = wl.out_channels // g
+    w = np.zeros((g, ko * kb, r), dtype=weight.dtype)
+    w[:, :kg] = weight.reshape(g, kg, r)
+    return np.ascontiguousarray(w.reshape(g, ko, kb, r).transpose(0, 1, 3, 2))
+
+
+def im2col_rows(wl: Conv2dWorkload, k_block: int, x_block: int) -> list[te.Tensor]:
+    """im2col with the output rows kept 2-D, then a GEMM per group (any stride, padding, dilation, groups).
+
+    Stages:
+
+    - ``im2col`` ``col[n, g, r, y, x]`` ``[N, G, C/G*KH*KW, OH, OWp]`` (``r = (ic, kh, kw)``; OW zero-padded up
+      to a multiple of ``x_block``; zero padding of the input folded in);
+    - ``gemm`` ``[N, G, Kgp, OH, OWp]`` = ``sum_r W[g, k // kb, r, k % kb] * col[n, g, r, y, x]``
+      (``Kgp`` = ``K/G`` rounded up to ``k_block``);
+    - ``out`` ``[N, K, OH, OW]`` (NCHW, padding cropped).
+
+    Keeping ``(y, x)`` 2-D (rather than one flattened ``OH*OW`` axis) makes both the im2col copy and the output
+    store contiguous along ``x``. ``packed_weight`` is :func:`im2col_blocked_pack_weight`.
+    Returns ``[data, packed_weight, out]``.
+    """
+    g, cg, kg = wl.groups, wl.in_channels // wl.groups, wl.out_channels // wl.groups
+    khw, kw_ = wl.kernel_h * wl.kernel_w, wl.kernel_w
+    r_len = cg * khw
+    ow_p = -(-wl.out_w // x_block) * x_block
+    kgo = -(-kg // k_block)
+    data = te.placeholder(wl.data_shape, wl.dtype, name="data")
+    weight = te.placeholder(im2col_blocked_packed_shape(wl, k_block), wl.dtype, name="packed_weight")
+    pt, pl = wl.pad_top, wl.pad_left
+
+    def _col(n, gi, r, y, x):
+        h = y * wl.stride_h + ((r % khw) // kw_) * wl.dilation_h - pt
+        w = x * wl.stride_w + (r % kw_) * wl.dilation_w - pl
+        conds = []
+        if pt or wl.pad_bottom:
+            conds += [h >= 0, h < wl.in_h]
+        if pl or wl.pad_right or ow_p != wl.out_w:
+            conds += [w >= 0, w < wl.in_w]
+        val = data[n, gi * cg + r // khw, h, w]
+        return te.if_then_else(tirx.all(*conds), val, tirx.const(0.0, wl.dtype)) if conds else val
+
+    col = te.compute((wl.batch, g, r_len, wl.out_h, ow_p), _col, name="im2col")
+    rk = te.reduce_axis((0, r_len), name="rk")
+    gemm = te.compute(
+        (wl.batch, g, kgo * k_block, wl.out_h, ow_p),
+        lambda n, gi, k, y, x: te.sum(weight[gi, k // k_block, rk, k % k_block] * col[n, gi, rk, y, x], axis=rk),
+        name="gemm",
+    )
+    out = te.compute(
+        wl.out_shape,
+        lambda n, k, y, x: gemm[n, k // kg, k % kg, y, x],
+        name="out",
+    )
+    return [data, weight, out]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Winograd F(m x m, 3 x 3)
 # ------------------------------------------------------------------------------------------------------------
@@ -417,21 +482,47 @@ def depthwise_pack_weight(weight: np.ndarray, wl: Conv2dWorkload) -> np.ndarray:
 def depthwise(wl: Conv2dWorkload) -> list[te.Tensor]:
     """``out[n, k, y, x] = sum_{rh, rw} pad[n, k // mult, y*sh + rh*dh, x*sw + rw*dw] * W[k, rh, rw]``.
 
-    Returns ``[data, packed_weight, out]``; stages ``pad_temp`` and ``out``.
+    When the conv has padding or a horizontal stride ``sw > 1``, stage ``pad_temp``
+    ``[N, C, Hp, sw, ceil(Wp / sw)]`` holds the zero-padded input with its columns de-interleaved by the stride
+    (``pad_temp[n, c, y, x % sw, x // sw] = padded[n, c, y, x]``), so that for every tap ``rw`` consecutive
+    output columns read consecutive ``pad_temp`` elements (unit-stride vector loads even for stride 2).
+    Returns ``[data, packed_weight, out]``; stages ``pad_temp`` (optional) and ``out``.
     """
     if not wl.is_depthwise:
         raise ValueError(f"depthwise needs groups == C_in > 1: {wl.describe()}")
     mult = wl.out_channels // wl.in_channels
     data = te.placeholder(wl.data_shape, wl.dtype, name="data")
     weight = te.placeholder(depthwise_packed_shape(wl), wl.dtype, name="packed_weight")
-    pad = pad_nchw(data, wl)
     rh = te.reduce_axis((0, wl.kernel_h), name="rh")
     rw = te.reduce_axis((0, wl.kernel_w), name="rw")
+    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
+    has_pad = any((wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right))
+    if not has_pad and sw == 1:
+        out = te.compute(
+            wl.out_shape,
+            lambda n, k, y, x: te.sum(
+                data[n, k // mult, y * sh + rh * dh, x + rw * dw] * weight[k, rh, rw], axis=[rh, rw]
+            ),
+            name="out",
+        )
+        return [data, weight, out]
+    hp = wl.in_h + wl.pad_top + wl.pad_bottom
+    wq = math.ceil((wl.in_w + wl.pad_left + wl.pad_right) / sw)
+
+    def _pad(n, c, y, ph, xq):
+        iy, ix = y - wl.pad_top, xq * sw + ph - wl.pad_left
+        inside = tirx.all(iy >= 0, iy < wl.in_h, ix >= 0, ix < wl.in_w)
+        return tirx.if_then_else(
+            inside,
+            data[n, c, tirx.min(tirx.max(iy, 0), wl.in_h - 1), tirx.min(tirx.max(ix, 0), wl.in_w - 1)],
+            tirx.const(0.0, wl.dtype),
+        )
+
+    pad = te.compute((wl.batch, wl.in_channels, hp, sw, wq), _pad, name="pad_temp")
     out = te.compute(
         wl.out_shape,
         lambda n, k, y, x: te.sum(
-            pad[n, k // mult, y * wl.stride_h + rh * wl.dilation_h, x * wl.stride_w + rw * wl.dilation_w]
-            * weight[k, rh, rw],
+            pad[n, k // mult, y * sh + rh * dh, (rw * dw) % sw, x + (rw * dw) // sw] * weight[k, rh, rw],
             axis=[rh, rw],
         ),
         name="out",

@@ -12,6 +12,8 @@
 #   CONVPIPE_ARM_DIR   cache directory (default <repo>/.cache/arm, git-ignored)
 #   CONVPIPE_ARM_PORT  RPC port for `start` (default 9190)
 #   CONVPIPE_ARM_CPU   QEMU_CPU model (default cortex-a72: code using instructions the core lacks fails)
+#   CONVPIPE_ARM_RUN_DIR  where start/stop keep the PID file and log (default $CONVPIPE_ARM_DIR/run; one per board)
+#   CONVPIPE_ARM_TRACKER, CONVPIPE_ARM_KEY  register the board with a TVM RPC tracker on 127.0.0.1:PORT under KEY
 #
 # Emulated timings say nothing about ARM performance: use the board for correctness only.
 # Recipe and the reasons behind it: shared/notes/tvm-0.27.md ("ARM (aarch64) without an ARM machine").
@@ -21,7 +23,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ARM_DIR="${CONVPIPE_ARM_DIR:-$REPO/.cache/arm}"
 ROOTFS="$ARM_DIR/rootfs"
 SITE="$ARM_DIR/site"
-RUN_DIR="$ARM_DIR/run"
+RUN_DIR="${CONVPIPE_ARM_RUN_DIR:-$ARM_DIR/run}"
 PID_FILE="$RUN_DIR/rpc.pid"
 PORT_FILE="$RUN_DIR/rpc.port"
 LOG_FILE="$RUN_DIR/rpc.log"

@@ -34,6 +34,11 @@ def pow2_at_most(n: int, cap: int) -> int:
     return v
 
 
+def largest_divisor(n: int, cap: int) -> int:
+    """Largest divisor of ``n`` that is <= ``cap`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(n, cap)) + 1) if n % d == 0)
+
+
 def check_threads(n: int, family: str) -> None:
     if n < 1 or n > MAX_THREADS:
         raise ValueError(f"cuda/{family}: {n} threads per block (must be 1..{MAX_THREADS})")
@@ -148,6 +153,13 @@ def unroll_inner(sch: s_tir.Schedule, block, outer) -> None:
 # nvcc / ptxas checks (offline: no GPU needed)
 # ------------------------------------------------------------------------------------------------------------
 NVCC = os.environ.get("CONVPIPE_NVCC", "nvcc")
+TVM_PTXAS_FLAGS = ["--ptxas-options=-v,--register-usage-level=10,--warn-on-local-memory-usage"]
+
+
+def nvcc_available() -> bool:
+    import shutil
+
+    return shutil.which(NVCC) is not None
 
 
 @dataclass
@@ -194,7 +206,9 @@ def ptxas_report(source: str, arch: str) -> list[PtxasReport]:
         cu = os.path.join(d, "k.cu")
         with open(cu, "w") as f:
             f.write(source)
-        cmd = [NVCC, "--cubin", f"-arch={arch}", "-O3", "-Xptxas", "-v", "-o", os.path.join(d, "k.cubin"), cu]
+        # the flags TVM's own nvcc path uses for deployment (tvm/support/nvcc.py: _compile_cuda_nvcc)
+        cmd = [NVCC, "--cubin", f"-arch={arch}", "-O3", "--use_fast_math", *TVM_PTXAS_FLAGS]
+        cmd += ["-o", os.path.join(d, "k.cubin"), cu]
         r = subprocess.run(cmd, capture_output=True, text=True)
     out = r.stdout + r.stderr
     if r.returncode != 0:

@@ -24,7 +24,8 @@ class DirectCuda(Conv2dRule):
     ``k_thr``/``y_thr``/``x_thr`` threads per block along output-channel blocks, rows and columns
     (threadIdx.z/y/x), ``y_reg``/``x_reg`` output rows/columns per thread, ``ic_tile`` input channels staged in
     shared memory per step. Block tile: ``k_thr*oc_block`` channels x ``y_thr*y_reg`` rows x ``x_thr*x_reg``
-    columns. Supports ``groups == 1`` (any kernel size, stride, padding, dilation).
+    columns; it must divide the output height/width (TVM's shared-buffer compaction over-allocates ragged
+    tiles of strided convs). Supports ``groups == 1`` (any kernel size, stride, padding, dilation).
     """
 
     family = "direct"
@@ -39,10 +40,10 @@ class DirectCuda(Conv2dRule):
         k = wl.out_channels
         ob = next(b for b in (4, 2, 1) if k % b == 0)
         k_thr = C.pow2_at_most(k // ob, 4)
-        x_reg = 2 if wl.out_w >= 16 else 1
-        x_thr = C.pow2_at_most(C.ceil_div(wl.out_w, x_reg), 8)
-        y_reg = 2 if wl.out_h >= 16 else 1
-        y_thr = C.pow2_at_most(C.ceil_div(wl.out_h, y_reg), max(1, 128 // (k_thr * x_thr)))
+        x_reg = 2 if wl.out_w >= 16 and wl.out_w % 2 == 0 else 1
+        x_thr = C.largest_divisor(wl.out_w // x_reg, 16)
+        y_reg = 2 if wl.out_h >= 16 and wl.out_h % 2 == 0 else 1
+        y_thr = C.largest_divisor(wl.out_h // y_reg, max(1, 128 // (k_thr * x_thr)))
         kn = {
             "oc_block": ob,
             "k_thr": k_thr,
@@ -58,6 +59,17 @@ class DirectCuda(Conv2dRule):
 
     def candidate_knobs(self, wl, target):
         out = [self.default_knobs(wl, target)]
+        base = out[0]
+        for yr in (1, 2, 4):
+            for xr in (1, 2, 4):
+                if wl.out_h % yr or wl.out_w % xr:
+                    continue
+                for ob, kt, budget in ((4, 4, 128), (4, 8, 256), (8, 4, 128), (2, 8, 256)):
+                    xt = C.largest_divisor(wl.out_w // xr, 16)
+                    yt = C.largest_divisor(wl.out_h // yr, max(1, budget // (kt * xt)))
+                    kn = {**base, "oc_block": ob, "k_thr": kt, "y_thr": yt, "y_reg": yr, "x_thr": xt, "x_reg": xr}
+                    if kn not in out and self._valid(wl, kn) is None:
+                        out.append(kn)
         for ob, kt, yt, yr, xt, xr, ict in (
             (4, 8, 4, 2, 8, 2, 8),
             (8, 4, 4, 2, 8, 2, 8),
@@ -76,6 +88,9 @@ class DirectCuda(Conv2dRule):
     def _valid(wl, kn) -> str | None:
         if wl.out_channels % kn["oc_block"]:
             return f"oc_block {kn['oc_block']} does not divide K={wl.out_channels}"
+        # ragged output tiles make TVM's shared-buffer compaction fall back to the whole image on strided convs
+        if wl.out_h % (kn["y_thr"] * kn["y_reg"]) or wl.out_w % (kn["x_thr"] * kn["x_reg"]):
+            return "the block tile must divide the output (OH, OW)"
         threads = kn["k_thr"] * kn["y_thr"] * kn["x_thr"]
         if threads > C.MAX_THREADS:
             return f"{threads} threads per block"
@@ -136,7 +151,7 @@ class DirectCuda(Conv2dRule):
         sch.reverse_compute_at(local, xt, preserve_unit_loops=True)
         sch.reverse_compute_inline(sch.get_sblock("out"))
         C.unroll_inner(sch, local, xt)
-        for lp in (yr, xr, ki):
+        for lp in (rh, rw, yr, xr, ki):
             sch.unroll(lp)
         sch.decompose_reduction(conv, ico)
         return sch

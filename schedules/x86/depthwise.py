@@ -1,4 +1,15 @@
-"""Depthwise conv2d (groups == C) for x86, vectorised along output columns."""
+"""Depthwise conv2d (groups == C, any channel multiplier, stride, padding, dilation, kernel size) for x86.
+
+Layout NCHW in and out (``topi/nn/depthwise_conv2d.py:depthwise_conv2d_nchw`` with a channel multiplier). Schedule:
+
+- parallel over (batch, output channel);
+- per channel, the zero-padded input plane is built once (``pad_temp``, computed at the channel loop, so the
+  bounds test runs once per input pixel and never in the FMA loop); for horizontal stride ``s > 1`` its columns
+  are de-interleaved by ``s`` so every tap reads unit-stride vectors;
+- each output row is a register tile of ``x_vec`` columns (vectorised; LLVM splits a 56-wide vector into
+  3.5 zmm), ``y_block`` rows unrolled together; the KH x KW taps are unrolled as broadcast(weight) x vector(input)
+  FMAs into a local accumulator.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +22,37 @@ from ..target import TargetInfo
 from ..workload import Conv2dWorkload
 
 
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _partition(sch, loop, extent: int, lo: int, hi: int):
+    """Partition ``loop`` (extent ``extent``) into ``[0, lo)``, ``[lo, hi)``, ``[hi, extent)`` (empty parts
+    dropped); returns the middle loop, or ``None`` when it is empty."""
+    lo, hi = max(lo, 0), min(hi, extent)
+    if hi <= lo:
+        return None
+    parts = [f for f in (lo, hi - lo) if f > 0]
+    if sum(parts) < extent:
+        parts.append(None)
+    else:
+        parts[-1] = None  # loop_partition infers the last part
+    if len(parts) == 1:
+        return loop
+    loops = sch.loop_partition(loop, parts)
+    return loops[1] if lo > 0 else loops[0]
+
+
 class DepthwiseX86(Conv2dRule):
-    """Knobs: none yet. Supports ``groups == C_in`` (any channel multiplier)."""
+    """Depthwise conv2d, ``groups == C_in`` (``K = multiplier * C``), NCHW.
+
+    Knobs:
+        x_vec: output columns per vector register tile; divides OW (default: OW itself when OW <= 4 x lanes,
+            else its largest divisor <= 4 x lanes).
+        y_block: output rows computed together (unrolled); divides OH.
+
+    Packed weight: ``float32[K, KH, KW]``.
+    """
 
     family = "depthwise"
     arch = "x86"
@@ -23,7 +63,22 @@ class DepthwiseX86(Conv2dRule):
         return None
 
     def default_knobs(self, wl, target):
-        return {}
+        cap = 4 * target.vector_lanes
+        x_vec = max(d for d in _divisors(wl.out_w) if d <= cap)
+        # rows per block: enough vector work per block (about 2 zmm-rows of accumulators)
+        want = max(1, (2 * target.vector_lanes) // x_vec)
+        y_block = max(d for d in _divisors(wl.out_h) if d <= want)
+        return {"x_vec": x_vec, "y_block": y_block}
+
+    def candidate_knobs(self, wl, target):
+        d = self.default_knobs(wl, target)
+        out = [d]
+        for xv in sorted({d["x_vec"], *[v for v in _divisors(wl.out_w) if v in (8, 16, 32, 64)]}, reverse=True):
+            for yb in (1, 2, 4):
+                c = {"x_vec": xv, "y_block": yb}
+                if wl.out_h % yb == 0 and c not in out:
+                    out.append(c)
+        return out[:8]
 
     def packed_weight_shape(self, wl, knobs):
         return compute.depthwise_packed_shape(wl)
@@ -33,10 +88,40 @@ class DepthwiseX86(Conv2dRule):
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
+        xv, yb = int(knobs["x_vec"]), int(knobs["y_block"])
+        if xv < 1 or yb < 1 or wl.out_w % xv or wl.out_h % yb:
+            raise ValueError(f"depthwise knobs {knobs} must divide the output {wl.out_h}x{wl.out_w}")
         sch = s_tir.Schedule(compute.create_prim_func(compute.depthwise(wl)))
         out = sch.get_sblock("out")
         n, k, y, x, rh, rw = sch.get_loops(out)
-        sch.parallel(sch.fuse(n, k))
-        if wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right:
-            sch.compute_at(sch.get_sblock("pad_temp"), y)
+        yo, yi = sch.split(y, [None, yb])
+        xo, xi = sch.split(x, [None, xv])
+        sch.reorder(n, k, yo, xo, rh, rw, yi, xi)
+        nk = sch.fuse(n, k)
+        sch.parallel(nk)
+        acc = sch.cache_write(out, 0, "local")
+        sch.reverse_compute_at(acc, xo)
+        sch.unroll(rh)
+        sch.unroll(rw)
+        sch.unroll(yi)
+        sch.vectorize(xi)
+        a_y, a_x = sch.get_loops(acc)[-2:]
+        sch.unroll(a_y)
+        sch.vectorize(a_x)
+        sch.decompose_reduction(out, rh)
+        try:
+            pad = sch.get_sblock("pad_temp")
+        except Exception:  # no padding and unit stride: no pad stage
+            pad = None
+        if pad is not None:
+            sch.compute_at(pad, nk)
+            py, _, px = sch.get_loops(pad)[-3:]
+            # Split the padded plane into border and interior loops: inside the interior ones the bounds test
+            # of pad_temp simplifies away and the copy becomes a plain (vectorised for stride 1) loop.
+            sw, pl = wl.stride_w, wl.pad_left
+            ny, nx = int(sch.get(py).extent), int(sch.get(px).extent)
+            _partition(sch, py, ny, wl.pad_top, wl.pad_top + wl.in_h)
+            mid = _partition(sch, px, nx, -(-pl // sw), (wl.in_w - sw + pl) // sw + 1)
+            if sw == 1 and mid is not None:
+                sch.vectorize(mid)
         return sch.mod["main"]

@@ -93,6 +93,7 @@ class DirectX86(Conv2dRule):
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
         ob, ib, owt, noc = knobs["oc_block"], knobs["ic_block"], knobs["ow_tile"], knobs["oc_tile"]
+        lanes = target.vector_lanes
         geo = compute.direct_blocked_geometry(wl, ob, ib, owt)
         if min(ob, ib, owt, noc) < 1 or geo["k_outer"] % noc:
             raise ValueError(f"direct x86 knobs {knobs} invalid for {wl.describe()}")
@@ -102,6 +103,8 @@ class DirectX86(Conv2dRule):
             pack = sch.get_sblock("data_pack")
             n, co, h, w, ci = sch.get_loops(pack)
             sch.parallel(sch.fuse(n, co, h))
+            if ib == 1 and geo["wp"] % lanes == 0:  # plain zero-padding copy: vectorise along the row
+                sch.vectorize(sch.split(w, [None, lanes])[1])
 
         conv = sch.get_sblock("conv")
         n, ko, y, x, ki, co, rh, rw, ci = sch.get_loops(conv)
@@ -114,7 +117,7 @@ class DirectX86(Conv2dRule):
         sch.vectorize(ki)
         out = sch.get_sblock("out")
         sch.reverse_compute_at(out, xo)
-        if knobs.get("vec_out", 1) and geo["ow_padded"] == wl.out_w and geo["k_outer"] * ob == wl.out_channels:
+        if geo["ow_padded"] == wl.out_w and geo["k_outer"] * ob == wl.out_channels:
             sch.vectorize(sch.get_loops(out)[-1])
         sch.set_scope(conv, 0, "local")  # the compacted accumulator tile -> stack -> registers
         sch.decompose_reduction(conv, co)

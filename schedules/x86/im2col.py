@@ -1,4 +1,11 @@
-"""im2col + GEMM conv2d for x86: any stride, padding, dilation and groups (the universal fallback)."""
+"""im2col + GEMM conv2d for x86: any stride, padding, dilation and groups (the universal fallback).
+
+Chellapilla et al. (2006): the input is unrolled into ``col[n, g, (ic, kh, kw), y, x]`` once, then each group is
+one GEMM ``[K/G, C/G*KH*KW] x [C/G*KH*KW, OH*OWp]``. The GEMM is register-blocked like a BLAS micro-kernel
+(Goto & van de Geijn, "Anatomy of High-Performance Matrix Multiplication", 2008): a ``k_block x x_block`` tile of
+accumulators (``k_block`` broadcast weights x ``x_block / lanes`` vectors of output columns) per reduction step,
+stored straight to the NCHW output.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,26 @@ from .. import compute
 from ..rule import Conv2dRule, Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
+from ._util import vector_registers
 
 
-def _largest_divisor(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+def _x_block(out_w: int, lanes: int) -> int:
+    """Output columns per tile: 1 or 2 vectors, or a narrower power of two for narrow outputs."""
+    if out_w <= lanes:
+        return max(1 << (out_w - 1).bit_length(), 4) if out_w > 1 else 1
+    one = -(-out_w // lanes) * lanes
+    two = -(-out_w // (2 * lanes)) * 2 * lanes
+    return 2 * lanes if two <= one else lanes
 
 
 class Im2colX86(Conv2dRule):
-    """Knobs: ``p_vec`` (GEMM columns = output pixels per vector, divides OH*OW). Supports every conv2d."""
+    """im2col + register-blocked GEMM. Supports every conv2d (any stride, padding, dilation, groups).
+
+    Knobs:
+        k_block: output channels per register tile (broadcast operand; ``K/G`` zero-padded up to a multiple).
+        x_block: output columns per register tile (vectorised; ``OW`` zero-padded up to a multiple). The tile
+            holds ``k_block * ceil(x_block / lanes)`` vector accumulators: at most 16 on AVX-512, 8 on AVX2.
+    """
 
     family = "im2col"
     arch = "x86"
@@ -24,29 +43,66 @@ class Im2colX86(Conv2dRule):
     def unsupported_reason(self, wl, target):
         return None
 
-    def default_knobs(self, wl, target):
-        return {"p_vec": _largest_divisor(wl.out_h * wl.out_w, target.vector_lanes)}
+    def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
+        return self._knobs(wl, target.vector_lanes)
+
+    def _knobs(self, wl: Conv2dWorkload, lanes: int, x_block: int | None = None) -> Knobs:
+        xb = _x_block(wl.out_w, lanes) if x_block is None else x_block
+        vecs = -(-xb // lanes)
+        kb = max(vector_registers(lanes) // 2 // vecs, 1)
+        kg = wl.out_channels // wl.groups
+        if kg < kb:
+            kb = kg
+        return {"k_block": kb, "x_block": xb}
+
+    def candidate_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> list[Knobs]:
+        lanes = target.vector_lanes
+        cands = [self.default_knobs(wl, target)]
+        for xb in (lanes, 2 * lanes, lanes // 2):
+            k = self._knobs(wl, lanes, xb)
+            for kb in (k["k_block"], max(k["k_block"] // 2, 1)):
+                c = {"k_block": kb, "x_block": xb}
+                if c not in cands:
+                    cands.append(c)
+        return cands
 
     def packed_weight_shape(self, wl, knobs):
-        return compute.im2col_packed_shape(wl)
+        return compute.im2col_blocked_packed_shape(wl, knobs["k_block"])
 
     def pack_weight(self, weight, wl, knobs):
-        return compute.im2col_pack_weight(weight, wl)
+        return compute.im2col_blocked_pack_weight(weight, wl, knobs["k_block"])
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        sch = s_tir.Schedule(compute.create_prim_func(compute.im2col_gemm(wl)))
-        if wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right:
-            sch.compute_inline(sch.get_sblock("pad_temp"))
-        out_loops = sch.get_loops(sch.get_sblock("out"))
-        sch.parallel(sch.fuse(out_loops[0], out_loops[1]))
-        gemm = sch.get_sblock("gemm")
-        n, g, k, p, r = sch.get_loops(gemm)
-        po, pi = sch.split(p, [None, knobs["p_vec"]])
-        sch.reorder(n, g, k, po, r, pi)
-        sch.parallel(sch.fuse(n, g, k))
-        sch.vectorize(pi)
-        sch.decompose_reduction(gemm, r)
+        kb, xb = knobs["k_block"], knobs["x_block"]
+        if kb < 1 or xb < 1:
+            raise ValueError(f"im2col x86 knobs {knobs} invalid")
+        lanes = target.vector_lanes
+        sch = s_tir.Schedule(compute.create_prim_func(compute.im2col_rows(wl, kb, xb)))
         col = sch.get_sblock("im2col")
-        cl = sch.get_loops(col)
-        sch.parallel(sch.fuse(*cl[:3]))
+        n, g, r, y, x = sch.get_loops(col)
+        sch.parallel(sch.fuse(n, g, r))
+        if wl.stride_w == 1:  # contiguous source rows: vectorise the copy along x
+            sch.vectorize(sch.split(x, [None, xb])[1])
+
+        gemm = sch.get_sblock("gemm")
+        n, g, k, y, x, rk = sch.get_loops(gemm)
+        ko, ki = sch.split(k, [None, kb])
+        xo, xi = sch.split(x, [None, xb])
+        if xb > lanes and xb % lanes == 0:
+            xj, xl = sch.split(xi, [None, lanes])
+            sch.reorder(n, g, ko, y, xo, rk, ki, xj, xl)
+            sch.unroll(xj)
+        else:
+            xl = xi
+            sch.reorder(n, g, ko, y, xo, rk, ki, xl)
+        sch.parallel(sch.fuse(n, g, ko, y))
+        sch.unroll(ki)
+        sch.vectorize(xl)
+        out = sch.get_sblock("out")
+        sch.reverse_compute_at(out, xo)
+        kg = wl.out_channels // wl.groups
+        if wl.out_w % xb == 0 and kg % kb == 0:
+            sch.vectorize(sch.get_loops(out)[-1])
+        sch.set_scope(gemm, 0, "local")  # the compacted accumulator tile -> stack -> registers
+        sch.decompose_reduction(gemm, rk)
         return sch.mod["main"]

@@ -1,0 +1,284 @@
+"""ARM (aarch64 NEON) schedules on an emulated board.
+
+``scripts/arm_board.sh`` builds the board once (toolchain, aarch64 rootfs + TVM wheels, cached under
+``.cache/arm``) and runs a TVM RPC server under ``qemu-aarch64-static`` on 127.0.0.1. Each kernel is built with an
+ARM rule, cross-compiled with ``aarch64-linux-gnu-gcc``, run on the board and compared with
+``torch.nn.functional.conv2d`` (float64) on the host; each family's kernel is disassembled and must contain NEON
+FMA (``fmla vN.4s``). Tests skip only when the board cannot be set up at all (no apt-get / no root).
+
+Emulated timings are not ARM performance; these tests check correctness and instruction selection only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convpipe import remote
+from convpipe.errors import ConvpipeError
+from convpipe.schedules import Conv2dWorkload, resolve_target, rules_for
+
+pytestmark = pytest.mark.arm
+
+REPO = Path(__file__).resolve().parents[1]
+BOARD = REPO / "scripts" / "arm_board.sh"
+OBJDUMP = "aarch64-linux-gnu-objdump"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _board(cmd: str, run_dir: Path, *args: str, env: dict | None = None, timeout: float = 900):
+    e = {**os.environ, "CONVPIPE_ARM_RUN_DIR": str(run_dir), **(env or {})}
+    return subprocess.run(["bash", str(BOARD), cmd, *args], env=e, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def arm_setup():
+    """Toolchain + emulator + rootfs + wheels (cached). Skips only when setup is impossible here."""
+    if shutil.which("apt-get") is None and shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("emulated ARM board cannot be set up: no apt-get and no aarch64 toolchain")
+    if os.geteuid() != 0 and shutil.which("sudo") is None and shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("emulated ARM board cannot be set up: not root and no sudo to apt-get install")
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", str(BOARD), "setup"], capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, f"scripts/arm_board.sh setup failed:\n{r.stdout}\n{r.stderr}"
+    return time.monotonic() - t0
+
+
+@pytest.fixture(scope="session")
+def board(arm_setup, tmp_path_factory):
+    """A running emulated board on 127.0.0.1 (its own run dir and port); stopped at the end of the session."""
+    run_dir = tmp_path_factory.mktemp("arm_board")
+    port = _free_port()
+    r = _board("start", run_dir, str(port), timeout=300)
+    assert r.returncode == 0, f"scripts/arm_board.sh start failed:\n{r.stdout}\n{r.stderr}"
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        _board("stop", run_dir, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def session(board):
+    return remote.connect(board, None, None, timeout_s=30)
+
+
+@pytest.fixture(scope="session")
+def arm():
+    return resolve_target("arm")
+
+
+def _ref(x: np.ndarray, w: np.ndarray, wl: Conv2dWorkload) -> np.ndarray:
+    import torch
+
+    xp = np.pad(x, ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom), (wl.pad_left, wl.pad_right)))
+    out = torch.nn.functional.conv2d(
+        torch.from_numpy(xp).double(),
+        torch.from_numpy(w).double(),
+        stride=(wl.stride_h, wl.stride_w),
+        dilation=(wl.dilation_h, wl.dilation_w),
+        groups=wl.groups,
+    )
+    return out.numpy()
+
+
+def _build(family: str, wl: Conv2dWorkload, arm, knobs: dict | None, path: Path):
+    import tvm
+
+    rule = rules_for("arm")[family]
+    assert rule.supports(wl, arm), rule.unsupported_reason(wl, arm)
+    kn = rule.default_knobs(wl, arm) if knobs is None else knobs
+    func = rule.build(wl, arm, kn).with_attr("global_symbol", "main")
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=arm.target)
+    remote.export_for_board(ex, path)
+    return rule, kn
+
+
+def W(n, c, h, w, k, kh, kw, s=1, p=(0, 0, 0, 0), d=1, g=1) -> Conv2dWorkload:
+    return Conv2dWorkload(n, c, h, w, k, kh, kw, s, s, *p, d, d, g)
+
+
+P1 = (1, 1, 1, 1)
+#: (family, workload, knobs or None for the defaults): a representative subset of the Conv2d property space
+#: (kernel size, stride, padding incl. asymmetric, dilation, groups, batch, channel counts not multiples of 4).
+CASES = [
+    ("direct", W(1, 8, 10, 10, 16, 3, 3, p=P1), None),
+    ("direct", W(1, 16, 7, 7, 8, 1, 1), None),
+    ("direct", W(2, 3, 11, 13, 6, 5, 5, s=2, p=(2, 1, 2, 3)), None),
+    ("direct", W(1, 8, 12, 12, 12, 3, 3, p=(2, 2, 2, 2), d=2), None),
+    ("direct", W(1, 8, 8, 8, 16, 3, 3, p=P1), {"oc_block": 4, "ow_tile": 4}),
+    ("im2col", W(1, 8, 10, 10, 16, 3, 3, p=P1), None),
+    ("im2col", W(1, 8, 9, 9, 12, 3, 3, s=2, p=P1, g=2), None),
+    ("im2col", W(2, 6, 8, 8, 9, 3, 3, p=(0, 1, 2, 1), d=2, g=3), None),
+    ("im2col", W(1, 16, 6, 6, 8, 1, 1), {"p_vec": 12, "k_tile": 2}),
+    ("winograd", W(1, 16, 12, 12, 16, 3, 3, p=P1), None),
+    ("winograd", W(1, 6, 7, 9, 10, 3, 3, p=(1, 0, 2, 1)), None),
+    ("winograd", W(2, 4, 4, 4, 4, 3, 3, p=P1), None),
+    ("winograd", W(1, 8, 12, 12, 8, 3, 3, p=P1), {"tile": 6, "k_block": 8, "p_block": 4}),
+    ("winograd", W(1, 8, 10, 10, 12, 3, 3), {"tile": 2, "k_block": 4, "p_block": 8}),
+    ("depthwise", W(1, 8, 12, 12, 8, 3, 3, p=P1, g=8), None),
+    ("depthwise", W(1, 4, 17, 17, 8, 3, 3, s=2, p=P1, g=4), None),
+    ("depthwise", W(2, 6, 9, 10, 6, 5, 5, p=(4, 4, 4, 4), d=2, g=6), None),
+    ("depthwise", W(1, 8, 16, 16, 8, 3, 3, p=P1, g=8), {"ow_tile": 16, "oh_tile": 2}),
+]
+
+#: max |ours - float64 reference| / max |reference| allowed per family (fp32; Winograd loses digits with m).
+RTOL = {"direct": 1e-5, "im2col": 1e-5, "depthwise": 1e-5, "winograd": 1e-4}
+
+
+@pytest.mark.parametrize(
+    "family,wl,knobs", CASES, ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(CASES)]
+)
+def test_family_matches_torch_on_board(family, wl, knobs, arm, session, tmp_path):
+    rule, kn = _build(family, wl, arm, knobs, tmp_path / "k.so")
+    rng = np.random.default_rng(abs(hash(wl.key())) % 2**32)
+    x = rng.standard_normal(wl.data_shape, dtype=np.float32)
+    w = rng.standard_normal(wl.weight_shape, dtype=np.float32)
+    packed = rule.pack_weight(w, wl, kn).astype(np.float32)
+    assert packed.shape == tuple(rule.packed_weight_shape(wl, kn))
+    (got,) = remote.run_kernel(tmp_path / "k.so", [x, packed], [wl.out_shape], session)
+    ref = _ref(x, w, wl)
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < RTOL[family], f"{family} {kn} on {wl.describe()}: relative error {err:.2e}"
+
+
+def _fmla_count(so: Path) -> int:
+    asm = subprocess.run([OBJDUMP, "-d", str(so)], capture_output=True, text=True, check=True).stdout
+    return len(re.findall(r"\bfmla\s+v\d+\.4s", asm))
+
+
+#: one representative layer per family (default knobs) for the NEON check
+NEON_CASES = {
+    "direct": W(1, 32, 14, 14, 32, 3, 3, p=P1),
+    "im2col": W(1, 32, 14, 14, 32, 3, 3, s=2, p=P1, g=2),
+    "winograd": W(1, 32, 14, 14, 32, 3, 3, p=P1),
+    "depthwise": W(1, 32, 16, 16, 32, 3, 3, p=P1, g=32),
+}
+
+
+@pytest.mark.parametrize("family", list(NEON_CASES))
+def test_family_emits_neon_fma(family, arm, arm_setup, tmp_path):
+    so = tmp_path / f"{family}.so"
+    _, kn = _build(family, NEON_CASES[family], arm, None, so)
+    n = _fmla_count(so)
+    print(f"\nNEON {family} {kn}: {n} x fmla v.4s")
+    assert n > 0, f"{family} kernel has no NEON FMA (fmla v*.4s) in its disassembly"
+
+
+def _leftovers():
+    import psutil
+
+    return threading.active_count(), len(psutil.Process().children(recursive=True))
+
+
+def test_unreachable_server_is_a_clear_error_quickly():
+    before = _leftovers()
+    port = _free_port()  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(ConvpipeError, match=f"127.0.0.1:{port}"):
+        remote.connect(f"127.0.0.1:{port}", None, None, timeout_s=3)
+    assert time.monotonic() - t0 < 3
+    with pytest.raises(ConvpipeError, match="HOST:PORT"):
+        remote.connect("127.0.0.1", None, None, timeout_s=3)
+    with pytest.raises(ConvpipeError, match="exactly one"):
+        remote.connect(None, None, None, timeout_s=3)
+    assert _leftovers() == before
+
+
+def test_silent_server_times_out():
+    """A listener that never answers the RPC handshake: bounded by the timeout, error names host:port."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConvpipeError, match=f"127.0.0.1:{port}.*within 2 s"):
+            remote.connect(f"127.0.0.1:{port}", None, None, timeout_s=2)
+        assert time.monotonic() - t0 < 4
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def tracker():
+    from tvm.rpc.tracker import Tracker
+
+    trk = Tracker(host="127.0.0.1", port=_free_port(), port_end=65535, silent=True)
+    try:
+        yield trk
+    finally:
+        trk.terminate()
+
+
+def test_tracker_without_board_for_key(tracker):
+    before = _leftovers()
+    addr = f"127.0.0.1:{tracker.port}"
+    t0 = time.monotonic()
+    with pytest.raises(ConvpipeError, match=f"{addr}.*'no-such-board'"):
+        remote.connect(None, addr, "no-such-board", timeout_s=3)
+    assert time.monotonic() - t0 < 4
+    with pytest.raises(ConvpipeError, match="--key"):
+        remote.connect(None, addr, None, timeout_s=3)
+    assert _leftovers() == before
+
+
+def test_tracker_board_busy_then_free(arm_setup, tracker, arm, tmp_path):
+    """A board registered with a tracker: a session through it runs our kernel; while that session holds the
+    only board, a second request fails within its timeout naming the tracker and key."""
+    run_dir = tmp_path / "board"
+    key = "convpipe-a72"
+    r = _board(
+        "start",
+        run_dir,
+        str(_free_port()),
+        env={"CONVPIPE_ARM_TRACKER": f"127.0.0.1:{tracker.port}", "CONVPIPE_ARM_KEY": key},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    try:
+        from tvm import rpc
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the board registers shortly after it starts listening
+            q = rpc.connect_tracker("127.0.0.1", tracker.port).summary()["queue_info"]
+            if q.get(key, {}).get("free"):
+                break
+            time.sleep(0.5)
+        addr = f"127.0.0.1:{tracker.port}"
+        sess = remote.connect(None, addr, key, timeout_s=30)
+        wl = W(1, 4, 6, 6, 8, 3, 3, p=P1)
+        rule, kn = _build("direct", wl, arm, None, tmp_path / "k.so")
+        x = np.ones(wl.data_shape, np.float32)
+        w = np.ones(wl.weight_shape, np.float32)
+        (got,) = remote.run_kernel(tmp_path / "k.so", [x, rule.pack_weight(w, wl, kn)], [wl.out_shape], sess)
+        np.testing.assert_allclose(got, _ref(x, w, wl), rtol=1e-6)
+        t0 = time.monotonic()
+        with pytest.raises(ConvpipeError, match=f"{addr}.*no free board with key '{key}' within 2 s"):
+            remote.connect(None, addr, key, timeout_s=2)
+        assert time.monotonic() - t0 < 4
+        del sess
+    finally:
+        _board("stop", run_dir, timeout=60)
+
+
+def test_board_script_status_and_idempotent_setup(board, tmp_path):
+    r = subprocess.run(["bash", str(BOARD), "setup"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "cached" in r.stderr
+    other = tmp_path / "none"
+    s = _board("status", other)
+    assert s.returncode == 1 and s.stdout.strip() == "stopped"
+    assert _board("stop", other).returncode == 0  # stopping a stopped board is fine

@@ -1,0 +1,126 @@
+"""Differential property tests of every x86 schedule family: random Conv2d configurations (hypothesis), each
+family that supports the case, against ``torch.nn.functional.conv2d`` (float64) and onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from conftest import assert_close, ort_conv, run_kernel, torch_conv
+from convpipe.schedules import Conv2dWorkload, resolve_target, rules_for
+
+RULES = rules_for("x86")
+#: normwise error allowed per family (Winograd's transforms lose a little more precision; F(6,3) the most).
+TOL = {"direct": 1e-5, "im2col": 1e-5, "depthwise": 1e-5, "winograd": 1e-4}
+
+
+@st.composite
+def workloads(draw, family: str):
+    """Conv2d configurations covering stride, asymmetric padding, dilation, groups (depthwise too), non-square
+    kernels and inputs, batch > 1 -- restricted to what ``family`` supports."""
+    groups_kind = draw(st.sampled_from(["one", "grouped", "depthwise"]))
+    if family in ("direct", "winograd"):
+        groups_kind = "one"
+    if family == "depthwise":
+        groups_kind = "depthwise"
+    g = 1 if groups_kind == "one" else draw(st.integers(2, 4))
+    if groups_kind == "depthwise":
+        c = draw(st.integers(2, 12))
+        g = c
+        k = c * draw(st.integers(1, 2))
+    else:
+        c = g * draw(st.integers(1, 6))
+        k = g * draw(st.integers(1, 20))
+    if family == "winograd":
+        kh = kw = 3
+        sh = sw = dh = dw = 1
+    else:
+        kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+        sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = [draw(st.integers(0, 2)) for _ in range(4)]
+    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), 20))
+    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), 20))
+    return Conv2dWorkload(
+        batch=draw(st.integers(1, 2)), in_channels=c, in_h=h, in_w=w, out_channels=k, kernel_h=kh, kernel_w=kw,
+        stride_h=sh, stride_w=sw, pad_top=pads[0], pad_left=pads[1], pad_bottom=pads[2], pad_right=pads[3],
+        dilation_h=dh, dilation_w=dw, groups=g,
+    )
+
+
+def _check(family: str, wl: Conv2dWorkload, knobs=None):
+    target = resolve_target("x86")
+    rule = RULES[family]
+    assert rule.supports(wl, target), rule.unsupported_reason(wl, target)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(wl.data_shape).astype("float32")
+    w = rng.standard_normal(wl.weight_shape).astype("float32")
+    knobs = knobs or rule.default_knobs(wl, target)
+    got = run_kernel(rule, wl, target, knobs, x, w)
+    assert_close(got, torch_conv(x, w, wl), TOL[family], f"{family} {knobs} vs torch on {wl.describe()}")
+    assert_close(got, ort_conv(x, w, wl), TOL[family], f"{family} {knobs} vs onnxruntime on {wl.describe()}")
+
+
+@pytest.mark.parametrize("family", sorted(RULES))
+def test_family_property(family):
+    @given(workloads(family))
+    def prop(wl):
+        _check(family, wl)
+
+    prop()
+
+
+REAL_LAYERS = [  # ResNet / MobileNetV2 / MTCNN shapes, smaller spatial size to keep CI fast
+    Conv2dWorkload(1, 3, 32, 32, 64, 7, 7, 2, 2, 3, 3, 3, 3),
+    Conv2dWorkload(1, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1),
+    Conv2dWorkload(1, 64, 14, 14, 128, 3, 3, 2, 2, 1, 1, 1, 1),
+    Conv2dWorkload(1, 64, 14, 14, 256, 1, 1),
+    Conv2dWorkload(1, 96, 14, 14, 96, 3, 3, 2, 2, 1, 1, 1, 1, groups=96),
+    Conv2dWorkload(2, 32, 10, 10, 16, 1, 1),
+    Conv2dWorkload(1, 10, 11, 13, 16, 3, 3),
+]
+
+
+@pytest.mark.parametrize("wl", REAL_LAYERS, ids=lambda wl: wl.key())
+def test_real_layers_every_family(wl):
+    target = resolve_target("x86")
+    for family, rule in RULES.items():
+        if rule.supports(wl, target):
+            _check(family, wl)
+
+
+@pytest.mark.parametrize("family", sorted(RULES))
+def test_candidate_knobs_are_correct(family):
+    """Every knob setting a tuner may try computes the same conv (first 4 candidates, two shapes)."""
+    target = resolve_target("x86")
+    rule = RULES[family]
+    for wl in (Conv2dWorkload(1, 16, 12, 12, 32, 3, 3, 1, 1, 1, 1, 1, 1), Conv2dWorkload(1, 16, 9, 9, 16, 3, 3, 1, 1, 1, 1, 1, 1, groups=16)):
+        if rule.supports(wl, target):
+            for knobs in rule.candidate_knobs(wl, target)[:4]:
+                _check(family, wl, knobs)
+
+
+def test_avx2_target_builds_and_matches():
+    """AVX2 (8 lanes) knob defaults give correct kernels too (run on this AVX-512 host)."""
+    target = resolve_target('{"kind": "llvm", "mcpu": "haswell"}')
+    assert target.isa == "avx2" and target.vector_lanes == 8
+    wl = Conv2dWorkload(1, 16, 12, 12, 24, 3, 3, 1, 1, 1, 1, 1, 1)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(wl.data_shape).astype("float32")
+    w = rng.standard_normal(wl.weight_shape).astype("float32")
+    for family, rule in RULES.items():
+        if rule.supports(wl, target):
+            got = run_kernel(rule, wl, target, rule.default_knobs(wl, target), x, w)
+            assert_close(got, torch_conv(x, w, wl), TOL[family], family)
+
+
+def test_unsupported_reasons():
+    target = resolve_target("x86")
+    grouped = Conv2dWorkload(1, 8, 8, 8, 8, 3, 3, groups=2)
+    assert RULES["direct"].unsupported_reason(grouped, target)
+    assert RULES["winograd"].unsupported_reason(Conv2dWorkload(1, 8, 8, 8, 8, 3, 3, 2, 2), target)
+    assert RULES["depthwise"].unsupported_reason(grouped, target)
+    assert RULES["im2col"].unsupported_reason(grouped, target) is None
+    with pytest.raises(ValueError, match="cannot compute"):
+        RULES["winograd"].build(Conv2dWorkload(1, 8, 8, 8, 8, 5, 5), target, {"tile": 4})
