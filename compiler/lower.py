@@ -130,7 +130,8 @@ def lower_conv2d(
             raise ConvpipeError(str(e)) from None
         key = (wl, choice.family, tuple(sorted(choice.knobs.items())))
         if key not in kernels:
-            func = choice.rule.build(wl, target, choice.knobs).with_attr("op_pattern", _OPAQUE)
+            func = choice.rule.build(wl, target, choice.knobs)
+            func = func.with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
             name = f"conv2d_{choice.family}_{len(kernels)}"
             kernels[key] = bb.add_func(func, name)
         gv = kernels[key]

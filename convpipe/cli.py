@@ -242,6 +242,57 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from convpipe.compiler.importer import import_onnx, parse_input_shapes
+    from convpipe.compiler.tune import TuningDatabase, candidates, model_workloads, tune_workloads
+    from convpipe.schedules import TargetError, resolve_target
+
+    try:
+        target = resolve_target(args.target, args.arch)
+    except TargetError as e:
+        raise ConvpipeError(str(e)) from None
+    if args.threads:
+        from convpipe.compiler.bench import set_threads
+
+        set_threads(args.threads)
+    imported = import_onnx(args.model, parse_input_shapes(args.input_shape))
+    workloads = model_workloads(imported, target)
+    db = TuningDatabase(args.db)
+    con = _console()
+    measure = None
+    if args.remote or args.tracker:
+        from convpipe import remote
+
+        measure = remote.make_measure(args.remote, args.tracker, args.key)
+    elif target.arch != "x86":
+        raise ConvpipeError(f"tuning for {target.arch} needs the board: give --remote HOST:PORT or --tracker HOST:PORT --key KEY")
+    total = sum(len(candidates(wl, target)) for wl in workloads)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=con, transient=False) as bar:
+        task = bar.add_task("tuning", total=total)
+
+        def progress(line: str) -> None:
+            bar.update(task, advance=1, description=line)
+
+        results = tune_workloads(workloads, target, db, args.budget_s, args.retune, measure, progress)
+        bar.update(task, completed=total)
+    from rich.table import Table
+
+    t = Table(title=f"tuning database {args.db} ({target.arch}/{target.isa})", title_justify="left")
+    for col in ("workload", "family", "knobs", "ms", "GFLOP/s", "candidates", "source"):
+        t.add_column(col)
+    for r in results:
+        rec = r.record
+        t.add_row(r.workload.key(), rec["family"], " ".join(f"{k}={v}" for k, v in rec["knobs"].items()) or "-",
+                  f"{rec['ms']:.3f}", f"{rec['gflops']:.1f}", str(rec["candidates"]), "reused" if r.reused else "measured")
+    con.print(t)
+    con.print(f"{sum(not r.reused for r in results)} workload(s) measured, {sum(r.reused for r in results)} reused; "
+              f"compile with --db {args.db}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from convpipe.compiler.demo import run_demo
 
@@ -305,6 +356,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", default="auto", choices=FAMILY_CHOICES, help="when given an .onnx")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("tune", help="measure schedule candidates per conv2d workload into a tuning database")
+    s.add_argument("model", metavar="MODEL.onnx")
+    s.add_argument("--db", default="tune.json", help="tuning database (JSON; created or extended)")
+    s.add_argument("--budget-s", type=float, default=300.0, help="measuring time budget in seconds (default 300)")
+    s.add_argument("--target", default="x86")
+    s.add_argument("--arch", help="CUDA arch for --target cuda")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    s.add_argument("--threads", type=int, help="CPU threads for the measured kernels (default: all cores)")
+    s.add_argument("--retune", action="store_true", help="re-measure workloads already in the database")
+    s.add_argument("--remote", metavar="HOST:PORT", help="measure on a TVM RPC server (the board)")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="measure on a board from a TVM RPC tracker")
+    s.add_argument("--key", help="device key for --tracker")
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("demo", help="the main job: ResNet-18 + MTCNN end to end on real images")
     s.add_argument("--out", default="out/demo", help="working directory (default out/demo)")

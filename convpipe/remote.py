@@ -55,7 +55,7 @@ def _probe(host: str, port: int, timeout_s: float, what: str) -> None:
         raise ConvpipeError(f"cannot reach {what} {host}:{port}: {e.strerror or e}") from None
 
 
-def _connect_server(host: str, port: int, key: str, timeout_s: float, session_timeout: float):
+def _connect_server(host: str, port: int, key: str, timeout_s: float, session_timeout: float, probe: bool = True):
     """``tvm.rpc.connect`` bounded by ``timeout_s``.
 
     The TCP probe catches dead addresses; the RPC handshake itself runs on a helper thread because the C++
@@ -64,7 +64,8 @@ def _connect_server(host: str, port: int, key: str, timeout_s: float, session_ti
     """
     from tvm import rpc
 
-    _probe(host, port, timeout_s, "RPC server")
+    if probe:  # not for a board a tracker just matched: a dropped connection makes it renew its match key
+        _probe(host, port, timeout_s, "RPC server")
     box: dict[str, Any] = {}
 
     def _go():
@@ -109,7 +110,8 @@ def _request_from_tracker(host: str, port: int, key: str, timeout_s: float) -> t
             raise ConvpipeError(f"{host}:{port} is not a TVM RPC tracker")
         sock.settimeout(max(0.1, deadline - time.monotonic()))
         base.sendjson(sock, [base.TrackerCode.SUMMARY])
-        summary = base.recvjson(sock)
+        reply = base.recvjson(sock)  # [SUCCESS, {"queue_info": {key: {"free", "pending"}}, "server_info": ...}]
+        summary = reply[1] if isinstance(reply, list) and len(reply) > 1 else {}
         queues = summary.get("queue_info", {}) if isinstance(summary, dict) else {}
         if key not in queues:
             known = sorted(queues) or "none"
@@ -169,7 +171,7 @@ def connect(
     t0 = time.monotonic()
     b_host, b_port, matchkey = _request_from_tracker(t_host, t_port, key, timeout_s)
     left = max(1.0, timeout_s - (time.monotonic() - t0))
-    return _connect_server(b_host, b_port, matchkey, left, session_timeout)
+    return _connect_server(b_host, b_port, matchkey, left, session_timeout, probe=False)
 
 
 def cross_compiler(cc: str = AARCH64_CC):
@@ -336,3 +338,45 @@ def time_kernel(
     touts = [tvm.runtime.tensor(np.zeros(s, dtype=dtype), dev) for s in out_shapes]
     fn = rmod.time_evaluator(func, dev, number=number, repeat=repeat)
     return list(fn(*targs, *touts).results)
+
+
+def make_measure(
+    remote_addr: str | None,
+    tracker: str | None = None,
+    key: str | None = None,
+    timeout_s: float = 30.0,
+    number: int = 3,
+    repeat: int = 3,
+    cc: str = AARCH64_CC,
+):
+    """A ``measure(rule, wl, target, knobs) -> seconds`` for ``compiler.tune.tune_workloads`` that times each
+    candidate kernel on the board: build, cross-compile (``cc``), upload, median of the board-side
+    ``time_evaluator``. One RPC session is opened now (errors as :func:`connect`) and reused; a temporary
+    directory holds the libraries. On an emulated board the ranking is only indicative (QEMU's costs are not a
+    Cortex-A72's).
+    """
+    import tempfile
+
+    sess = connect(remote_addr, tracker, key, timeout_s)
+    tmp = tempfile.TemporaryDirectory(prefix="convpipe-measure-")
+    counter = [0]
+
+    def measure(rule, wl, target, knobs) -> float:
+        import tvm
+
+        func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
+        with target.target:
+            ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
+        counter[0] += 1
+        so = os.path.join(tmp.name, f"cand{counter[0]}.so")
+        export_for_board(ex, so, cc)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(wl.data_shape).astype("float32")
+        w = rule.pack_weight(rng.standard_normal(wl.weight_shape).astype("float32"), wl, knobs).astype("float32")
+        secs = time_kernel(so, [x, w], [wl.out_shape], sess, number=number, repeat=repeat)
+        os.remove(so)
+        return float(np.median(secs))
+
+    measure.session = sess  # keep the session (and the temp dir) alive with the function
+    measure.tmpdir = tmp
+    return measure

@@ -479,14 +479,15 @@ def depthwise_pack_weight(weight: np.ndarray, wl: Conv2dWorkload) -> np.ndarray:
     return np.ascontiguousarray(weight.reshape(depthwise_packed_shape(wl)))
 
 
-def depthwise(wl: Conv2dWorkload) -> list[te.Tensor]:
+def depthwise(wl: Conv2dWorkload, deinterleave: bool = True) -> list[te.Tensor]:
     """``out[n, k, y, x] = sum_{rh, rw} pad[n, k // mult, y*sh + rh*dh, x*sw + rw*dw] * W[k, rh, rw]``.
 
     When the conv has padding or a horizontal stride ``sw > 1``, stage ``pad_temp``
     ``[N, C, Hp, sw, ceil(Wp / sw)]`` holds the zero-padded input with its columns de-interleaved by the stride
     (``pad_temp[n, c, y, x % sw, x // sw] = padded[n, c, y, x]``), so that for every tap ``rw`` consecutive
     output columns read consecutive ``pad_temp`` elements (unit-stride vector loads even for stride 2).
-    Returns ``[data, packed_weight, out]``; stages ``pad_temp`` (optional) and ``out``.
+    With ``deinterleave=False`` the stage is the plain padded input ``[N, C, Hp, Wp]`` (created only when the conv
+    has padding). Returns ``[data, packed_weight, out]``; stages ``pad_temp`` (optional) and ``out``.
     """
     if not wl.is_depthwise:
         raise ValueError(f"depthwise needs groups == C_in > 1: {wl.describe()}")
@@ -497,6 +498,16 @@ def depthwise(wl: Conv2dWorkload) -> list[te.Tensor]:
     rw = te.reduce_axis((0, wl.kernel_w), name="rw")
     sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
     has_pad = any((wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right))
+    if not deinterleave:
+        pad = pad_nchw(data, wl)
+        out = te.compute(
+            wl.out_shape,
+            lambda n, k, y, x: te.sum(
+                pad[n, k // mult, y * sh + rh * dh, x * sw + rw * dw] * weight[k, rh, rw], axis=[rh, rw]
+            ),
+            name="out",
+        )
+        return [data, weight, out]
     if not has_pad and sw == 1:
         out = te.compute(
             wl.out_shape,

@@ -163,7 +163,7 @@ def _fmla_count(so: Path) -> int:
 #: one representative layer per family (default knobs) for the NEON check
 NEON_CASES = {
     "direct": W(1, 32, 14, 14, 32, 3, 3, p=P1),
-    "im2col": W(1, 32, 14, 14, 32, 3, 3, s=2, p=P1, g=2),
+    "im2col": W(1, 32, 16, 16, 32, 3, 3, s=2, p=P1, g=2),
     "winograd": W(1, 32, 14, 14, 32, 3, 3, p=P1),
     "depthwise": W(1, 32, 16, 16, 32, 3, 3, p=P1, g=32),
 }
@@ -282,3 +282,11 @@ def test_board_script_status_and_idempotent_setup(board, tmp_path):
     s = _board("status", other)
     assert s.returncode == 1 and s.stdout.strip() == "stopped"
     assert _board("stop", other).returncode == 0  # stopping a stopped board is fine
+
+
+def test_make_measure_times_a_candidate_on_board(board, arm):
+    measure = remote.make_measure(board, None, None, timeout_s=30, number=1, repeat=1)
+    wl = W(1, 8, 8, 8, 8, 3, 3, p=P1)
+    rule = rules_for("arm")["direct"]
+    secs = measure(rule, wl, arm, rule.default_knobs(wl, arm))
+    assert 0 < secs < 10

@@ -155,3 +155,28 @@ def test_gpu_matches_torch(family, wl):
         out = tvm.runtime.tensor(np.zeros(wl.out_shape, "float32"), dev)
         ex["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(rule.pack_weight(w, wl, kn), dev), out)
         assert_close(out.numpy(), torch_conv(x, w, wl), REL[family], f"{family} {kn}")
+
+
+@pytest.mark.skipif(not C.nvcc_available(), reason="nvcc not installed")
+@pytest.mark.parametrize("arch", ARCHES)
+def test_resnet18_artifact_for_cuda(tmp_path_factory, arch):
+    """ResNet-18 compiles for CUDA end to end (our conv2d kernels + TVM's dlight for the rest); the artifact
+    carries a cubin for the requested arch whose conv2d kernels spill no registers."""
+    import json
+
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.export import export_onnx
+    from convpipe.compiler.zoo import ZOO
+
+    d = tmp_path_factory.mktemp(f"r18_{arch}")
+    onnx_path = str(d / "r18.onnx")
+    export_onnx(ZOO["resnet18"].build(), (1, 3, 224, 224), onnx_path)
+    res = compile_model(onnx_path, str(d / "r18.cpa"), "cuda", "auto", arch=arch)
+    m = json.load(open(d / "r18.cpa" / "manifest.json"))
+    assert m["target"]["isa"] == arch and m["device_code"]["arch"] == arch
+    assert (d / "r18.cpa" / "device.cubin").stat().st_size > 0
+    assert {layer["family"] for layer in res.manifest["conv2d"]} >= {"direct", "winograd"}
+    conv_kernels = [k for k in m["device_code"]["kernels"] if k["kernel"].startswith("conv2d_")]
+    assert len(conv_kernels) >= 11
+    spilled = [k for k in conv_kernels if k["spill_stores"] or k["spill_loads"]]
+    assert not spilled, spilled

@@ -202,6 +202,15 @@ def ptxas_report(source: str, arch: str) -> list[PtxasReport]:
     Raises:
         RuntimeError: nvcc failed (its output is in the message).
     """
+    return compile_cubin(source, arch)[1]
+
+
+def compile_cubin(source: str, arch: str) -> tuple[bytes, list[PtxasReport]]:
+    """``(cubin bytes, per-kernel ptxas figures)`` of CUDA ``source`` compiled by nvcc for ``arch`` (``sm_90``).
+
+    Raises:
+        RuntimeError: nvcc failed (its output is in the message).
+    """
     with tempfile.TemporaryDirectory() as d:
         cu = os.path.join(d, "k.cu")
         with open(cu, "w") as f:
@@ -210,6 +219,7 @@ def ptxas_report(source: str, arch: str) -> list[PtxasReport]:
         cmd = [NVCC, "--cubin", f"-arch={arch}", "-O3", "--use_fast_math", *TVM_PTXAS_FLAGS]
         cmd += ["-o", os.path.join(d, "k.cubin"), cu]
         r = subprocess.run(cmd, capture_output=True, text=True)
+        cubin = open(os.path.join(d, "k.cubin"), "rb").read() if r.returncode == 0 else b""
     out = r.stdout + r.stderr
     if r.returncode != 0:
         raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{out}")
@@ -225,7 +235,7 @@ def ptxas_report(source: str, arch: str) -> list[PtxasReport]:
             cur = None
     if not reports:
         raise RuntimeError(f"could not parse ptxas output:\n{out}")
-    return reports
+    return cubin, reports
 
 
 def prod(xs) -> int:

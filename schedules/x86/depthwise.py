@@ -26,29 +26,13 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _partition(sch, loop, extent: int, lo: int, hi: int):
-    """Partition ``loop`` (extent ``extent``) into ``[0, lo)``, ``[lo, hi)``, ``[hi, extent)`` (empty parts
-    dropped); returns the middle loop, or ``None`` when it is empty."""
-    lo, hi = max(lo, 0), min(hi, extent)
-    if hi <= lo:
-        return None
-    parts = [f for f in (lo, hi - lo) if f > 0]
-    if sum(parts) < extent:
-        parts.append(None)
-    else:
-        parts[-1] = None  # loop_partition infers the last part
-    if len(parts) == 1:
-        return loop
-    loops = sch.loop_partition(loop, parts)
-    return loops[1] if lo > 0 else loops[0]
-
-
 class DepthwiseX86(Conv2dRule):
     """Depthwise conv2d, ``groups == C_in`` (``K = multiplier * C``), NCHW.
 
     Knobs:
-        x_vec: output columns per vector register tile; divides OW (default: OW itself when OW <= 4 x lanes,
-            else its largest divisor <= 4 x lanes).
+        x_vec: output columns per vector register tile; divides OW (its largest divisor <= 4 x lanes). ``0``
+            selects the LLVM-vectorised schedule (:meth:`_build_auto`), the default for stride > 1 and for
+            OW outside 8..32, where it measured faster.
         y_block: output rows computed together (unrolled); divides OH.
 
     Packed weight: ``float32[K, KH, KW]``.
@@ -63,6 +47,8 @@ class DepthwiseX86(Conv2dRule):
         return None
 
     def default_knobs(self, wl, target):
+        if wl.stride_w != 1 or not 8 <= wl.out_w <= 32:
+            return {"x_vec": 0, "y_block": 1}
         cap = 4 * target.vector_lanes
         x_vec = max(d for d in _divisors(wl.out_w) if d <= cap)
         # rows per block: enough vector work per block (about 2 zmm-rows of accumulators)
@@ -73,7 +59,7 @@ class DepthwiseX86(Conv2dRule):
     def candidate_knobs(self, wl, target):
         d = self.default_knobs(wl, target)
         out = [d]
-        for xv in sorted({d["x_vec"], *[v for v in _divisors(wl.out_w) if v in (8, 16, 32, 64)]}, reverse=True):
+        for xv in sorted({d["x_vec"], 0, *[v for v in _divisors(wl.out_w) if v in (8, 16, 32, 64)]}, reverse=True):
             for yb in (1, 2, 4):
                 c = {"x_vec": xv, "y_block": yb}
                 if wl.out_h % yb == 0 and c not in out:
@@ -89,6 +75,8 @@ class DepthwiseX86(Conv2dRule):
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
         xv, yb = int(knobs["x_vec"]), int(knobs["y_block"])
+        if xv == 0:
+            return self._build_auto(wl)
         if xv < 1 or yb < 1 or wl.out_w % xv or wl.out_h % yb:
             raise ValueError(f"depthwise knobs {knobs} must divide the output {wl.out_h}x{wl.out_w}")
         sch = s_tir.Schedule(compute.create_prim_func(compute.depthwise(wl)))
@@ -115,13 +103,19 @@ class DepthwiseX86(Conv2dRule):
             pad = None
         if pad is not None:
             sch.compute_at(pad, nk)
-            py, _, px = sch.get_loops(pad)[-3:]
-            # Split the padded plane into border and interior loops: inside the interior ones the bounds test
-            # of pad_temp simplifies away and the copy becomes a plain (vectorised for stride 1) loop.
-            sw, pl = wl.stride_w, wl.pad_left
-            ny, nx = int(sch.get(py).extent), int(sch.get(px).extent)
-            _partition(sch, py, ny, wl.pad_top, wl.pad_top + wl.in_h)
-            mid = _partition(sch, px, nx, -(-pl // sw), (wl.in_w - sw + pl) // sw + 1)
-            if sw == 1 and mid is not None:
-                sch.vectorize(mid)
+            if wl.stride_w == 1:
+                sch.vectorize(sch.get_loops(pad)[-1])
+        return sch.mod["main"]
+
+    @staticmethod
+    def _build_auto(wl: Conv2dWorkload) -> tvm.tirx.PrimFunc:
+        """``x_vec == 0``: plain padded input computed per output row, inner loops left to LLVM's loop
+        vectoriser (which turns stride-2 column reads into wide loads + shuffles; measured faster than explicit
+        TIR vectors for strided, very wide or very narrow outputs)."""
+        sch = s_tir.Schedule(compute.create_prim_func(compute.depthwise(wl, deinterleave=False)))
+        out = sch.get_sblock("out")
+        n, k, y, x, rh, rw = sch.get_loops(out)
+        sch.parallel(sch.fuse(n, k))
+        if wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right:
+            sch.compute_at(sch.get_sblock("pad_temp"), y)
         return sch.mod["main"]

@@ -69,28 +69,30 @@ class WinogradX86(Conv2dRule):
         return None
 
     def default_knobs(self, wl, target):
-        """F(4, 3) by default; F(2, 3) for outputs under 8x8 pixels... (see :meth:`_default_tile`)."""
+        """``tile``: F(4, 3) (error bound 5e-6), F(2, 3) when the output is at most 8 pixels on a side (F(4, 3)
+        would pad 7x7 to 8x8 and its 2.25x larger U makes small-spatial, many-channel layers weight-bandwidth
+        bound). F(6, 3) is never the default (bound 5e-5, and not faster here); it is a tuning candidate.
+        ``k_block``: up to 4 vectors of output channels; ``p_block``: tiles filling 16 (AVX-512) / 12 (AVX2)
+        vector accumulators (64 x 4 measured best on the layers in the module docstring)."""
         lanes = target.vector_lanes
         m = self._default_tile(wl)
-        k_block = lanes * 2 if wl.out_channels > lanes else lanes
+        nkv = max(1, min(4, -(-wl.out_channels // lanes)))
+        k_block = lanes * nkv
         acc = 16 if lanes >= 16 else 12  # vector accumulators that leave registers for U and broadcasts
-        p_block = max(1, acc // (k_block // lanes))
-        n_tiles = wl.batch * compute.winograd_tiles(wl, m)[0] * compute.winograd_tiles(wl, m)[1]
-        p_block = min(p_block, n_tiles)
+        n_h, n_w = compute.winograd_tiles(wl, m)
+        p_block = max(1, min(acc // nkv, wl.batch * n_h * n_w))
         return {"tile": m, "k_block": k_block, "p_block": p_block}
 
     @staticmethod
     def _default_tile(wl: Conv2dWorkload) -> int:
-        if min(wl.out_h, wl.out_w) < 8:
-            return 2 if min(wl.out_h, wl.out_w) <= 4 else 4
-        return 4
+        return 2 if min(wl.out_h, wl.out_w) <= 8 else 4
 
     def candidate_knobs(self, wl, target):
         d = self.default_knobs(wl, target)
         lanes = target.vector_lanes
         out = [d]
         for m in (2, 4, 6):
-            for kb, pb in ((d["k_block"], d["p_block"]), (lanes, 8), (lanes * 2, 6), (lanes * 3, 4)):
+            for kb, pb in ((d["k_block"], d["p_block"]), (lanes * 2, 8), (lanes, 14), (lanes * 3, 5)):
                 cand = {"tile": m, "k_block": kb, "p_block": pb}
                 if cand not in out:
                     out.append(cand)
