@@ -1,6 +1,12 @@
 """Side-by-side latency: convpipe vs onnxruntime vs PyTorch eager, measured in one process, engines interleaved
 round by round so the machine's noise hits all alike. Reported figure: the median over rounds of the mean
-latency of a batch of runs (ms)."""
+latency of a batch of runs (ms).
+
+Three thread pools share the process, so none may busy-wait after its work (a spinning pool steals the cores
+from the next engine: on 2 cores PyTorch ran 40x slower behind a spinning TVM pool). :func:`set_threads`
+turns spinning off for all three (``TVM_THREAD_POOL_SPIN_COUNT=0``, ``OMP_WAIT_POLICY=PASSIVE``, onnxruntime's
+``session.intra_op.allow_spinning=0``); both env variables must be set before the pools start, which is why
+the CLI calls it first thing for ``bench`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -13,9 +19,12 @@ import numpy as np
 
 
 def set_threads(threads: int) -> None:
-    """Make TVM (``TVM_NUM_THREADS``, read when its pool starts), PyTorch and OpenMP use ``threads`` threads."""
+    """Make TVM (``TVM_NUM_THREADS``, read when its pool starts), PyTorch and OpenMP use ``threads`` threads,
+    none of them spinning (see the module docstring)."""
     os.environ["TVM_NUM_THREADS"] = str(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         import torch
 
@@ -66,7 +75,7 @@ def model_engines(artifact: str, onnx_path: str | None, inputs: dict[str, np.nda
     args = [tvm.runtime.tensor(a) for a in module.check_inputs(inputs)]
     engines["convpipe"] = lambda: vm["main"](*args)
     if onnx_path:
-        sess = onnxruntime_session(onnx_path, threads)
+        sess = onnxruntime_session(onnx_path, threads, spinning=False)
         engines["onnxruntime"] = lambda: sess.run(None, inputs)
     if torch_model is not None:
         import torch

@@ -48,9 +48,9 @@ def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "au
 def export_library(ex, path: str, target: TargetInfo) -> None:
     """Write the executable as a shared library, cross-compiling for aarch64 when the target is ARM."""
     if target.arch == "arm":
-        from tvm.support import cc
+        from convpipe.remote import export_for_board
 
-        ex.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+        export_for_board(ex, path)
     else:
         ex.export_library(path)
 

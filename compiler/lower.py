@@ -2,9 +2,10 @@
 
 ``relax.transform.LegalizeOps`` with a custom legalisation for ``relax.nn.conv2d``: for each call it builds the
 workload, asks :mod:`.select` for a family and knobs, pre-packs the constant weight with the rule's NumPy packing,
-adds the rule's scheduled PrimFunc with ``bb.add_func`` and returns ``relax.call_tir``. The PrimFunc is marked
-``op_pattern = kOpaque`` so FuseOps/FuseTIR never merge it into a fused function that would drop the schedule.
-Everything else keeps TVM's default lowering.
+adds the rule's scheduled PrimFunc with ``bb.add_func`` and returns ``relax.call_tir``. On CPU targets the
+PrimFunc is fusable with its element-wise consumers, which :mod:`convpipe.schedules.epilogue` then inlines
+into its output store (epilogue fusion); on CUDA it is opaque. Everything else keeps TVM's lowering plus the
+schedules of :mod:`.pipeline`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from tvm import relax
 
 from convpipe.errors import ConvpipeError
 from convpipe.schedules import Conv2dWorkload, TargetInfo, rules_for
+from convpipe.schedules.epilogue import mark_output_block
 
 from .select import choose
 
-#: ``relay::OpPatternKind::kOpaque``: FuseOps leaves such a call alone.
+#: ``OpPatternKind``: kOutEWiseFusable lets FuseOps group the element-wise consumers (bias, BN, activation,
+#: residual add) with our kernel for :mod:`convpipe.schedules.epilogue` to inline (CPU targets); kOpaque keeps
+#: it alone (CUDA: TVM's dlight would otherwise try to reschedule the fused function).
+_OUT_EWISE_FUSABLE = 4
 _OPAQUE = 8
 
 
@@ -131,7 +136,11 @@ def lower_conv2d(
         key = (wl, choice.family, tuple(sorted(choice.knobs.items())))
         if key not in kernels:
             func = choice.rule.build(wl, target, choice.knobs)
-            func = func.with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
+            if target.arch == "cuda":
+                func = func.with_attr("op_pattern", _OPAQUE)
+            else:
+                func = mark_output_block(func).with_attr("op_pattern", _OUT_EWISE_FUSABLE)
+            func = func.with_attr("tirx.is_scheduled", True)
             name = f"conv2d_{choice.family}_{len(kernels)}"
             kernels[key] = bb.add_func(func, name)
         gv = kernels[key]

@@ -1,6 +1,7 @@
 """The Relax compilation pipeline: TVM's default CPU pipeline (``relax/backend/cpu_generic/pipeline.py``) with
-constant folding before conv2d lowering and, after FuseOps/FuseTIR, schedules for the kernels TVM would leave
-unscheduled (dlight's CPU GEMV and Reduction rules, and :class:`convpipe.schedules.elementwise.InjectiveCPU`).
+constant folding before conv2d lowering and, after FuseOps/FuseTIR, epilogue fusion into our conv2d kernels
+(:class:`convpipe.schedules.epilogue.ConvEpilogueCPU`) and schedules for the kernels TVM would leave
+unscheduled (dlight's CPU GEMV and Reduction rules, :class:`convpipe.schedules.elementwise.InjectiveCPU`).
 Kernels already scheduled (our conv2d, marked ``tirx.is_scheduled``) are left alone."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def relax_pipeline(target: TargetInfo) -> tvm.transform.Pass | str:
             seq = tvm.transform.Sequential(
                 cpu.library_dispatch_passes(t)
                 + cpu.legalize_passes(t)
-                + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction(), _injective())]
+                + [dlight.ApplyDefaultSchedule(*_cpu_rules())]
                 + cpu.dataflow_lower_passes(t)
                 + cpu.finalize_passes(t)
             )
@@ -39,7 +40,8 @@ def relax_pipeline(target: TargetInfo) -> tvm.transform.Pass | str:
     return _pipeline
 
 
-def _injective():
+def _cpu_rules():
     from convpipe.schedules.elementwise import InjectiveCPU
+    from convpipe.schedules.epilogue import ConvEpilogueCPU
 
-    return InjectiveCPU()
+    return [ConvEpilogueCPU(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), InjectiveCPU()]

@@ -21,11 +21,14 @@ class OutputCheck:
     ok: bool
 
 
-def onnxruntime_session(onnx_path: str, threads: int | None = None):
-    """An onnxruntime ``InferenceSession`` on the CPU provider with ``threads`` intra-op threads."""
+def onnxruntime_session(onnx_path: str, threads: int | None = None, spinning: bool = True):
+    """An onnxruntime ``InferenceSession`` on the CPU provider with ``threads`` intra-op threads (busy-waiting
+    between ops unless ``spinning`` is False)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

@@ -49,6 +49,46 @@ def _load_inputs(specs: list[str] | None, infos) -> dict:
     return out
 
 
+class _Runner:
+    """Runs an artifact locally (:mod:`convpipe.runtime`) or on a board over TVM RPC (``--remote``/``--tracker``)."""
+
+    def __init__(self, args):
+        from convpipe.runtime import io_info, load, read_manifest
+
+        self.remote = getattr(args, "remote", None) or getattr(args, "tracker", None)
+        if self.remote:
+            import tvm
+
+            from convpipe import remote
+            from convpipe.runtime import verify_library
+
+            self.manifest = read_manifest(args.artifact)
+            self.lib = verify_library(args.artifact, self.manifest)
+            if self.manifest["tvm_version"] != tvm.__version__:
+                raise ConvpipeError(f"artifact built with TVM {self.manifest['tvm_version']}, this host has {tvm.__version__}")
+            self.inputs, self.outputs = io_info(self.manifest, "inputs"), io_info(self.manifest, "outputs")
+            self.session = remote.connect(args.remote, args.tracker, args.key, timeout_s=args.timeout)
+        else:
+            self.module = load(args.artifact)
+            self.manifest, self.inputs, self.outputs = self.module.manifest, self.module.inputs, self.module.outputs
+
+    def run(self, inputs: dict) -> dict:
+        if not self.remote:
+            return self.module.run(inputs)
+        from convpipe import remote
+        from convpipe.runtime import check_inputs
+
+        arrays = check_inputs(self.inputs, inputs)
+        return remote.run_remote(self.lib, arrays, self.session, [o.name for o in self.outputs])
+
+
+def _add_remote_args(s) -> None:
+    s.add_argument("--remote", metavar="HOST:PORT", help="run on a TVM RPC server (the board)")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="run on a board taken from a TVM RPC tracker")
+    s.add_argument("--key", help="device key for --tracker")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the board (default 30)")
+
+
 def _layer_table(layers: list[dict], title: str):
     from rich.table import Table
 
@@ -141,9 +181,7 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     import numpy as np
 
-    from convpipe.runtime import load
-
-    module = load(args.artifact)
+    module = _Runner(args)
     inputs = _load_inputs(args.input, module.inputs)
     if not inputs:
         from convpipe.compiler.importer import TensorInfo, random_inputs
@@ -162,9 +200,8 @@ def cmd_run(args) -> int:
 def cmd_verify(args) -> int:
     from convpipe.compiler.importer import TensorInfo, random_inputs
     from convpipe.compiler.verify import compare, run_onnxruntime
-    from convpipe.runtime import load
 
-    module = load(args.artifact)
+    module = _Runner(args)
     inputs = _load_inputs(args.input, module.inputs)
     generated = [i for i in module.inputs if i.name not in inputs]
     inputs.update(random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in generated], args.seed))
@@ -237,6 +274,21 @@ def cmd_bench(args) -> int:
         compile_model(onnx_path, artifact, "x86", args.schedule, parse_input_shapes(args.input_shape))
     else:
         artifact = target
+    if args.remote or args.tracker:
+        import statistics
+
+        from convpipe import remote
+        from convpipe.compiler.importer import TensorInfo, random_inputs
+
+        args.artifact = artifact
+        runner = _Runner(args)
+        inputs = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in runner.inputs])
+        times = remote.time_remote(runner.lib, list(inputs.values()), runner.session, number=max(1, args.rounds), repeat=3)
+        where = args.remote or f"tracker {args.tracker} key {args.key}"
+        con.print(f"convpipe on the board ({where}): median {statistics.median(times) * 1e3:.3f} ms over {len(times)} "
+                  f"repeats of {max(1, args.rounds)} runs (time_evaluator on the board). An emulated board "
+                  "(scripts/arm_board.sh) is ~20x slower than hardware: its timings are not ARM performance.")
+        return 0
     res = _bench(artifact, onnx_path, args.threads, args.rounds)
     con.print(_bench_table(res, f"bench {args.model}  threads={args.threads}  batch latency, median of {args.rounds} interleaved rounds"))
     return 0
@@ -333,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", action="append", metavar="NAME=x.npy")
     s.add_argument("-o", "--output", metavar="out.npz", help="write outputs keyed by ONNX output name")
     s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
+    _add_remote_args(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("verify", help="compare an artifact with onnxruntime (exit 1 on mismatch)")
@@ -342,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
     s.add_argument("--rtol", type=float, default=1e-3)
     s.add_argument("--atol", type=float, default=1e-4)
+    _add_remote_args(s)
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("inspect", help="show an artifact's manifest and per-layer conv2d schedules")
@@ -355,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=7)
     s.add_argument("--schedule", default="auto", choices=FAMILY_CHOICES, help="when given an .onnx")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    _add_remote_args(s)
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("tune", help="measure schedule candidates per conv2d workload into a tuning database")
@@ -382,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("bench", "demo"):
+        # before any thread pool starts: see convpipe.compiler.bench
+        from convpipe.compiler.bench import set_threads
+
+        set_threads(args.threads)
     try:
         return args.func(args)
     except ConvpipeError as e:

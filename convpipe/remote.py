@@ -262,8 +262,11 @@ def run_remote(
     dev = session.cpu(0)
     try:
         vm = relax.VirtualMachine(rmod, dev)
-        res = vm[func](*[tvm.runtime.tensor(a, dev) for a in arrays])
-        flat = [t.numpy() for t in _flatten(res)]
+        # set_input/invoke_stateful/get_outputs: a tuple result comes back element by element (a tuple
+        # returned directly is a remote object the host cannot iterate)
+        vm.set_input(func, *[tvm.runtime.tensor(a, dev) for a in arrays])
+        vm.invoke_stateful(func)
+        flat = [t.numpy() for t in _flatten(vm.get_outputs(func))]
     except Exception as e:  # noqa: BLE001
         msg = str(e).strip().splitlines()
         raise ConvpipeError(f"{os.fspath(lib_path)}: running on the board failed: {msg[-1] if msg else e}") from None
@@ -348,16 +351,18 @@ def make_measure(
     number: int = 3,
     repeat: int = 3,
     cc: str = AARCH64_CC,
+    session=None,
 ):
     """A ``measure(rule, wl, target, knobs) -> seconds`` for ``compiler.tune.tune_workloads`` that times each
     candidate kernel on the board: build, cross-compile (``cc``), upload, median of the board-side
-    ``time_evaluator``. One RPC session is opened now (errors as :func:`connect`) and reused; a temporary
+    ``time_evaluator``. One RPC session is opened now (errors as :func:`connect`; or pass an open ``session``)
+    and reused -- a TVM RPC server serves one session at a time; a temporary
     directory holds the libraries. On an emulated board the ranking is only indicative (QEMU's costs are not a
     Cortex-A72's).
     """
     import tempfile
 
-    sess = connect(remote_addr, tracker, key, timeout_s)
+    sess = session if session is not None else connect(remote_addr, tracker, key, timeout_s)
     tmp = tempfile.TemporaryDirectory(prefix="convpipe-measure-")
     counter = [0]
 

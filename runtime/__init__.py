@@ -5,7 +5,7 @@ Importing it imports neither torch nor onnx nor onnxruntime. See :mod:`convpipe.
 
 from convpipe.errors import ConvpipeError
 
-from .artifact import read_manifest
-from .module import IOInfo, Module, load
+from .artifact import read_manifest, verify_library
+from .module import IOInfo, Module, check_inputs, io_info, load
 
-__all__ = ["ConvpipeError", "IOInfo", "Module", "load", "read_manifest"]
+__all__ = ["ConvpipeError", "IOInfo", "Module", "check_inputs", "io_info", "load", "read_manifest", "verify_library"]

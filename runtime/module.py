@@ -87,6 +87,42 @@ def check_target(manifest: dict, device: str) -> None:
         raise ConvpipeError(f"artifact has unknown target arch {arch!r}")
 
 
+def check_inputs(expected: Sequence[IOInfo], inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Validate inputs against ``expected`` (by name, or positionally) and return them in input order.
+
+    Raises:
+        ConvpipeError: missing, unexpected, wrong-shape or wrong-dtype input (names it, expected vs got).
+    """
+    names = [i.name for i in expected]
+    if isinstance(inputs, Mapping):
+        extra = [k for k in inputs if k not in names]
+        if extra:
+            raise ConvpipeError(f"unexpected input(s) {extra}; the model's inputs are {names}")
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise ConvpipeError(f"missing input(s) {missing}; the model's inputs are {names}")
+        arrays = [inputs[n] for n in names]
+    else:
+        arrays = list(inputs)
+        if len(arrays) != len(names):
+            raise ConvpipeError(f"got {len(arrays)} positional input(s), the model takes {len(names)}: {names}")
+    out = []
+    for info, a in zip(expected, arrays):
+        if not isinstance(a, np.ndarray):
+            raise ConvpipeError(f"input {info.name!r}: expected a NumPy array, got {type(a).__name__}")
+        if tuple(a.shape) != tuple(info.shape):
+            raise ConvpipeError(f"input {info.name!r}: expected shape {list(info.shape)}, got {list(a.shape)}")
+        if str(a.dtype) != info.dtype:
+            raise ConvpipeError(f"input {info.name!r}: expected dtype {info.dtype}, got {a.dtype}")
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def io_info(manifest: dict, kind: str) -> list[IOInfo]:
+    """The manifest's ``inputs`` or ``outputs`` as :class:`IOInfo`."""
+    return [IOInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest[kind]]
+
+
 class Module:
     """A loaded artifact. Use :func:`load` to make one.
 
@@ -107,8 +143,8 @@ class Module:
         self.manifest = read_manifest(path)
         lib = verify_library(path, self.manifest)
         check_target(self.manifest, device)
-        self.inputs = [IOInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in self.manifest["inputs"]]
-        self.outputs = [IOInfo(o["name"], tuple(o["shape"]), o["dtype"]) for o in self.manifest["outputs"]]
+        self.inputs = io_info(self.manifest, "inputs")
+        self.outputs = io_info(self.manifest, "outputs")
         self._dev = tvm.cuda(0) if self.manifest["target"]["arch"] == "cuda" else tvm.cpu(0)
         try:
             self._lib = tvm.runtime.load_module(lib)
@@ -126,34 +162,8 @@ class Module:
         return vm
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Validate and order inputs (by name, or positionally).
-
-        Raises:
-            ConvpipeError: missing, unexpected, wrong-shape or wrong-dtype input (names it, expected vs got).
-        """
-        names = [i.name for i in self.inputs]
-        if isinstance(inputs, Mapping):
-            extra = [k for k in inputs if k not in names]
-            if extra:
-                raise ConvpipeError(f"unexpected input(s) {extra}; the model's inputs are {names}")
-            missing = [n for n in names if n not in inputs]
-            if missing:
-                raise ConvpipeError(f"missing input(s) {missing}; the model's inputs are {names}")
-            arrays = [inputs[n] for n in names]
-        else:
-            arrays = list(inputs)
-            if len(arrays) != len(names):
-                raise ConvpipeError(f"got {len(arrays)} positional input(s), the model takes {len(names)}: {names}")
-        out = []
-        for info, a in zip(self.inputs, arrays):
-            if not isinstance(a, np.ndarray):
-                raise ConvpipeError(f"input {info.name!r}: expected a NumPy array, got {type(a).__name__}")
-            if tuple(a.shape) != info.shape:
-                raise ConvpipeError(f"input {info.name!r}: expected shape {list(info.shape)}, got {list(a.shape)}")
-            if str(a.dtype) != info.dtype:
-                raise ConvpipeError(f"input {info.name!r}: expected dtype {info.dtype}, got {a.dtype}")
-            out.append(np.ascontiguousarray(a))
-        return out
+        """Validate and order inputs (see :func:`check_inputs`)."""
+        return check_inputs(self.inputs, inputs)
 
     def run(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model once.

@@ -542,6 +542,8 @@ def depthwise(wl: Conv2dWorkload, deinterleave: bool = True) -> list[te.Tensor]:
 
 
 def create_prim_func(tensors: list[te.Tensor]) -> tirx.PrimFunc:
-    """``te.create_prim_func`` without a ``global_symbol`` (the compiler names kernels; duplicate symbols fail)."""
-    func = te.create_prim_func(tensors)
+    """``te.create_prim_func`` with int64 indices (as TVM's legalised Relax ops have, so FuseTIR can fuse our
+    kernel with its element-wise consumers) and without a ``global_symbol`` (the compiler names kernels;
+    duplicate symbols fail)."""
+    func = te.create_prim_func(tensors, index_dtype_override="int64")
     return func.without_attr("global_symbol")

@@ -36,21 +36,26 @@ class InjectiveCPU(ScheduleRule):
         infos = try_inline(sch, infos)
         if len(infos) != 1:
             return None
-        block = infos[0].block_rv
+        return sch if self.schedule_block(sch, infos[0].block_rv, self.vector, self.min_parallel) else None
+
+    @staticmethod
+    def schedule_block(sch: s_tir.Schedule, block, vector: int = 16, min_parallel: int = 4096) -> bool:
+        """Fuse ``block``'s loops, split off a vector-wide inner loop, parallelise the outer one; ``False`` when
+        its extents are not static."""
         loops = sch.get_loops(block)
         if not loops:
-            return None
+            return False
         extents = [sch.get(lp).extent for lp in loops]
         if not all(isinstance(e, tirx.IntImm) for e in extents):
-            return None
+            return False
         total = 1
         for e in extents:
             total *= int(e)
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        vec = max(d for d in range(1, min(self.vector, total) + 1) if total % d == 0)
+        vec = max(d for d in range(1, min(vector, total) + 1) if total % d == 0)
         outer, inner = sch.split(fused, [None, vec])
-        if total >= self.min_parallel:
+        if total >= min_parallel:
             sch.parallel(outer)
         if vec > 1:
             sch.vectorize(inner)
-        return sch
+        return True

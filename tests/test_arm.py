@@ -284,9 +284,59 @@ def test_board_script_status_and_idempotent_setup(board, tmp_path):
     assert _board("stop", other).returncode == 0  # stopping a stopped board is fine
 
 
-def test_make_measure_times_a_candidate_on_board(board, arm):
-    measure = remote.make_measure(board, None, None, timeout_s=30, number=1, repeat=1)
+def test_make_measure_times_a_candidate_on_board(board, session, arm):
+    # the board serves one RPC session at a time: reuse the suite's
+    measure = remote.make_measure(board, None, None, number=1, repeat=1, session=session)
     wl = W(1, 8, 8, 8, 8, 3, 3, p=P1)
     rule = rules_for("arm")["direct"]
     secs = measure(rule, wl, arm, rule.default_knobs(wl, arm))
     assert 0 < secs < 10
+
+
+# ---- real models compiled for ARM and verified on the board ------------------------------------------------
+ARM_MODELS = {"resnet18": (1, 3, 64, 64), "mobilenet_v2": (1, 3, 64, 64), "pnet": (1, 3, 48, 48),
+              "rnet": (1, 3, 24, 24), "onet": (1, 3, 48, 48)}
+
+
+@pytest.mark.parametrize("name", list(ARM_MODELS))
+def test_model_on_board_matches_onnxruntime(name, session, tmp_path):
+    """Export -> compile for ARM (NEON, cross-compiled) -> run on the emulated board over RPC -> compare with
+    onnxruntime on the host, on a real image."""
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.export import export_onnx
+    from convpipe.compiler.verify import compare, run_onnxruntime
+    from convpipe.compiler.zoo import ZOO
+
+    shape = ARM_MODELS[name]
+    onnx_path, art = str(tmp_path / "m.onnx"), str(tmp_path / "m.cpa")
+    export_onnx(ZOO[name].build(), shape, onnx_path)
+    res = compile_model(onnx_path, art, "arm")
+    assert res.manifest["target"]["arch"] == "arm" and res.manifest["conv2d"]
+    x = ZOO[name].real_input(shape)
+    ours = remote.run_remote(str(tmp_path / "m.cpa" / "model.so"), [x], session, [o["name"] for o in res.manifest["outputs"]])
+    checks = compare(ours, run_onnxruntime(onnx_path, {"input": x}), rtol=1e-3, atol=1e-4)
+    assert all(c.ok for c in checks), checks
+
+
+def test_cli_verify_run_bench_remote(arm_setup, tmp_path):
+    """The CLI's --remote forms against a board of its own (an RPC server serves one session at a time)."""
+    import sys
+
+    cp = str(Path(sys.executable).with_name("convpipe"))
+    run_dir = tmp_path / "board"
+    run_dir.mkdir()
+    port = _free_port()
+    assert _board("start", run_dir, str(port), timeout=300).returncode == 0
+    try:
+        onnx_path, art = str(tmp_path / "r.onnx"), str(tmp_path / "r.cpa")
+        for cmd in (["export", "rnet", "-o", onnx_path], ["compile", onnx_path, "-o", art, "--target", "arm", "-q"],
+                    ["verify", art, onnx_path, "--remote", f"127.0.0.1:{port}"],
+                    ["run", art, "--remote", f"127.0.0.1:{port}", "-o", str(tmp_path / "o.npz")],
+                    ["bench", art, "--remote", f"127.0.0.1:{port}", "--rounds", "1"]):
+            p = subprocess.run([cp, *cmd], capture_output=True, text=True, timeout=600)
+            assert p.returncode == 0, (cmd, p.stdout, p.stderr)
+        assert set(np.load(tmp_path / "o.npz").keys()) == {"output0", "output1"}
+        p = subprocess.run([cp, "run", art], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "run it on the board (--remote HOST:PORT)" in p.stderr
+    finally:
+        _board("stop", run_dir, timeout=60)

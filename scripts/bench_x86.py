@@ -1,0 +1,906 @@
+"""x86 benchmark: convpipe vs onnxruntime vs PyTorch eager (vs TVM MetaSchedule), per conv layer and end to end.
+
+The evidence for issue 3 ("x86 performance: beat onnxruntime end to end").
+
+What is measured
+----------------
+- **FMA peak**: ``scripts/fma_peak.c`` (gcc -O3 -march=native -fopenmp): each thread runs 16 independent AVX-512
+  (AVX2 without it) FMA accumulators; best of 5 runs, at 1 thread and at every requested thread count. Each
+  layer's GFLOP/s is reported as a % of the peak measured at the same thread count.
+- **Layer suite**: every distinct conv2d workload of the requested models (default ResNet-18, ResNet-50,
+  MobileNetV2; torchvision 0.28, 224x224, batch 1), found with ``compiler.tune.model_workloads`` on the ONNX that
+  ``compiler.export`` writes for the zoo model. For each layer:
+
+  * ours: every x86 schedule family that supports the layer, with its default knobs (for Winograd also every
+    other tile size m in {2, 4, 6}, as ``winograd-f<m>``); ``auto`` is the family ``compiler.select`` picks
+    (an alias of one of those, not timed twice); with ``--db`` also the tuning database's record
+    (``tuned``). Every kernel is checked against a float64 reference (``torch.nn.functional.conv2d`` in double);
+    the error reported is ``max|ours - ref| / max|ref|`` (the Winograd table lists it per tile size);
+  * onnxruntime: a single-``Conv`` ONNX model (CPU provider, ``intra_op_num_threads = N``);
+  * PyTorch eager: ``torch.nn.functional.conv2d`` under ``torch.no_grad`` (``torch.set_num_threads(N)``);
+  * optionally TVM MetaSchedule (``--metaschedule-trials``): ``tvm.s_tir.meta_schedule.tune_tir`` on the TE
+    compute of ``topi.nn.conv2d_nchw`` (``group_conv2d_nchw`` / ``depthwise_conv2d_nchw`` for grouped layers),
+    ``compile_tir`` on the best record. ``match`` gives each layer as many trials as ``convpipe tune`` has
+    candidates for it (equal tuning budget in measurements).
+
+  "ours" for a layer is the schedule a compiled model uses: the ``--db`` record if there is one, else ``auto``.
+  GFLOP/s always counts the direct algorithm's multiply-adds x 2 (``Conv2dWorkload.flops``), for Winograd too.
+  A layer is "compute-bound" when groups == 1 and its arithmetic intensity (flops / bytes of data + weight +
+  output, fp32) is at least ``--compute-bound-ai`` (default 16 FLOP/B).
+- **Models**: ``compile_model(onnx, schedule="auto")`` (and with ``--db``), timed with ``compiler.bench``'s
+  ``model_engines`` next to onnxruntime on the same ONNX and the PyTorch model; compile time of the no-tuning
+  build is recorded; convpipe's output is checked against onnxruntime's.
+
+Method
+------
+Engines of one layer (or one model) are timed together by ``compiler.bench.side_by_side``: each is warmed up and
+calibrated to ``round_s`` per round, then rounds run the engines in turn (A B C A B C ...), so the machine's noise
+hits all alike; the figure is the median over rounds of the mean latency per call. Every engine uses the same
+thread count N: ``TVM_NUM_THREADS`` (read once per process, when TVM's pool starts), onnxruntime's
+``intra_op_num_threads`` and ``torch.set_num_threads``. Hence each thread count runs in a fresh subprocess (this
+script re-invokes itself with ``--worker N``). Kernels and model artifacts built by the first worker are reused
+by the next (same target; only the thread pool differs).
+
+How to run
+----------
+::
+
+    .venv/bin/python scripts/bench_x86.py                        # everything, 1 and 2 threads (~see README)
+    .venv/bin/python scripts/bench_x86.py --threads 1 --quick    # fewer/shorter rounds
+    .venv/bin/python scripts/bench_x86.py --layers-only --layers 3x3,stem --models resnet18
+    .venv/bin/python scripts/bench_x86.py --models-only --db tune.json
+    .venv/bin/python scripts/bench_x86.py --metaschedule-trials 64 --metaschedule-layers 3x3/s1
+
+Outputs (``--out``, default ``out/bench_x86``): ``results.json`` (every raw figure), ``report.md`` (tables with
+ratios and the issue's targets marked met / not met), ``layers_t<N>.png`` (per-layer GFLOP/s with the FMA peak
+line), ``models.png`` (model latency per engine). The targets table is also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_MODELS = "resnet18,resnet50,mobilenet_v2"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--models", default=DEFAULT_MODELS, help=f"zoo models (default {DEFAULT_MODELS})")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--layers-only", action="store_true", help="only the per-layer suite")
+    g.add_argument("--models-only", action="store_true", help="only the end-to-end models")
+    p.add_argument("--layers", default="", help="restrict the layer suite: comma-separated indices or substrings of "
+                   "layer names (e.g. '3x3/s1,stem' or '0,5,7'); default all")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter timing rounds (3 x 0.05 s instead of 7 x 0.25 s)")
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds (overrides --quick)")
+    p.add_argument("--round-s", type=float, default=None, help="seconds per engine per round (overrides --quick)")
+    p.add_argument("--db", default=None, help="a convpipe tuning database: also time the tuned layers/models")
+    p.add_argument("--metaschedule-trials", default="0",
+                   help="MetaSchedule trials per layer: an int, or 'match' (= convpipe tune's candidate count for the "
+                        "layer); 0 = off (default: off, tuning takes minutes per layer)")
+    p.add_argument("--metaschedule-layers", default="", help="layers to tune with MetaSchedule (same syntax as --layers; "
+                   "default all selected layers)")
+    p.add_argument("--compute-bound-ai", type=float, default=16.0,
+                   help="arithmetic intensity (FLOP/byte) from which a groups=1 layer counts as compute-bound (16)")
+    p.add_argument("--out", default=os.path.join(ROOT, "out", "bench_x86"), help="output directory")
+    p.add_argument("--keep-work", action="store_true", help="reuse kernels/ONNX/artifacts of a previous run in OUT/work")
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ================================================================================================================
+# shared helpers (no TVM import at module level: TVM_NUM_THREADS must be set first)
+# ================================================================================================================
+def layer_name(wl) -> str:
+    s = f"{wl.kernel_h}x{wl.kernel_w}/s{wl.stride_h} {wl.in_channels}->{wl.out_channels} @{wl.in_h}"
+    if wl.is_depthwise:
+        s += " dw"
+    elif wl.groups > 1:
+        s += f" g{wl.groups}"
+    if (wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right) != ((wl.kernel_h - 1) // 2,) * 2 + ((wl.kernel_h - 1) // 2,) * 2:
+        s += f" p{wl.pad_top}{wl.pad_left}{wl.pad_bottom}{wl.pad_right}"
+    return s
+
+
+def select(names: list[str], spec: str) -> list[int]:
+    """Indices of ``names`` chosen by ``spec`` (comma-separated indices or substrings); all when empty."""
+    if not spec:
+        return list(range(len(names)))
+    out = []
+    for tok in (t.strip() for t in spec.split(",")):
+        if not tok:
+            continue
+        if tok.isdigit():
+            if int(tok) < len(names):
+                out.append(int(tok))
+        else:
+            out.extend(i for i, n in enumerate(names) if tok in n)
+    return sorted(set(out))
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ================================================================================================================
+# FMA peak (parent process)
+# ================================================================================================================
+def measure_fma_peak(out_dir: str, thread_counts: list[int]) -> dict:
+    src = os.path.join(HERE, "fma_peak.c")
+    exe = os.path.join(out_dir, "work", "fma_peak")
+    os.makedirs(os.path.dirname(exe), exist_ok=True)
+    cmd = ["gcc", "-O3", "-march=native", "-fopenmp", src, "-o", exe]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        log(f"fma_peak: gcc failed: {r.stderr.strip()[:300]}")
+        return {"error": r.stderr.strip(), "per_threads": {}}
+    res = {"command": " ".join(cmd), "per_threads": {}}
+    for t in sorted(set([1] + thread_counts)):
+        best = None
+        for _ in range(3):  # best of 3 launches (each itself best of 5 runs)
+            o = subprocess.run([exe, str(t), "100000000"], capture_output=True, text=True, check=True)
+            d = json.loads(o.stdout)
+            if best is None or d["gflops"] > best["gflops"]:
+                best = d
+        res["per_threads"][str(t)] = best
+        log(f"FMA peak ({best['isa']}, {t} thread{'s' if t > 1 else ''}): {best['gflops']:.1f} GFLOP/s")
+    return res
+
+
+# ================================================================================================================
+# worker: one thread count, one process
+# ================================================================================================================
+def worker(args: argparse.Namespace) -> int:
+    threads = args.worker
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    sys.path.insert(0, ROOT)
+
+    import numpy as np
+    import torch
+    import tvm
+
+    torch.set_num_threads(threads)
+
+    from convpipe.compiler.bench import side_by_side
+    from convpipe.schedules import resolve_target, rules_for
+
+    work = os.path.join(args.out, "work")
+    os.makedirs(work, exist_ok=True)
+    target = resolve_target("x86")
+    rules = rules_for(target.arch)
+    db = None
+    if args.db:
+        from convpipe.compiler.tune import TuningDatabase
+
+        db = TuningDatabase(args.db)
+    rounds = args.rounds or (3 if args.quick else 7)
+    round_s = args.round_s or (0.05 if args.quick else 0.25)
+    models = [m for m in args.models.split(",") if m]
+    result = {
+        "threads": threads,
+        "target": target.to_json() if hasattr(target, "to_json") else str(target.target),
+        "isa": target.isa,
+        "vector_lanes": target.vector_lanes,
+        "rounds": rounds,
+        "round_s": round_s,
+        "versions": versions(),
+        "layers": [],
+        "models": [],
+    }
+
+    onnx_paths, torch_models, inputs = prepare_models(models, work)
+
+    if not args.models_only:
+        result["layers"] = run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, work)
+    if not args.layers_only:
+        result["models"] = run_models(args, threads, target, db, models, onnx_paths, torch_models, inputs, rounds, round_s, work)
+
+    with open(os.path.join(work, f"raw_t{threads}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for mod in ("tvm", "onnxruntime", "torch", "numpy", "onnx"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        import convpipe
+
+        out["convpipe"] = convpipe.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def prepare_models(models: list[str], work: str):
+    """Export each zoo model to ONNX once (cached under work/onnx); the PyTorch model and a real input."""
+    from convpipe.compiler.export import export_onnx
+    from convpipe.compiler.zoo import get_model
+
+    onnx_paths, torch_models, inputs = {}, {}, {}
+    os.makedirs(os.path.join(work, "onnx"), exist_ok=True)
+    for name in models:
+        t0 = time.perf_counter()
+        model, shape, entry = get_model(name)
+        path = os.path.join(work, "onnx", f"{name}.onnx")
+        if not os.path.exists(path):
+            export_onnx(model, shape, path, source=name)
+        onnx_paths[name] = path
+        torch_models[name] = model
+        inputs[name] = {"input": entry.real_input(shape)}
+        log(f"[model] {name}: ready ({time.perf_counter() - t0:.1f} s)")
+    return onnx_paths, torch_models, inputs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------------------------------------------
+def suite(onnx_paths: dict, target):
+    """Distinct workloads over all models in first-use order, with the models (and use counts) using each."""
+    from convpipe.compiler.importer import import_onnx, to_relax
+    from convpipe.compiler.lower import workload_of
+    from tvm import relax
+
+    order: dict = {}
+    for model, path in onnx_paths.items():
+        mod = to_relax(import_onnx(path))
+        for func in mod.functions.values():
+            if not isinstance(func, relax.Function):
+                continue
+            for block in func.body.blocks:
+                for b in block.bindings:
+                    call = b.value
+                    if isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.nn.conv2d":
+                        wl = workload_of(call)
+                        uses = order.setdefault(wl, {})
+                        uses[model] = uses.get(model, 0) + 1
+    return list(order.items())
+
+
+def kernel_cache_path(work: str, wl, fam: str, knobs: dict) -> str:
+    h = hashlib.sha1(json.dumps([wl.key(), fam, knobs], sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(work, "kernels", f"{fam}-{h}.so")
+
+
+def build_kernel(rule, wl, target, knobs, work):
+    """The compiled kernel (``main``), build seconds (None when loaded from the cache of an earlier worker)."""
+    import tvm
+
+    path = kernel_cache_path(work, wl, rule.family, knobs)
+    if os.path.exists(path):
+        return tvm.runtime.load_module(path)["main"], None
+    t0 = time.perf_counter()
+    func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
+    with target.target:
+        ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
+    build_s = time.perf_counter() - t0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}.so"
+    ex.export_library(tmp)
+    os.replace(tmp, path)
+    return tvm.runtime.load_module(path)["main"], build_s
+
+
+def ort_conv_session(wl, w, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], kernel_shape=[wl.kernel_h, wl.kernel_w], strides=[wl.stride_h, wl.stride_w],
+        pads=[wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right], dilations=[wl.dilation_h, wl.dilation_w],
+        group=wl.groups,
+    )
+    graph = helper.make_graph(
+        [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(wl.data_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(wl.out_shape))], [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def torch_conv(wl, x, w, dtype=None):
+    import torch
+    import torch.nn.functional as F
+
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    if dtype is not None:
+        xt, wt = xt.to(dtype), wt.to(dtype)
+    kw = dict(stride=(wl.stride_h, wl.stride_w), dilation=(wl.dilation_h, wl.dilation_w), groups=wl.groups)
+    if wl.pad_top == wl.pad_bottom and wl.pad_left == wl.pad_right:
+        def run():
+            with torch.no_grad():
+                return F.conv2d(xt, wt, padding=(wl.pad_top, wl.pad_left), **kw)
+    else:
+        def run():
+            with torch.no_grad():
+                return F.conv2d(F.pad(xt, (wl.pad_left, wl.pad_right, wl.pad_top, wl.pad_bottom)), wt, **kw)
+    return run
+
+
+def metaschedule_kernel(wl, target, trials: int, work: str, threads: int):
+    """Tune the TE conv2d with MetaSchedule for ``trials`` trials; (kernel(data, weight, out), tune seconds)."""
+    import tvm
+    from tvm import te, topi
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.tir_integration import compile_tir
+
+    data = te.placeholder(wl.data_shape, name="data")
+    kernel = te.placeholder(wl.weight_shape, name="kernel")
+    strides = [wl.stride_h, wl.stride_w]
+    pads = [wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right]
+    dil = [wl.dilation_h, wl.dilation_w]
+    if wl.groups == 1:
+        out = topi.nn.conv2d_nchw(data, kernel, strides, pads, dil)
+    elif wl.is_depthwise and wl.out_channels == wl.in_channels:
+        out = topi.nn.depthwise_conv2d_nchw(data, kernel, strides, pads, dil)
+    else:
+        out = topi.nn.group_conv2d_nchw(data, kernel, strides, pads, dil, wl.groups)
+    func = te.create_prim_func([data, kernel, out]).with_attr("global_symbol", "main")
+    mod = tvm.IRModule({"main": func})
+    wd = os.path.join(work, "metaschedule", f"t{threads}", hashlib.sha1(wl.key().encode()).hexdigest()[:12])
+    shutil.rmtree(wd, ignore_errors=True)
+    import logging
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # console quiet; logs stay in work_dir
+    t0 = time.perf_counter()
+    database = ms.tune_tir(mod=mod, target=target.target, work_dir=wd, max_trials_global=trials,
+                           num_trials_per_iter=min(64, trials), num_tuning_cores=threads)
+    sch = compile_tir(database, mod, target.target)
+    tune_s = time.perf_counter() - t0
+    if sch is None:
+        raise RuntimeError("MetaSchedule found no valid schedule")
+    with target.target:
+        ex = tvm.compile(sch.mod, target=target.target)
+    return ex["main"], tune_s
+
+
+def rel_err(y, ref) -> float:
+    import numpy as np
+
+    return float(np.abs(y.astype(np.float64) - ref).max() / (np.abs(ref).max() + 1e-30))
+
+
+def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, work) -> list[dict]:
+    import numpy as np
+    import torch
+    import tvm
+
+    from convpipe.compiler.bench import side_by_side
+    from convpipe.compiler.select import auto_family
+
+    try:
+        from convpipe.compiler.tune import candidates as tune_candidates
+    except ImportError:
+        tune_candidates = None
+    try:
+        from convpipe.schedules.x86.winograd import ERROR_BOUND as WINO_BOUND
+    except ImportError:
+        WINO_BOUND = {}
+
+    layers = suite(onnx_paths, target)
+    names = [layer_name(wl) for wl, _ in layers]
+    chosen = select(names, args.layers)
+    ms_chosen = set(select(names, args.metaschedule_layers)) if args.metaschedule_trials not in ("0", "") else set()
+    log(f"[layers] {len(layers)} distinct conv2d workloads; benchmarking {len(chosen)} at {threads} thread(s)")
+    results = []
+    for n_done, i in enumerate(chosen):
+        wl, uses = layers[i]
+        name = names[i]
+        t_layer = time.perf_counter()
+        rng = np.random.default_rng(i)
+        x = rng.standard_normal(wl.data_shape, dtype=np.float32)
+        w = (rng.standard_normal(wl.weight_shape, dtype=np.float32) / np.sqrt(np.prod(wl.weight_shape[1:]))).astype(np.float32)
+        ref = torch_conv(wl, x, w, torch.float64)().numpy()
+        rec = {
+            "index": i, "name": name, "key": wl.key(), "workload": wl.to_dict(), "used_by": uses,
+            "gflop": wl.gflop,
+            "intensity": wl.flops / (4.0 * (np.prod(wl.data_shape) + np.prod(wl.weight_shape) + np.prod(wl.out_shape))),
+            "ours": {}, "errors": {}, "failed": {},
+        }
+        rec["compute_bound"] = bool(wl.groups == 1 and rec["intensity"] >= args.compute_bound_ai)
+        rec["winograd_shape"] = wl.is_winograd_shape()
+        engines = {}
+        variants = []  # (engine name, family, knobs)
+        for fam, rule in rules.items():
+            if not rule.supports(wl, target):
+                continue
+            d = rule.default_knobs(wl, target)
+            variants.append((fam, fam, d))
+            if fam == "winograd":
+                for m in (2, 4, 6):
+                    if m == d.get("tile"):
+                        continue
+                    cands = [k for k in rule.candidate_knobs(wl, target) if k.get("tile") == m]
+                    variants.append((f"winograd-f{m}", fam, cands[0] if cands else dict(d, tile=m)))
+        auto_fam, auto_reason = auto_family(wl, rules, target)
+        rec["auto"] = {"family": auto_fam, "reason": auto_reason}
+        rec["ours_engine"] = auto_fam
+        if db is not None:
+            r = db.lookup(wl, target)
+            if r is not None:
+                same = [v for v in variants if v[1] == r["family"] and v[2] == r["knobs"]]
+                if same:
+                    rec["ours_engine"] = same[0][0]
+                else:
+                    variants.append(("tuned", r["family"], dict(r["knobs"])))
+                    rec["ours_engine"] = "tuned"
+                rec["tuned"] = {"family": r["family"], "knobs": r["knobs"], "db_ms": r.get("ms")}
+        for ename, fam, knobs in variants:
+            rule = rules[fam]
+            try:
+                kern, build_s = build_kernel(rule, wl, target, knobs, work)
+                args_ = [
+                    tvm.runtime.tensor(x),
+                    tvm.runtime.tensor(np.ascontiguousarray(rule.pack_weight(w, wl, knobs), dtype=np.float32)),
+                    tvm.runtime.tensor(np.zeros(wl.out_shape, np.float32)),
+                ]
+                kern(*args_)
+                err = rel_err(args_[2].numpy(), ref)
+                rec["ours"][ename] = {"family": fam, "knobs": knobs, "build_s": build_s, "rel_err": err}
+                if fam == "winograd":
+                    rec["errors"][f"winograd F({knobs['tile']}x{knobs['tile']},3x3)"] = {
+                        "tile": knobs["tile"], "rel_err": err, "bound": WINO_BOUND.get(knobs["tile"])}
+                engines[ename] = (lambda k=kern, a=args_: k(*a))
+            except Exception as e:  # noqa: BLE001 -- one broken family must not hide the others
+                rec["failed"][ename] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                log(f"  {name}: {ename} FAILED: {rec['failed'][ename]}")
+        # MetaSchedule reference
+        if i in ms_chosen:
+            trials = (len(tune_candidates(wl, target)) if tune_candidates else 0) if args.metaschedule_trials == "match" \
+                else int(args.metaschedule_trials)
+            if trials > 0:
+                try:
+                    mk, tune_s = metaschedule_kernel(wl, target, trials, work, threads)
+                    ms_args = [tvm.runtime.tensor(x), tvm.runtime.tensor(w), tvm.runtime.tensor(np.zeros(wl.out_shape, np.float32))]
+                    mk(*ms_args)
+                    rec["metaschedule"] = {"trials": trials, "tune_s": tune_s, "rel_err": rel_err(ms_args[2].numpy(), ref)}
+                    engines["metaschedule"] = (lambda k=mk, a=ms_args: k(*a))
+                except Exception as e:  # noqa: BLE001
+                    rec["failed"]["metaschedule"] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+                    log(f"  {name}: metaschedule FAILED: {rec['failed']['metaschedule']}")
+        sess = ort_conv_session(wl, w, threads)
+        engines["onnxruntime"] = lambda s=sess: s.run(None, {"x": x})
+        rec["onnxruntime_rel_err"] = rel_err(sess.run(None, {"x": x})[0], ref)
+        engines["pytorch"] = torch_conv(wl, x, w)
+        rec["pytorch_rel_err"] = rel_err(engines["pytorch"]().numpy(), ref)
+        rec["timing"] = side_by_side(engines, rounds=rounds, round_s=round_s)
+        for ename, t in rec["timing"].items():
+            t["gflops"] = wl.gflop / t["median_ms"] * 1e3
+        ours_t = [(t["median_ms"], e) for e, t in rec["timing"].items() if e in rec["ours"]]
+        rec["best_engine"] = min(ours_t)[1] if ours_t else None
+        summary = "  ".join(f"{e} {t['median_ms']:.3f}ms" for e, t in rec["timing"].items())
+        log(f"[layer {n_done + 1}/{len(chosen)} t={threads}] #{i} {name} ({wl.gflop * 1e3:.0f} MFLOP): {summary}  "
+            f"({time.perf_counter() - t_layer:.1f} s)")
+        results.append(rec)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------------
+def run_models(args, threads, target, db, models, onnx_paths, torch_models, inputs, rounds, round_s, work) -> list[dict]:
+    import numpy as np
+
+    from convpipe.compiler.bench import model_engines, side_by_side
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.verify import run_onnxruntime
+    from convpipe.runtime import load
+
+    out = []
+    for name in models:
+        rec = {"model": name, "threads": threads, "compile": {}, "failed": {}, "check": {}}
+        variants = [("convpipe", "auto", None)]
+        if db is not None:
+            variants.append(("convpipe-tuned", "auto", db))
+        engines = {}
+        ref = run_onnxruntime(onnx_paths[name], inputs[name], threads)
+        for ename, sched, d in variants:
+            art = os.path.join(work, "artifacts", f"{name}-{ename}.cpa")
+            try:
+                if not os.path.exists(os.path.join(art, "manifest.json")):
+                    t0 = time.perf_counter()
+                    res = compile_model(onnx_paths[name], art, target=target, schedule=sched, db=d)
+                    rec["compile"][ename] = {"wall_s": time.perf_counter() - t0, "phases_s": res.seconds,
+                                            "threads_during_compile": threads}
+                    with open(os.path.join(work, "artifacts", f"{name}-{ename}.compile.json"), "w") as f:
+                        json.dump(rec["compile"][ename], f)
+                else:
+                    with open(os.path.join(work, "artifacts", f"{name}-{ename}.compile.json")) as f:
+                        rec["compile"][ename] = dict(json.load(f), reused_artifact=True)
+                with open(os.path.join(art, "manifest.json")) as f:
+                    man = json.load(f)
+                rec["compile"][ename]["families"] = _count([c["family"] for c in man.get("conv2d", [])])
+                ours = load(art).run(inputs[name])
+                errs = {k: float(np.abs(ours[k] - ref[k]).max()) for k in ref if k in ours}
+                scale = max(float(np.abs(v).max()) for v in ref.values())
+                rec["check"][ename] = {"max_abs_err": max(errs.values()), "max_rel_err": max(errs.values()) / scale}
+                e = model_engines(art, None, inputs[name], threads)
+                engines[ename] = e["convpipe"]
+            except Exception as e:  # noqa: BLE001
+                rec["failed"][ename] = f"{type(e).__name__}: {str(e).strip()[:300]}"
+                log(f"[model] {name}: {ename} FAILED: {rec['failed'][ename]}")
+        e = model_engines(os.path.join(work, "artifacts", f"{name}-convpipe.cpa"), onnx_paths[name], inputs[name],
+                          threads, torch_models[name]) if "convpipe" in engines else None
+        if e is None:  # no artifact: still time the references
+            from convpipe.compiler.verify import onnxruntime_session
+            import torch
+
+            sess = onnxruntime_session(onnx_paths[name], threads)
+            xs = [torch.from_numpy(a) for a in inputs[name].values()]
+            tm = torch_models[name]
+
+            def run_torch(tm=tm, xs=xs):
+                with torch.no_grad():
+                    return tm(*xs)
+
+            e = {"onnxruntime": lambda s=sess, i=inputs[name]: s.run(None, i), "pytorch": run_torch}
+        engines["onnxruntime"] = e["onnxruntime"]
+        engines["pytorch"] = e["pytorch"]
+        rec["timing"] = side_by_side(engines, rounds=rounds, round_s=max(round_s, 0.3 if args.quick else 1.0))
+        summary = "  ".join(f"{k} {t['median_ms']:.2f}ms" for k, t in rec["timing"].items())
+        log(f"[model t={threads}] {name}: {summary}")
+        out.append(rec)
+    return out
+
+
+def _count(xs) -> dict:
+    d: dict = {}
+    for x in xs:
+        d[x] = d.get(x, 0) + 1
+    return d
+
+
+# ================================================================================================================
+# report (parent process)
+# ================================================================================================================
+def fmt(v, spec=".2f", none="—"):
+    return none if v is None else format(v, spec)
+
+
+def analyse(raw: dict, peak: dict) -> dict:
+    """Per thread count: per-layer ratios, model ratios; then the issue's targets."""
+    an = {"layers": {}, "models": {}, "targets": []}
+    for ts, run in raw.items():
+        pk = peak.get("per_threads", {}).get(ts, {}).get("gflops")
+        rows = []
+        for L in run.get("layers", []):
+            tm = L.get("timing", {})
+            oe = L.get("ours_engine")
+            ours = tm.get(oe, {}).get("median_ms") if oe else None
+            ort = tm.get("onnxruntime", {}).get("median_ms")
+            pt = tm.get("pytorch", {}).get("median_ms")
+            best = L.get("best_engine")
+            msr = tm.get("metaschedule", {}).get("median_ms")
+            rows.append({
+                "index": L["index"], "name": L["name"], "gflop": L["gflop"], "used_by": L["used_by"],
+                "compute_bound": L["compute_bound"], "winograd_shape": L["winograd_shape"],
+                "in_channels": L["workload"]["in_channels"], "ours_engine": oe, "ours_ms": ours,
+                "ours_gflops": L["gflop"] / ours * 1e3 if ours else None,
+                "ours_pct_peak": (L["gflop"] / ours * 1e3 / pk * 100) if ours and pk else None,
+                "ort_ms": ort, "pytorch_ms": pt, "metaschedule_ms": msr,
+                "vs_ort": (ort / ours) if ours and ort else None, "vs_pytorch": (pt / ours) if ours and pt else None,
+                "vs_metaschedule": (msr / ours) if ours and msr else None,
+                "best_engine": best, "best_ms": tm.get(best, {}).get("median_ms") if best else None,
+                "errors": L.get("errors", {}), "failed": L.get("failed", {}),
+            })
+        an["layers"][ts] = rows
+        mrows = []
+        for M in run.get("models", []):
+            tm = M.get("timing", {})
+            ours_key = "convpipe-tuned" if "convpipe-tuned" in tm else "convpipe"
+            ours = tm.get(ours_key, {}).get("median_ms")
+            ort = tm.get("onnxruntime", {}).get("median_ms")
+            pt = tm.get("pytorch", {}).get("median_ms")
+            mrows.append({
+                "model": M["model"], "ours_engine": ours_key, "ours_ms": ours, "auto_ms": tm.get("convpipe", {}).get("median_ms"),
+                "tuned_ms": tm.get("convpipe-tuned", {}).get("median_ms"), "ort_ms": ort, "pytorch_ms": pt,
+                "lat_vs_ort": ours / ort if ours and ort else None, "lat_vs_pytorch": ours / pt if ours and pt else None,
+                "compile": M.get("compile", {}), "check": M.get("check", {}), "failed": M.get("failed", {}),
+            })
+        an["models"][ts] = mrows
+
+    T = an["targets"]
+
+    def add(what, t, measured, target, met):
+        T.append({"target": what, "threads": t, "measured": measured, "goal": target,
+                  "met": None if met is None else bool(met)})
+
+    model_goal = {"resnet18": 0.80, "resnet50": 1.00, "mobilenet_v2": 1.00}
+    for ts in sorted(an["models"], key=int):
+        for m in an["models"][ts]:
+            if m["model"] in model_goal:
+                g = model_goal[m["model"]]
+                r = m["lat_vs_ort"]
+                add(f"{m['model']} latency vs onnxruntime", ts, fmt(r, ".3f") + "x" if r else "n/a", f"<= {g:.2f}x",
+                    None if r is None else r <= g)
+    for ts in sorted(an["layers"], key=int):
+        rows = an["layers"][ts]
+        w3 = [r for r in rows if r["winograd_shape"] and r["in_channels"] >= 64]
+        other = [r for r in rows if r not in w3]
+        for label, group, goal in (("3x3 s1 layers with C >= 64: speed vs onnxruntime", w3, 1.3),
+                                   ("other layers: speed vs onnxruntime", other, 0.85)):
+            vals = [(r["vs_ort"], r["name"]) for r in group if r["vs_ort"] is not None]
+            if not group:
+                continue
+            if not vals:
+                add(label, ts, "n/a", f">= {goal}x each", None)
+                continue
+            worst = min(vals)
+            ok = sum(v >= goal for v, _ in vals)
+            add(label, ts, f"{ok}/{len(group)} met; worst {worst[0]:.2f}x ({worst[1]})", f">= {goal}x each",
+                ok == len(group))
+        cb = [r for r in other if r["compute_bound"]]
+        vals = [(r["ours_pct_peak"], r["name"]) for r in cb if r["ours_pct_peak"] is not None]
+        if cb:
+            if vals:
+                worst = min(vals)
+                ok = sum(v >= 80 for v, _ in vals)
+                add("other compute-bound layers: % of FMA peak", ts, f"{ok}/{len(cb)} met; worst {worst[0]:.0f}% ({worst[1]})",
+                    ">= 80% each", ok == len(cb))
+            else:
+                add("other compute-bound layers: % of FMA peak", ts, "n/a", ">= 80% each", None)
+    comp = None
+    for ts in an["models"]:
+        for m in an["models"][ts]:
+            c = m["compile"].get("convpipe", {})
+            if m["model"] == "resnet50" and c.get("wall_s") is not None:
+                comp = c["wall_s"]
+    if any(m["model"] == "resnet50" for ms_ in an["models"].values() for m in ms_):
+        add("resnet50 compile time, no tuning", "-", f"{comp:.1f} s" if comp is not None else "n/a", "<= 60 s",
+            None if comp is None else comp <= 60)
+    for ts in sorted(an["models"], key=int):
+        vals = [(m["lat_vs_pytorch"], m["model"]) for m in an["models"][ts] if m["lat_vs_pytorch"] is not None]
+        if vals:
+            ok = sum(v < 1 for v, _ in vals)
+            worst = max(vals)
+            add("models ahead of PyTorch eager (latency ratio < 1)", ts, f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})",
+                "< 1.00x each", ok == len(vals))
+    for ts in sorted(an["layers"], key=int):
+        vals = [(r["vs_pytorch"], r["name"]) for r in an["layers"][ts] if r["vs_pytorch"] is not None]
+        if vals:
+            ok = sum(v > 1 for v, _ in vals)
+            worst = min(vals)
+            add("layers ahead of PyTorch eager (speed ratio > 1)", ts, f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})",
+                "> 1.00x each", ok == len(vals))
+    for ts in sorted(an["layers"], key=int):
+        vals = [(r["vs_metaschedule"], r["name"]) for r in an["layers"][ts] if r["vs_metaschedule"] is not None]
+        if vals:
+            ok = sum(v > 1 for v, _ in vals)
+            add("reference: layers ahead of MetaSchedule", ts, f"{ok}/{len(vals)}; worst {min(vals)[0]:.2f}x ({min(vals)[1]})",
+                "(reference)", None)
+    return an
+
+
+def targets_table(an: dict) -> str:
+    lines = ["| target | threads | measured | goal | status |", "|---|---|---|---|---|"]
+    for t in an["targets"]:
+        st = "n/a" if t["met"] is None and t["goal"] != "(reference)" else (
+            "reference" if t["met"] is None else ("**met**" if t["met"] else "not met"))
+        lines.append(f"| {t['target']} | {t['threads']} | {t['measured']} | {t['goal']} | {st} |")
+    return "\n".join(lines)
+
+
+def markdown(res: dict, an: dict) -> str:
+    m = res["machine"]
+    peak = res["fma_peak"].get("per_threads", {})
+    out = [
+        "# convpipe x86 benchmark",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} logical cores, ISA {res.get('isa', '?')}; "
+        f"measured FP32 FMA peak: " + ", ".join(f"{v['gflops']:.0f} GFLOP/s at {t} thread(s)" for t, v in peak.items())
+        + f". Versions: {json.dumps(res.get('versions', {}))}. Started {res['started']}, took {res['wall_s'] / 60:.1f} min; "
+        f"timing: {res.get('rounds')} rounds x {res.get('round_s')} s per engine, median of per-round means.",
+        "",
+        "Method: engines of a layer/model timed interleaved in one process at the same thread count (see the script's "
+        "docstring). Speed ratio = onnxruntime (or PyTorch) ms / ours ms (> 1: ours faster); latency ratio = ours ms / "
+        "onnxruntime ms (< 1: ours faster). GFLOP/s counts direct-convolution FLOPs, also for Winograd.",
+        "",
+        "## Targets (issue 3)",
+        "",
+        targets_table(an),
+        "",
+        "## Models",
+        "",
+        "| model | threads | convpipe auto ms | convpipe tuned ms | onnxruntime ms | PyTorch ms | ours / ORT latency | "
+        "ours / PyTorch latency | compile s (auto) | max rel err vs ORT |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ts in sorted(an["models"], key=int):
+        for r in an["models"][ts]:
+            c = r["compile"].get("convpipe", {})
+            chk = r["check"].get("convpipe", {})
+            out.append(
+                f"| {r['model']} | {ts} | {fmt(r['auto_ms'])} | {fmt(r['tuned_ms'])} | {fmt(r['ort_ms'])} | "
+                f"{fmt(r['pytorch_ms'])} | {fmt(r['lat_vs_ort'], '.3f')} | {fmt(r['lat_vs_pytorch'], '.3f')} | "
+                f"{fmt(c.get('wall_s'), '.1f')} | {fmt(chk.get('max_rel_err'), '.1e')} |"
+                + (f" failed: {r['failed']}" if r["failed"] else "")
+            )
+    for ts in sorted(an["layers"], key=int):
+        pk = peak.get(ts, {}).get("gflops")
+        out += [
+            "",
+            f"## Layers, {ts} thread(s) (FMA peak {fmt(pk, '.0f')} GFLOP/s)",
+            "",
+            "| # | layer | used by | MFLOP | ours (engine) | ours ms | ours GFLOP/s | % peak | ORT ms | PyTorch ms | "
+            "ours/ORT speed | ours/PyTorch speed | MetaSchedule ms | fastest family (ms) | CB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in an["layers"][ts]:
+            used = ", ".join(f"{k}x{v}" for k, v in r["used_by"].items())
+            out.append(
+                f"| {r['index']} | `{r['name']}` | {used} | {r['gflop'] * 1e3:.0f} | {r['ours_engine']} | {fmt(r['ours_ms'], '.3f')} | "
+                f"{fmt(r['ours_gflops'], '.0f')} | {fmt(r['ours_pct_peak'], '.0f')} | {fmt(r['ort_ms'], '.3f')} | "
+                f"{fmt(r['pytorch_ms'], '.3f')} | {fmt(r['vs_ort'])} | {fmt(r['vs_pytorch'])} | "
+                f"{fmt(r['metaschedule_ms'], '.3f')} | {r['best_engine']} ({fmt(r['best_ms'], '.3f')}) | "
+                f"{'y' if r['compute_bound'] else ''} |"
+            )
+        fails = [(r["name"], e, msg) for r in an["layers"][ts] for e, msg in r["failed"].items()]
+        if fails:
+            out += ["", "Failed builds: " + "; ".join(f"`{n}` {e}: {msg}" for n, e, msg in fails)]
+    # Winograd errors (thread independent: first thread count's run)
+    first = sorted(an["layers"], key=int)[:1]
+    if first:
+        rows = [(r, k, v) for r in an["layers"][first[0]] for k, v in r["errors"].items()]
+        if rows:
+            out += ["", "## Winograd error vs float64 reference (max |ours - ref| / max |ref|)", "",
+                    "| layer | tile | max rel err | documented bound | within |", "|---|---|---|---|---|"]
+            for r, k, v in rows:
+                b = v.get("bound")
+                out.append(f"| `{r['name']}` | {k} | {v['rel_err']:.2e} | {fmt(b, '.0e')} | "
+                           f"{'' if b is None else ('yes' if v['rel_err'] <= b else 'NO')} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def plots(res: dict, an: dict, out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    peak = res["fma_peak"].get("per_threads", {})
+    for ts, rows in sorted(an["layers"].items(), key=lambda kv: int(kv[0])):
+        if not rows:
+            continue
+        n = len(rows)
+        fig, ax = plt.subplots(figsize=(max(10, 0.32 * n + 3), 6))
+        xs = list(range(n))
+        series = [("ours", "ours_ms", "o", "tab:blue"), ("fastest family", "best_ms", "^", "tab:cyan"),
+                  ("onnxruntime", "ort_ms", "s", "tab:orange"), ("PyTorch eager", "pytorch_ms", "x", "tab:green"),
+                  ("MetaSchedule", "metaschedule_ms", "d", "tab:purple")]
+        for label, key, mk, col in series:
+            pts = [(x, r["gflop"] / r[key] * 1e3) for x, r in zip(xs, rows) if r.get(key)]
+            if pts and not (key == "best_ms" and all(r["best_ms"] == r["ours_ms"] for r in rows)):
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], mk, label=label, color=col, ms=6,
+                        ls="none" if key != "ours_ms" else "none")
+        pk = peak.get(ts, {}).get("gflops")
+        if pk:
+            ax.axhline(pk, color="red", ls="--", lw=1.2, label=f"measured FMA peak ({pk:.0f} GFLOP/s)")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r["name"] for r in rows], rotation=75, ha="right", fontsize=7)
+        ax.set_ylabel("GFLOP/s (direct-conv FLOPs)")
+        ax.set_title(f"conv2d layers, batch 1, fp32, {ts} thread(s)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        f = os.path.join(out_dir, f"layers_t{ts}.png")
+        fig.savefig(f, dpi=110)
+        plt.close(fig)
+        files.append(f)
+    mts = sorted((ts for ts, rows in an["models"].items() if rows), key=int)
+    if mts:
+        fig, axes = plt.subplots(1, len(mts), figsize=(6 * len(mts), 4.5), squeeze=False)
+        for ax, ts in zip(axes[0], mts):
+            rows = an["models"][ts]
+            engines = [("convpipe auto", "auto_ms"), ("convpipe tuned", "tuned_ms"), ("onnxruntime", "ort_ms"),
+                       ("PyTorch eager", "pytorch_ms")]
+            engines = [e for e in engines if any(r.get(e[1]) for r in rows)]
+            width = 0.8 / max(1, len(engines))
+            for j, (label, key) in enumerate(engines):
+                ax.bar([i + j * width for i in range(len(rows))], [r.get(key) or 0 for r in rows], width, label=label)
+            ax.set_xticks([i + width * (len(engines) - 1) / 2 for i in range(len(rows))])
+            ax.set_xticklabels([r["model"] for r in rows])
+            ax.set_ylabel("latency, ms (lower is better)")
+            ax.set_title(f"models, batch 1, {ts} thread(s)")
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        f = os.path.join(out_dir, "models.png")
+        fig.savefig(f, dpi=110)
+        plt.close(fig)
+        files.append(f)
+    return files
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def parent(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
+    os.makedirs(args.out, exist_ok=True)
+    work = os.path.join(args.out, "work")
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work, exist_ok=True)
+    res = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv[1:],
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "fma_peak": measure_fma_peak(args.out, thread_counts),
+        "runs": {},
+    }
+    passthrough = [a for a in sys.argv[1:]]
+    for t in thread_counts:
+        log(f"===== {t} thread(s): worker process =====")
+        t0 = time.time()
+        cmd = [sys.executable, os.path.abspath(__file__), *passthrough, "--worker", str(t), "--out", args.out, "--keep-work"]
+        env = dict(os.environ, TVM_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t))
+        rc = subprocess.call(cmd, env=env)
+        raw_path = os.path.join(work, f"raw_t{t}.json")
+        if rc != 0 or not os.path.exists(raw_path):
+            log(f"worker for {t} thread(s) failed (exit {rc})")
+            res["runs"][str(t)] = {"error": f"worker exit {rc}"}
+            continue
+        with open(raw_path) as f:
+            res["runs"][str(t)] = json.load(f)
+        res["runs"][str(t)]["wall_s"] = time.time() - t0
+    ok = [r for r in res["runs"].values() if "error" not in r]
+    if ok:
+        for k in ("isa", "versions", "rounds", "round_s", "target"):
+            res[k] = ok[0].get(k)
+    res["wall_s"] = time.time() - t_start
+    an = analyse({t: r for t, r in res["runs"].items() if "error" not in r}, res["fma_peak"])
+    res["analysis"] = an
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    md = markdown(res, an)
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(md)
+    files = plots(res, an, args.out)
+    log("")
+    log(targets_table(an))
+    log("")
+    log(f"wrote {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'report.md')}, "
+        + ", ".join(files) + f"  (total {res['wall_s'] / 60:.1f} min)")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return worker(args)
+    return parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
