@@ -69,7 +69,7 @@ class _Runner:
             self.inputs, self.outputs = io_info(self.manifest, "inputs"), io_info(self.manifest, "outputs")
             self.session = remote.connect(args.remote, args.tracker, args.key, timeout_s=args.timeout)
         else:
-            self.module = load(args.artifact)
+            self.module = load(args.artifact, device=getattr(args, "device", None))
             self.manifest, self.inputs, self.outputs = self.module.manifest, self.module.inputs, self.module.outputs
 
     def run(self, inputs: dict) -> dict:
@@ -83,6 +83,7 @@ class _Runner:
 
 
 def _add_remote_args(s) -> None:
+    s.add_argument("--device", choices=("cpu", "cuda"), help="local device (default: the artifact's target)")
     s.add_argument("--remote", metavar="HOST:PORT", help="run on a TVM RPC server (the board)")
     s.add_argument("--tracker", metavar="HOST:PORT", help="run on a board taken from a TVM RPC tracker")
     s.add_argument("--key", help="device key for --tracker")

@@ -81,6 +81,8 @@ def check_target(manifest: dict, device: str) -> None:
                 f"artifact built for aarch64 ({isa}), this host is {machine}: run it on the board (--remote HOST:PORT)"
             )
     elif arch == "cuda":
+        if device != "cuda":
+            raise ConvpipeError(f"artifact built for CUDA {isa}, asked to run on device {device!r}")
         if not tvm.cuda(0).exist:
             raise ConvpipeError(f"artifact built for CUDA {isa}, but no CUDA GPU is present")
     else:
@@ -132,7 +134,7 @@ class Module:
         inputs, outputs: lists of :class:`IOInfo` in graph order.
     """
 
-    def __init__(self, path: str, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: str, device: str | None = None, threads: int | None = None):
         if threads:
             os.environ["TVM_NUM_THREADS"] = str(threads)
         else:
@@ -141,6 +143,7 @@ class Module:
 
         self.path = path
         self.manifest = read_manifest(path)
+        device = device or ("cuda" if self.manifest["target"].get("arch") == "cuda" else "cpu")
         lib = verify_library(path, self.manifest)
         check_target(self.manifest, device)
         self.inputs = io_info(self.manifest, "inputs")
@@ -210,12 +213,12 @@ def _flatten(res) -> list:
     return out
 
 
-def load(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> Module:
+def load(path: str | os.PathLike, device: str | None = None, threads: int | None = None) -> Module:
     """Load an artifact directory made by ``convpipe compile``.
 
     Args:
         path: the artifact directory.
-        device: ``"cpu"`` or ``"cuda"`` (a CUDA artifact always runs on ``cuda:0``).
+        device: ``"cpu"`` or ``"cuda"``; default: the artifact's (a CUDA artifact runs on ``cuda:0``).
         threads: CPU threads for TVM's pool (see the module docstring).
 
     Raises:
