@@ -1,6 +1,7 @@
 """How a conv2d runs on a target: TensorIR compute definitions (:mod:`.compute`) and, per target
 architecture, one schedule rule per algorithm family (``x86/``, ``arm/``, ``cuda/``) behind one interface
-(:class:`.rule.Conv2dRule`).
+(:class:`.rule.Conv2dRule`). The x86 and ARM rules share one schedule per family (``cpu/``), sized by the
+target's vector width and register file.
 """
 
 from __future__ import annotations

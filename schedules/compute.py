@@ -1,15 +1,16 @@
 """What a conv2d computes, per algorithm family: tensor-expression (TE) definitions and the NumPy weight packing
-that goes with each. Target independent: ``x86/``, ``arm/`` and ``cuda/`` schedule these same computes.
+that goes with each. Target independent: ``cpu/`` (x86, ARM) and ``cuda/`` schedule these same computes.
 
 Every compute takes data NCHW ``float32[N, C, H, W]`` (unpadded) and a pre-packed weight, and produces
 ``float32[N, K, OH, OW]`` in a final stage named ``"out"``. Padding is zero padding with the workload's four
 (possibly asymmetric) pads, in a stage named ``"pad_temp"``.
 
 Sources:
-- direct NCHW[x]c: the blocked-output layout of ``topi/nn/conv2d.py:conv2d_NCHWc`` (output channels blocked by
-  the vector width, broadcast input x vector weight FMA).
+- direct NCHW[x]c: the blocked layout of ``topi/nn/conv2d.py:conv2d_NCHWc`` (output and input channels blocked by
+  the vector width, broadcast input x vector weight FMA); CUDA uses it with unit input-channel blocks.
 - im2col + GEMM: Chellapilla et al., "High Performance Convolutional Neural Networks for Document Processing"
-  (2006); grouped convs become a batched GEMM over groups.
+  (2006); grouped convs become a batched GEMM over groups. Two layouts of the column matrix: output rows kept
+  2-D for the CPU rules (:func:`im2col_rows`), flattened for CUDA's implicit GEMM (:func:`im2col_gemm`).
 - Winograd F(m x m, 3 x 3): Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016);
   the stage structure follows ``topi/nn/conv2d.py:_conv2d_winograd_nchw_impl``, the matrices come from
   ``topi/nn/winograd_util.py`` (Cook-Toom construction with the interpolation points of Barabasz et al.,
@@ -38,48 +39,8 @@ def pad_nchw(data: te.Tensor, wl: Conv2dWorkload, extra_h: int = 0, extra_w: int
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Direct, output channels blocked (NCHW[x]c output tile, OIHW[x]o weight)
+# Direct, channels blocked (NCHW[x]c output tile, OIHW[ib]i[ob]o weight)
 # ------------------------------------------------------------------------------------------------------------
-def direct_packed_shape(wl: Conv2dWorkload, oc_block: int) -> tuple[int, ...]:
-    """``(K / oc_block, C, KH, KW, oc_block)`` -- OIHW with the output channels split into vector blocks."""
-    return (wl.out_channels // oc_block, wl.in_channels, wl.kernel_h, wl.kernel_w, oc_block)
-
-
-def direct_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, oc_block: int) -> np.ndarray:
-    """OIHW ``[K, C, KH, KW]`` -> ``[K/ob, C, KH, KW, ob]`` (groups must be 1)."""
-    k, c, kh, kw = weight.shape
-    return np.ascontiguousarray(weight.reshape(k // oc_block, oc_block, c, kh, kw).transpose(0, 2, 3, 4, 1))
-
-
-def direct_nchwc(wl: Conv2dWorkload, oc_block: int) -> list[te.Tensor]:
-    """Direct conv2d producing an NCHW[ob]c tile ``conv`` (``[N, K/ob, OH, OW, ob]``) then ``out`` in NCHW.
-
-    Requires ``groups == 1`` and ``K % oc_block == 0``. Returns ``[data, packed_weight, out]``.
-    """
-    if wl.groups != 1 or wl.out_channels % oc_block:
-        raise ValueError(f"direct_nchwc needs groups=1 and K % {oc_block} == 0: {wl.describe()}")
-    data = te.placeholder(wl.data_shape, wl.dtype, name="data")
-    weight = te.placeholder(direct_packed_shape(wl, oc_block), wl.dtype, name="packed_weight")
-    pad = pad_nchw(data, wl)
-    ic = te.reduce_axis((0, wl.in_channels), name="ic")
-    rh = te.reduce_axis((0, wl.kernel_h), name="rh")
-    rw = te.reduce_axis((0, wl.kernel_w), name="rw")
-    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
-    conv = te.compute(
-        (wl.batch, wl.out_channels // oc_block, wl.out_h, wl.out_w, oc_block),
-        lambda n, ko, y, x, ki: te.sum(
-            pad[n, ic, y * sh + rh * dh, x * sw + rw * dw] * weight[ko, ic, rh, rw, ki], axis=[ic, rh, rw]
-        ),
-        name="conv",
-    )
-    out = te.compute(
-        wl.out_shape,
-        lambda n, k, y, x: conv[n, k // oc_block, y, x, k % oc_block],
-        name="out",
-    )
-    return [data, weight, out]
-
-
 def direct_blocked_geometry(wl: Conv2dWorkload, oc_block: int, ic_block: int, ow_tile: int) -> dict[str, int]:
     """Padded extents of :func:`direct_blocked`: ``k_outer`` (``ceil(K / oc_block)``), ``c_outer``
     (``ceil(C / ic_block)``), ``ow_padded`` (OW rounded up to ``ow_tile``), ``hp``/``wp`` (the padded input
@@ -213,7 +174,13 @@ def im2col_pack_weight(weight: np.ndarray, wl: Conv2dWorkload) -> np.ndarray:
 def im2col_gemm(wl: Conv2dWorkload) -> list[te.Tensor]:
     """``col[n, g, r, p]`` (r = (ic, kh, kw), p = (oh, ow)) then ``gemm[n, g, k, p] = sum_r W[g, k, r] col``.
 
-    Returns ``[data, packed_weight, out]``; stages ``im2col``, ``gemm``, ``out``.
+    The form CUDA's implicit GEMM (``cuda/im2col.py``) schedules: with the output pixels on one flattened axis ``p``,
+    a thread block's tile of ``p`` is one contiguous range, so the shared-memory slice of ``col`` it stages is
+    exactly that range (with :func:`im2col_rows`' separate ``(y, x)`` axes a tile crossing a row boundary would
+    stage whole rows). The CPU rules use :func:`im2col_rows`, whose 2-D rows keep the copy and the NCHW store
+    contiguous and whose weight is blocked for the register tile.
+
+    Returns ``[data, packed_weight, out]``; stages ``pad_temp`` (when padded), ``im2col``, ``gemm``, ``out``.
     """
     g, cg, kg = wl.groups, wl.in_channels // wl.groups, wl.out_channels // wl.groups
     khw = wl.kernel_h * wl.kernel_w

@@ -395,7 +395,7 @@ def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, wo
     except ImportError:
         tune_candidates = None
     try:
-        from convpipe.schedules.x86.winograd import ERROR_BOUND as WINO_BOUND
+        from convpipe.schedules.cpu.winograd import ERROR_BOUND as WINO_BOUND
     except ImportError:
         WINO_BOUND = {}
 

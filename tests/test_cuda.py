@@ -180,3 +180,24 @@ def test_resnet18_artifact_for_cuda(tmp_path_factory, arch):
     assert len(conv_kernels) >= 11
     spilled = [k for k in conv_kernels if k["spill_stores"] or k["spill_loads"]]
     assert not spilled, spilled
+
+
+@pytest.mark.skipif(_has_gpu(), reason="checks the no-GPU error path")
+def test_cuda_artifact_without_gpu_is_a_clear_error(tmp_path):
+    """Loading a CUDA artifact where no GPU is present fails with a clear error, and so does running an x86
+    artifact on --device cuda."""
+    import torch
+
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.export import export_onnx
+    from convpipe.errors import ConvpipeError
+    from convpipe.runtime import load
+
+    onnx_path = str(tmp_path / "m.onnx")
+    export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval(), (1, 3, 16, 16), onnx_path)
+    compile_model(onnx_path, str(tmp_path / "gpu.cpa"), "cuda", arch="sm_90")
+    with pytest.raises(ConvpipeError, match="built for CUDA sm_90, but no CUDA GPU is present"):
+        load(str(tmp_path / "gpu.cpa"))
+    compile_model(onnx_path, str(tmp_path / "cpu.cpa"), "x86")
+    with pytest.raises(ConvpipeError, match="asked to run on device 'cuda'"):
+        load(str(tmp_path / "cpu.cpa"), device="cuda")

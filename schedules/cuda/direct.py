@@ -104,15 +104,17 @@ class DirectCuda(Conv2dRule):
             return "register tile over 64 accumulators"
         return None
 
+    # the shared blocked direct compute with unit input-channel blocks and unit column tiles (oc_block divides K,
+    # so nothing is padded but the input's zero border, which is inlined into the shared-memory fill)
     def packed_weight_shape(self, wl, knobs):
-        return compute.direct_packed_shape(wl, knobs["oc_block"])
+        return compute.direct_blocked_packed_shape(wl, knobs["oc_block"], 1)
 
     def pack_weight(self, weight, wl, knobs):
-        return compute.direct_pack_weight(weight, wl, knobs["oc_block"])
+        return compute.direct_blocked_pack_weight(weight, wl, knobs["oc_block"], 1)
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """The shared target-independent compute this rule schedules."""
-        return compute.create_prim_func(compute.direct_nchwc(wl, knobs["oc_block"]))
+        return compute.create_prim_func(compute.direct_blocked(wl, knobs["oc_block"], 1, 1))
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         return self.schedule(wl, target, knobs).mod["main"]
@@ -125,14 +127,14 @@ class DirectCuda(Conv2dRule):
             raise ValueError(f"cuda/direct: invalid knobs {knobs} for {wl.describe()}: {bad}")
         sch = s_tir.Schedule(self.unscheduled(wl, knobs))
         conv = sch.get_sblock("conv")
-        has_pad = any((wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right))
+        has_pad = compute.direct_blocked_geometry(wl, knobs["oc_block"], 1, 1)["needs_pack"]
         local = sch.cache_write(conv, 0, "local")
-        n, ko, y, x, ki, ic, rh, rw = sch.get_loops(conv)
+        n, ko, y, x, ki, ic, rh, rw, ci = sch.get_loops(conv)
         kb, kt = sch.split(ko, [None, knobs["k_thr"]])
         yb, yt, yr = sch.split(y, [None, knobs["y_thr"], knobs["y_reg"]])
         xb, xt, xr = sch.split(x, [None, knobs["x_thr"], knobs["x_reg"]])
         ico, ici = sch.split(ic, [None, knobs["ic_tile"]])
-        sch.reorder(n, kb, yb, xb, kt, yt, xt, ico, ici, rh, rw, yr, xr, ki)
+        sch.reorder(n, kb, yb, xb, kt, yt, xt, ico, ici, rh, rw, ci, yr, xr, ki)
         sch.bind(sch.fuse(n, kb), "blockIdx.z")
         sch.bind(yb, "blockIdx.y")
         sch.bind(xb, "blockIdx.x")
@@ -145,14 +147,14 @@ class DirectCuda(Conv2dRule):
         for s in (d_s, w_s):
             sch.compute_at(s, ico, preserve_unit_loops=True)
         if has_pad:  # the zero padding happens while filling shared memory
-            sch.compute_inline(sch.get_sblock("pad_temp"))
+            sch.compute_inline(sch.get_sblock("data_pack"))
         threads = knobs["k_thr"] * knobs["y_thr"] * knobs["x_thr"]
         for s in (d_s, w_s):
             _coop_fetch_1d(sch, s, threads, knobs)
         sch.reverse_compute_at(local, xt, preserve_unit_loops=True)
         sch.reverse_compute_inline(sch.get_sblock("out"))
         C.unroll_inner(sch, local, xt)
-        for lp in (rh, rw, yr, xr, ki):
+        for lp in (rh, rw, ci, yr, xr, ki):
             sch.unroll(lp)
         sch.decompose_reduction(conv, ico)
         return sch

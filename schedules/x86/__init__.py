@@ -1,9 +1,24 @@
-"""x86 (AVX-512 / AVX2) conv2d schedule rules, one file per algorithm family."""
+"""x86 (AVX-512 / AVX2) conv2d schedule rules: the shared CPU rules (``schedules/cpu/``), whose schedules and
+knob heuristics were tuned on AVX-512 and are used here as they are."""
 
-from .depthwise import DepthwiseX86
-from .direct import DirectX86
-from .im2col import Im2colX86
-from .winograd import WinogradX86
+from ..cpu import DepthwiseCpu, DirectCpu, Im2colCpu, WinogradCpu
+
+
+class DirectX86(DirectCpu):
+    arch = "x86"
+
+
+class Im2colX86(Im2colCpu):
+    arch = "x86"
+
+
+class WinogradX86(WinogradCpu):
+    arch = "x86"
+
+
+class DepthwiseX86(DepthwiseCpu):
+    arch = "x86"
+
 
 #: Every x86 rule; the compiler looks them up by ``family``.
 RULES = [DirectX86(), Im2colX86(), WinogradX86(), DepthwiseX86()]

@@ -1,10 +1,11 @@
-"""Direct conv2d for x86 (AVX-512 / AVX2), register-tiled on channel-blocked data.
+"""Direct conv2d for CPUs (x86 AVX-512 / AVX2, aarch64 NEON), register-tiled on channel-blocked data.
 
 The NCHW[x]c scheme of ``topi/nn/conv2d.py:conv2d_NCHWc`` and of the AutoTVM x86 templates
 (``topi/x86/conv2d_avx_common.py`` in TVM <= 0.16): output channels blocked by the vector width, input
 channels blocked too, each reduction step is ``ow_tile x oc_tile`` broadcast-input x vector-weight FMAs into
 accumulators that stay in registers. Padding and input-channel blocking happen once, in a ``data_pack`` pass;
-the accumulator tile is written straight to the NCHW output.
+the accumulator tile is written straight to the NCHW output. Sized by the target's vector lanes and register
+file (:func:`._util.vector_registers`): on NEON each FMA is an ``fmla v.4s``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Conv2dRule, Knobs
+from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import best_tile, channel_block, largest_divisor, vector_registers
+from ._util import CpuRule, best_tile, channel_block, largest_divisor, vector_registers
 
 
 def _ic_block(channels: int, lanes: int) -> int:
@@ -27,23 +28,22 @@ def _ic_block(channels: int, lanes: int) -> int:
     return d if d >= 4 else lanes
 
 
-class DirectX86(Conv2dRule):
+class DirectCpu(CpuRule):
     """Register-tiled direct conv2d. Supports ``groups == 1`` with any kernel, stride, padding, dilation.
 
     Knobs:
         oc_block: output channels per vector (the vectorised axis; ``K`` is zero-padded up to a multiple).
         ic_block: input channels per block of the packed input ``[N, C/ib, Hp, Wp, ib]`` (``C`` zero-padded);
-            1 with no padding reads the NCHW input in place.
+            1 with no padding reads the NCHW input in place. Optional, default 1.
         ow_tile: output columns per register tile (``OW`` is padded up to a multiple; the extra columns are
             computed and dropped).
-        oc_tile: output-channel blocks per register tile (divides ``ceil(K / oc_block)``).
+        oc_tile: output-channel blocks per register tile (divides ``ceil(K / oc_block)``). Optional, default 1.
 
-    The register tile holds ``ow_tile * oc_tile`` vector accumulators; the defaults keep that within 28 of the
-    32 zmm registers (AVX-512) or 12 of the 16 ymm registers (AVX2).
+    The register tile holds ``ow_tile * oc_tile * ceil(oc_block / lanes)`` vector accumulators; the defaults keep
+    that within half the register file: 16 of the 32 zmm (AVX-512) or NEON q registers, 8 of the 16 ymm (AVX2).
     """
 
     family = "direct"
-    arch = "x86"
 
     def unsupported_reason(self, wl, target):
         if wl.groups != 1:
@@ -51,14 +51,16 @@ class DirectX86(Conv2dRule):
         return None
 
     def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
-        return self._knobs(wl, target.vector_lanes)
+        return self._knobs(wl, target)
 
-    def _knobs(self, wl: Conv2dWorkload, lanes: int, oc_tile: int | None = None, ic_block: int | None = None) -> Knobs:
-        ob = channel_block(wl.out_channels, lanes)
+    def _knobs(
+        self, wl: Conv2dWorkload, target: TargetInfo, oc_tile: int | None = None, ic_block: int | None = None
+    ) -> Knobs:
+        ob = channel_block(wl.out_channels, target.vector_lanes)
         k_outer = -(-wl.out_channels // ob)
         if oc_tile is None:
             oc_tile = 2 if k_outer % 2 == 0 else 1
-        budget = vector_registers(lanes) // 2
+        budget = vector_registers(target) // 2
         return {
             "oc_block": ob,
             "ic_block": 1 if ic_block is None else ic_block,
@@ -70,13 +72,13 @@ class DirectX86(Conv2dRule):
         lanes = target.vector_lanes
         default = self.default_knobs(wl, target)
         cands = [default]
-        budget = vector_registers(lanes) // 2
+        budget = vector_registers(target) // 2
         k_outer = -(-wl.out_channels // default["oc_block"])
         for oc_tile in (1, 2, 3, 4):
             if k_outer % oc_tile:
                 continue
             for ib in {default["ic_block"], _ic_block(wl.in_channels, lanes)}:
-                base = self._knobs(wl, lanes, oc_tile, ib)
+                base = self._knobs(wl, target, oc_tile, ib)
                 cap = max(budget // oc_tile, 1)
                 for owt in {base["ow_tile"], best_tile(wl.out_w, max(cap // 2, 1)), largest_divisor(wl.out_w, cap)}:
                     k = {**base, "ow_tile": owt}
@@ -84,19 +86,25 @@ class DirectX86(Conv2dRule):
                         cands.append(k)
         return cands
 
+    def read_knobs(self, knobs: Knobs) -> Knobs:
+        return {"ic_block": 1, "oc_tile": 1, **super().read_knobs(knobs)}
+
     def packed_weight_shape(self, wl, knobs):
-        return compute.direct_blocked_packed_shape(wl, knobs["oc_block"], knobs["ic_block"])
+        kn = self.read_knobs(knobs)
+        return compute.direct_blocked_packed_shape(wl, kn["oc_block"], kn["ic_block"])
 
     def pack_weight(self, weight: np.ndarray, wl, knobs):
-        return compute.direct_blocked_pack_weight(weight, wl, knobs["oc_block"], knobs["ic_block"])
+        kn = self.read_knobs(knobs)
+        return compute.direct_blocked_pack_weight(weight, wl, kn["oc_block"], kn["ic_block"])
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
-        ob, ib, owt, noc = knobs["oc_block"], knobs["ic_block"], knobs["ow_tile"], knobs["oc_tile"]
+        kn = self.read_knobs(knobs)
+        ob, ib, owt, noc = kn["oc_block"], kn["ic_block"], kn["ow_tile"], kn["oc_tile"]
         lanes = target.vector_lanes
         geo = compute.direct_blocked_geometry(wl, ob, ib, owt)
         if min(ob, ib, owt, noc) < 1 or geo["k_outer"] % noc:
-            raise ValueError(f"direct x86 knobs {knobs} invalid for {wl.describe()}")
+            raise ValueError(f"{self.arch}/direct knobs {knobs} invalid for {wl.describe()}")
         sch = s_tir.Schedule(compute.create_prim_func(compute.direct_blocked(wl, ob, ib, owt)))
 
         if geo["needs_pack"]:

@@ -1,4 +1,4 @@
-"""Winograd F(m x m, 3 x 3) conv2d for x86 (AVX-512 / AVX2), m in {2, 4, 6}.
+"""Winograd F(m x m, 3 x 3) conv2d for CPUs (x86 AVX-512 / AVX2, aarch64 NEON), m in {2, 4, 6}.
 
 Algorithm: Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016); stage structure after
 ``topi/nn/conv2d.py:_conv2d_winograd_nchw_impl``, matrices from ``topi/nn/winograd_util.py`` (Cook-Toom with the
@@ -6,7 +6,7 @@ interpolation points of Barabasz et al., arXiv:1803.10986). The kernel transform
 compile time (:func:`convpipe.schedules.compute.winograd_pack_weight`). See
 :func:`convpipe.schedules.compute.winograd` for the stages and layouts.
 
-Schedule (one parallel loop per stage, 2 cores):
+Schedule (one parallel loop per stage; vector widths from the target's lanes):
 
 - ``pad_temp``: NCHW -> zero-padded channels-last copy, parallel over rows, vectorised over channels;
 - input transform: ``data_tmp`` (d B) computed at each (tile, channel vector) of ``data_pack`` (B^T d B), both
@@ -20,7 +20,7 @@ Schedule (one parallel loop per stage, 2 cores):
 Accuracy (max |ours - float64 reference| / max |reference|, random N(0,1) data and weights, C = K = 64..512,
 measured here with ``torch.nn.functional.conv2d`` in float64; the direct fp32 algorithm gives ~1e-7):
 see :data:`ERROR_BOUND`. F(6, 3) loses about one more decimal digit than F(4, 3); the default uses it only
-where its bound is acceptable (see :meth:`WinogradX86.default_knobs`).
+where its bound is acceptable (see :meth:`WinogradCpu.default_knobs`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Conv2dRule, Knobs
+from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
+from ._util import CpuRule, vector_registers
 
 #: Documented bound on max |ours - float64| / max |float64| per tile size m (about 2x the worst measured value).
 #: Measured (random N(0,1) data/weights, 3x3 pad 1, 64ch 56x56 / 128ch 28x28 / 256ch 14x14 / 512ch 7x7):
@@ -48,14 +49,14 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return v
 
 
-class WinogradX86(Conv2dRule):
+class WinogradCpu(CpuRule):
     """Winograd F(m x m, 3 x 3) for 3x3, stride-1, dilation-1, groups-1 convs (any N, C, K, H, W, pads).
 
     Knobs:
         tile: m, the output tile edge (2, 4 or 6). ``alpha = m + 2``; multiplies per output fall from 9 (direct)
             to ``alpha^2 / m^2`` (4, 2.25, 1.78); transform cost and fp32 error grow with m (:data:`ERROR_BOUND`).
         k_block: output channels per GEMM register tile, a multiple of the target's vector lanes (16 AVX-512,
-            8 AVX2); K is zero-padded up to it in the packed weight.
+            8 AVX2, 4 NEON); K is zero-padded up to it in the packed weight.
         p_block: Winograd tiles per GEMM register tile (accumulators = ``p_block * k_block / lanes``); the tile
             count is padded up to it.
 
@@ -63,7 +64,6 @@ class WinogradX86(Conv2dRule):
     """
 
     family = "winograd"
-    arch = "x86"
 
     def unsupported_reason(self, wl, target):
         if not wl.is_winograd_shape():
@@ -74,13 +74,15 @@ class WinogradX86(Conv2dRule):
         """``tile``: F(4, 3) (error bound 1e-5), F(2, 3) when the output is at most 8 pixels on a side (F(4, 3)
         would pad 7x7 to 8x8 and its 2.25x larger U makes small-spatial, many-channel layers weight-bandwidth
         bound). F(6, 3) is never the default (bound 5e-5, and not faster here); it is a tuning candidate.
-        ``k_block``: up to 4 vectors of output channels; ``p_block``: tiles filling 16 (AVX-512) / 12 (AVX2)
-        vector accumulators (64 x 4 measured best on the layers in the module docstring)."""
+        ``k_block``: up to 4 vectors of output channels; ``p_block``: tiles filling 16 (32-register files:
+        AVX-512, NEON) / 12 (AVX2) vector accumulators (64 x 4 measured best on AVX-512 on the layers in the
+        module docstring)."""
         lanes = target.vector_lanes
         m = self._default_tile(wl)
         nkv = max(1, min(4, -(-wl.out_channels // lanes)))
         k_block = lanes * nkv
-        acc = 16 if lanes >= 16 else 12  # vector accumulators that leave registers for U and broadcasts
+        # vector accumulators that leave registers for U and broadcasts
+        acc = 16 if vector_registers(target) >= 32 else 12
         n_h, n_w = compute.winograd_tiles(wl, m)
         p_block = max(1, min(acc // nkv, wl.batch * n_h * n_w))
         return {"tile": m, "k_block": k_block, "p_block": p_block}
@@ -101,17 +103,19 @@ class WinogradX86(Conv2dRule):
         return out
 
     def packed_weight_shape(self, wl, knobs):
-        return compute.winograd_packed_shape(wl, knobs["tile"], knobs.get("k_block", 1))
+        kn = self.read_knobs(knobs)
+        return compute.winograd_packed_shape(wl, kn["tile"], kn["k_block"])
 
     def pack_weight(self, weight, wl, knobs):
-        return compute.winograd_pack_weight(weight, wl, knobs["tile"], knobs.get("k_block", 1))
+        kn = self.read_knobs(knobs)
+        return compute.winograd_pack_weight(weight, wl, kn["tile"], kn["k_block"])
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
         lanes = target.vector_lanes
-        m = int(knobs["tile"])
-        kb = int(knobs.get("k_block", lanes))
-        pb = int(knobs.get("p_block", 1))
+        kn = self.read_knobs(knobs)
+        m = kn["tile"]
+        kb, pb = kn["k_block"], kn["p_block"]
         if m not in (2, 3, 4, 5, 6) or kb < 1 or pb < 1:
             raise ValueError(f"invalid winograd knobs {knobs}")
         kv = _pow2_divisor(kb, lanes)  # vector width along K

@@ -1,10 +1,11 @@
-"""im2col + GEMM conv2d for x86: any stride, padding, dilation and groups (the universal fallback).
+"""im2col + GEMM conv2d for CPUs (x86 AVX-512 / AVX2, aarch64 NEON): any stride, padding, dilation and groups
+(the universal fallback).
 
 Chellapilla et al. (2006): the input is unrolled into ``col[n, g, (ic, kh, kw), y, x]`` once, then each group is
 one GEMM ``[K/G, C/G*KH*KW] x [C/G*KH*KW, OH*OWp]``. The GEMM is register-blocked like a BLAS micro-kernel
 (Goto & van de Geijn, "Anatomy of High-Performance Matrix Multiplication", 2008): a ``k_block x x_block`` tile of
 accumulators (``k_block`` broadcast weights x ``x_block / lanes`` vectors of output columns) per reduction step,
-stored straight to the NCHW output.
+stored straight to the NCHW output (on NEON each step is ``k_block`` ``fmla v.4s`` per vector).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Conv2dRule, Knobs
+from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import vector_registers
+from ._util import CpuRule, vector_registers
 
 
 def _x_block(out_w: int, lanes: int) -> int:
@@ -28,28 +29,29 @@ def _x_block(out_w: int, lanes: int) -> int:
     return 2 * lanes if two <= one else lanes
 
 
-class Im2colX86(Conv2dRule):
+class Im2colCpu(CpuRule):
     """im2col + register-blocked GEMM. Supports every conv2d (any stride, padding, dilation, groups).
 
     Knobs:
         k_block: output channels per register tile (broadcast operand; ``K/G`` zero-padded up to a multiple).
         x_block: output columns per register tile (vectorised; ``OW`` zero-padded up to a multiple). The tile
-            holds ``k_block * ceil(x_block / lanes)`` vector accumulators: at most 16 on AVX-512, 8 on AVX2.
+            holds ``k_block * ceil(x_block / lanes)`` vector accumulators: at most half the register file (16 on
+            AVX-512 and NEON, 8 on AVX2).
     """
 
     family = "im2col"
-    arch = "x86"
 
     def unsupported_reason(self, wl, target):
         return None
 
     def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
-        return self._knobs(wl, target.vector_lanes)
+        return self._knobs(wl, target)
 
-    def _knobs(self, wl: Conv2dWorkload, lanes: int, x_block: int | None = None) -> Knobs:
+    def _knobs(self, wl: Conv2dWorkload, target: TargetInfo, x_block: int | None = None) -> Knobs:
+        lanes = target.vector_lanes
         xb = _x_block(wl.out_w, lanes) if x_block is None else x_block
         vecs = -(-xb // lanes)
-        kb = max(vector_registers(lanes) // 2 // vecs, 1)
+        kb = max(vector_registers(target) // 2 // vecs, 1)
         kg = wl.out_channels // wl.groups
         if kg < kb:
             kb = kg
@@ -59,7 +61,7 @@ class Im2colX86(Conv2dRule):
         lanes = target.vector_lanes
         cands = [self.default_knobs(wl, target)]
         for xb in (lanes, 2 * lanes, lanes // 2):
-            k = self._knobs(wl, lanes, xb)
+            k = self._knobs(wl, target, xb)
             for kb in (k["k_block"], max(k["k_block"] // 2, 1)):
                 c = {"k_block": kb, "x_block": xb}
                 if c not in cands:
@@ -67,15 +69,16 @@ class Im2colX86(Conv2dRule):
         return cands
 
     def packed_weight_shape(self, wl, knobs):
-        return compute.im2col_blocked_packed_shape(wl, knobs["k_block"])
+        return compute.im2col_blocked_packed_shape(wl, self.read_knobs(knobs)["k_block"])
 
     def pack_weight(self, weight, wl, knobs):
-        return compute.im2col_blocked_pack_weight(weight, wl, knobs["k_block"])
+        return compute.im2col_blocked_pack_weight(weight, wl, self.read_knobs(knobs)["k_block"])
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        kb, xb = knobs["k_block"], knobs["x_block"]
+        kn = self.read_knobs(knobs)
+        kb, xb = kn["k_block"], kn["x_block"]
         if kb < 1 or xb < 1:
-            raise ValueError(f"im2col x86 knobs {knobs} invalid")
+            raise ValueError(f"{self.arch}/im2col knobs {knobs} invalid")
         lanes = target.vector_lanes
         sch = s_tir.Schedule(compute.create_prim_func(compute.im2col_rows(wl, kb, xb)))
         col = sch.get_sblock("im2col")

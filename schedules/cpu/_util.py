@@ -1,6 +1,18 @@
-"""Small helpers shared by the x86 rules: divisors, register-tile sizing, loop utilities."""
+"""What the CPU rules share besides their schedules: the register budget of a target, tile-size helpers and the
+base class."""
 
 from __future__ import annotations
+
+
+from ..rule import Conv2dRule, Knobs
+from ..target import TargetInfo
+
+
+def vector_registers(target: TargetInfo) -> int:
+    """Architectural SIMD registers: 32 zmm (AVX-512), 32 q (NEON ``v0``-``v31``), 16 ymm/xmm otherwise.
+
+    The rules budget their register tiles (vector accumulators) from this, leaving the rest for operands."""
+    return 32 if target.isa in ("avx512", "neon") else 16
 
 
 def largest_divisor(n: int, cap: int) -> int:
@@ -8,9 +20,8 @@ def largest_divisor(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
-def vector_registers(lanes: int) -> int:
-    """Architectural SIMD registers: 32 zmm with AVX-512 (16 lanes), 16 ymm/xmm otherwise."""
-    return 32 if lanes >= 16 else 16
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def best_tile(extent: int, cap: int, overhead: float = 2.0) -> int:
@@ -40,3 +51,11 @@ def channel_block(channels: int, lanes: int, max_waste: float = 0.125) -> int:
         if (padded - channels) / padded <= max_waste:
             return b
     return lanes
+
+
+class CpuRule(Conv2dRule):
+    """Base of the shared CPU rules: subclasses per target set ``arch`` (and may override the knob heuristics)."""
+
+    def read_knobs(self, knobs: Knobs) -> Knobs:
+        """``knobs`` as ints (tuning databases store JSON numbers)."""
+        return {k: int(v) for k, v in knobs.items()}

@@ -1,4 +1,5 @@
-"""Depthwise conv2d (groups == C, any channel multiplier, stride, padding, dilation, kernel size) for x86.
+"""Depthwise conv2d (groups == C, any channel multiplier, stride, padding, dilation, kernel size) for CPUs
+(x86 AVX-512 / AVX2, aarch64 NEON).
 
 Layout NCHW in and out (``topi/nn/depthwise_conv2d.py:depthwise_conv2d_nchw`` with a channel multiplier). Schedule:
 
@@ -8,7 +9,7 @@ Layout NCHW in and out (``topi/nn/depthwise_conv2d.py:depthwise_conv2d_nchw`` wi
   are de-interleaved by ``s`` so every tap reads unit-stride vectors;
 - each output row is a register tile of ``x_vec`` columns (vectorised; LLVM splits a 56-wide vector into
   3.5 zmm), ``y_block`` rows unrolled together; the KH x KW taps are unrolled as broadcast(weight) x vector(input)
-  FMAs into a local accumulator.
+  FMAs (``fmla v.4s`` on NEON) into a local accumulator.
 """
 
 from __future__ import annotations
@@ -17,29 +18,25 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Conv2dRule, Knobs
+from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
+from ._util import CpuRule, divisors
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-class DepthwiseX86(Conv2dRule):
+class DepthwiseCpu(CpuRule):
     """Depthwise conv2d, ``groups == C_in`` (``K = multiplier * C``), NCHW.
 
     Knobs:
         x_vec: output columns per vector register tile; divides OW (its largest divisor <= 4 x lanes). ``0``
             selects the LLVM-vectorised schedule (:meth:`_build_auto`), the default for stride > 1 and for
-            OW outside 8..32, where it measured faster.
+            OW outside 8..32, where it measured faster on AVX-512.
         y_block: output rows computed together (unrolled); divides OH.
 
     Packed weight: ``float32[K, KH, KW]``.
     """
 
     family = "depthwise"
-    arch = "x86"
 
     def unsupported_reason(self, wl, target):
         if not wl.is_depthwise:
@@ -50,16 +47,16 @@ class DepthwiseX86(Conv2dRule):
         if wl.stride_w != 1 or not 8 <= wl.out_w <= 32:
             return {"x_vec": 0, "y_block": 1}
         cap = 4 * target.vector_lanes
-        x_vec = max(d for d in _divisors(wl.out_w) if d <= cap)
+        x_vec = max(d for d in divisors(wl.out_w) if d <= cap)
         # rows per block: enough vector work per block (about 2 zmm-rows of accumulators)
         want = max(1, (2 * target.vector_lanes) // x_vec)
-        y_block = max(d for d in _divisors(wl.out_h) if d <= want)
+        y_block = max(d for d in divisors(wl.out_h) if d <= want)
         return {"x_vec": x_vec, "y_block": y_block}
 
     def candidate_knobs(self, wl, target):
         d = self.default_knobs(wl, target)
         out = [d]
-        for xv in sorted({d["x_vec"], 0, *[v for v in _divisors(wl.out_w) if v in (8, 16, 32, 64)]}, reverse=True):
+        for xv in sorted({d["x_vec"], 0, *[v for v in divisors(wl.out_w) if v in (8, 16, 32, 64)]}, reverse=True):
             for yb in (1, 2, 4):
                 c = {"x_vec": xv, "y_block": yb}
                 if wl.out_h % yb == 0 and c not in out:
@@ -74,11 +71,12 @@ class DepthwiseX86(Conv2dRule):
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
-        xv, yb = int(knobs["x_vec"]), int(knobs["y_block"])
+        kn = self.read_knobs(knobs)
+        xv, yb = kn["x_vec"], kn["y_block"]
         if xv == 0:
             return self._build_auto(wl)
         if xv < 1 or yb < 1 or wl.out_w % xv or wl.out_h % yb:
-            raise ValueError(f"depthwise knobs {knobs} must divide the output {wl.out_h}x{wl.out_w}")
+            raise ValueError(f"{self.arch}/depthwise knobs {knobs} must divide the output {wl.out_h}x{wl.out_w}")
         sch = s_tir.Schedule(compute.create_prim_func(compute.depthwise(wl)))
         out = sch.get_sblock("out")
         n, k, y, x, rh, rw = sch.get_loops(out)
