@@ -1,7 +1,8 @@
 """The Relax compilation pipeline: TVM's default CPU pipeline (``relax/backend/cpu_generic/pipeline.py``) with
 constant folding before conv2d lowering and, after FuseOps/FuseTIR, epilogue fusion into our conv2d kernels
 (:class:`convpipe.schedules.epilogue.ConvEpilogueCPU`) and schedules for the kernels TVM would leave
-unscheduled (dlight's CPU GEMV and Reduction rules, :class:`convpipe.schedules.elementwise.InjectiveCPU`).
+unscheduled (:class:`convpipe.schedules.elementwise.DenseCPU` for the classifier head, dlight's CPU GEMV and
+Reduction rules, :class:`convpipe.schedules.elementwise.InjectiveCPU`).
 Kernels already scheduled (our conv2d, marked ``tirx.is_scheduled``) are left alone."""
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def relax_pipeline(target: TargetInfo) -> tvm.transform.Pass | str:
 
 
 def _cpu_rules():
-    from convpipe.schedules.elementwise import InjectiveCPU
+    from convpipe.schedules.elementwise import DenseCPU, InjectiveCPU
     from convpipe.schedules.epilogue import ConvEpilogueCPU
 
-    return [ConvEpilogueCPU(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), InjectiveCPU()]
+    return [ConvEpilogueCPU(), DenseCPU(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), InjectiveCPU()]

@@ -1,6 +1,5 @@
 """A CPU schedule for the non-conv2d kernels TVM's default pipeline leaves unscheduled: injective (elementwise,
-broadcast, layout) fused functions get their loops fused, split into a parallel outer loop and a vectorised
-inner loop. A TVM dlight ``ScheduleRule`` (``python/tvm/s_tir/dlight/base/schedule_rule.py``), applied by
+broadcast, layout) fused functions get a vectorised innermost loop under one parallel loop. A TVM dlight ``ScheduleRule`` (``python/tvm/s_tir/dlight/base/schedule_rule.py``), applied by
 ``compiler/pipeline.py`` after FuseTIR together with dlight's own CPU GEMV and Reduction rules.
 
 Shapes and layouts are whatever the fused function has; only all-spatial (injective) functions match.
@@ -18,7 +17,7 @@ from tvm.target import Target
 class InjectiveCPU(ScheduleRule):
     """Parallel + vectorised loop nest for an injective PrimFunc on an llvm target.
 
-    Knobs: ``vector`` (inner extent, default 16 fp32 lanes; the largest divisor of the fused extent up to it),
+    Knobs: ``vector`` (inner extent, default 16 fp32 lanes; the largest divisor of the innermost extent up to it),
     ``min_parallel`` (no ``parallel`` below this many elements: thread start-up costs more than it saves).
     """
 
@@ -40,8 +39,9 @@ class InjectiveCPU(ScheduleRule):
 
     @staticmethod
     def schedule_block(sch: s_tir.Schedule, block, vector: int = 16, min_parallel: int = 4096) -> bool:
-        """Fuse ``block``'s loops, split off a vector-wide inner loop, parallelise the outer one; ``False`` when
-        its extents are not static."""
+        """Vectorise the innermost loop by its largest divisor up to ``vector`` and parallelise the fusion of the
+        loops above it (the innermost axis stays unfused, so vector lanes need no div/mod index arithmetic);
+        ``False`` when the extents are not static."""
         loops = sch.get_loops(block)
         if not loops:
             return False
@@ -51,11 +51,58 @@ class InjectiveCPU(ScheduleRule):
         total = 1
         for e in extents:
             total *= int(e)
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        vec = max(d for d in range(1, min(vector, total) + 1) if total % d == 0)
-        outer, inner = sch.split(fused, [None, vec])
-        if total >= min_parallel:
-            sch.parallel(outer)
+        *outer, last = loops
+        n_last = int(extents[-1])
+        vec = max(d for d in range(1, min(vector, n_last) + 1) if n_last % d == 0)
         if vec > 1:
-            sch.vectorize(inner)
+            last_outer, last_inner = sch.split(last, [None, vec])
+            sch.vectorize(last_inner)
+            outer.append(last_outer)
+        else:
+            outer.append(last)
+        if total >= min_parallel:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         return True
+
+
+class DenseCPU(ScheduleRule):
+    """The fully-connected head of a CNN: ``matmul[m, n] = sum_k A[m, k] * B[k, n]`` (B constant, N contiguous,
+    as the Gemm weight is after constant folding its transpose), plus an injective epilogue (bias).
+
+    Schedule: N split into ``n_block``-wide vectorised strips run in parallel; inside a strip the reduction over K
+    is the outer loop, so every B row is read once, contiguously (dlight's CPU GEMV rule instead reduces along K
+    and reads B with a stride of N). Knob: ``n_block`` (default 64: 4 AVX-512 vectors).
+    """
+
+    def __init__(self, n_block: int = 64):
+        self.n_block = n_block
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        # normalize_prim_func drops unit loops: [S, R] is a GEMV (M = 1), [S, S, R] a small-M GEMM
+        if not infos or infos[0].name != "matmul" or [i.kind for i in infos[0].iters] not in (["S", "R"], ["S", "S", "R"]):
+            return None
+        if not all(i.is_injective() for i in infos[1:]):
+            return None
+        block = infos[0].block_rv
+        loops = [i.loop_rv for i in infos[0].iters]
+        *ms, n, k = loops
+        extents = [sch.get(lp).extent for lp in loops]
+        if not all(isinstance(e, tirx.IntImm) for e in extents) or (ms and int(extents[0]) > 8):
+            return None
+        n_ext = int(extents[-2])
+        nb = max(d for d in range(1, min(self.n_block, n_ext) + 1) if n_ext % d == 0)
+        no, ni = sch.split(n, [None, nb])
+        sch.reorder(no, *ms, k, ni)
+        sch.parallel(no)
+        sch.vectorize(ni)
+        for info in infos[1:]:
+            sch.reverse_compute_at(info.block_rv, no)
+        for info in infos[1:]:
+            inner = sch.get_loops(info.block_rv)[-1]
+            sch.vectorize(inner)
+        sch.decompose_reduction(block, k)
+        return sch

@@ -5,9 +5,10 @@ kernel's output store, so the conv output is written once, with the epilogue app
 How: ``compiler/lower.py`` gives our conv2d PrimFuncs ``op_pattern = kOutEWiseFusable`` (so FuseOps groups the
 element-wise consumers with them; FuseTIR keeps our loop nest) and annotates the block that writes the conv
 output with :data:`CONV_OUT`. After FuseTIR, :class:`ConvEpilogueCPU` (a TVM dlight ``ScheduleRule``) finds
-that block and ``reverse_compute_inline``s each injective consumer into it, in order; a consumer that cannot
-be inlined (the output block is a reduction, or the consumer reads a neighbourhood) gets a parallel +
-vectorised loop nest of its own instead. Fused functions without the annotation are not matched.
+that block and ``reverse_compute_inline``s each injective consumer into it, in order. When the output block is
+a reduction (it cannot take an inlined consumer), the first consumer is ``reverse_compute_at`` the innermost
+loop of the kernel that TVM accepts (right after each finished part of the output) and the rest are inlined
+into it. A consumer that fits neither gets a parallel + vectorised loop nest of its own. Fused functions without the annotation are not matched.
 """
 
 from __future__ import annotations
@@ -56,16 +57,23 @@ class ConvEpilogueCPU(ScheduleRule):
         from .elementwise import InjectiveCPU
 
         rest = []
+        producer = out_block
         while True:
-            consumers = sch.get_consumers(out_block)
+            consumers = sch.get_consumers(producer)
             if len(consumers) != 1:
                 rest.extend(consumers)
                 break
             try:
                 sch.reverse_compute_inline(consumers[0])
+                continue
             except s_tir.ScheduleError:
+                pass
+            # the producer is a reduction (its output is final only after its reduction loops): compute the
+            # consumer right after it, under the innermost loop that encloses a finished part of the output
+            if not self._compute_after(sch, consumers[0], producer):
                 rest.extend(consumers)
                 break
+            producer = consumers[0]
         # anything left (and its consumers) gets a parallel + vectorised nest of its own
         seen = set()
         while rest:
@@ -77,3 +85,21 @@ class ConvEpilogueCPU(ScheduleRule):
             InjectiveCPU.schedule_block(sch, b)
             rest.extend(sch.get_consumers(b))
         return sch
+
+    @staticmethod
+    def _compute_after(sch: s_tir.Schedule, consumer, producer) -> bool:
+        """``reverse_compute_at`` the consumer under the innermost loop of the reduction ``producer`` that
+        encloses all of its reduction loops (where each output is final). A loop qualifies exactly when
+        ``decompose_reduction`` accepts it, which is tried on a copy of the schedule."""
+        for loop in reversed(sch.get_loops(producer)):
+            probe = sch.copy()
+            try:
+                probe.decompose_reduction(producer, loop)
+            except s_tir.ScheduleError:
+                continue
+            try:
+                sch.reverse_compute_at(consumer, loop, preserve_unit_loops=False)
+                return True
+            except s_tir.ScheduleError:
+                return False
+        return False

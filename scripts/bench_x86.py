@@ -365,8 +365,11 @@ def metaschedule_kernel(wl, target, trials: int, work: str, threads: int):
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # console quiet; logs stay in work_dir
     t0 = time.perf_counter()
+    # generous timeouts: the default 30 s build timeout kills every candidate on a loaded 2-core machine
     database = ms.tune_tir(mod=mod, target=target.target, work_dir=wd, max_trials_global=trials,
-                           num_trials_per_iter=min(64, trials), num_tuning_cores=threads)
+                           num_trials_per_iter=min(64, trials), num_tuning_cores=threads,
+                           builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=300.0),
+                           runner=ms.runner.LocalRunner(timeout_sec=120.0))
     sch = compile_tir(database, mod, target.target)
     tune_s = time.perf_counter() - t0
     if sch is None:
