@@ -319,7 +319,8 @@ def test_model_on_board_matches_onnxruntime(name, session, tmp_path):
 
 
 def test_cli_verify_run_bench_remote(arm_setup, tmp_path):
-    """The CLI's --remote forms against a board of its own (an RPC server serves one session at a time)."""
+    """The CLI's --remote forms (run, verify, bench, tune measuring on the board) against a board of its own (an
+    RPC server serves one session at a time)."""
     import sys
 
     cp = str(Path(sys.executable).with_name("convpipe"))
@@ -332,7 +333,11 @@ def test_cli_verify_run_bench_remote(arm_setup, tmp_path):
         for cmd in (["export", "rnet", "-o", onnx_path], ["compile", onnx_path, "-o", art, "--target", "arm", "-q"],
                     ["verify", art, onnx_path, "--remote", f"127.0.0.1:{port}"],
                     ["run", art, "--remote", f"127.0.0.1:{port}", "-o", str(tmp_path / "o.npz")],
-                    ["bench", art, "--remote", f"127.0.0.1:{port}", "--rounds", "1"]):
+                    ["bench", art, "--remote", f"127.0.0.1:{port}", "--rounds", "1"],
+                    ["tune", onnx_path, "--target", "arm", "--remote", f"127.0.0.1:{port}", "--db", str(tmp_path / "db.json"),
+                     "--budget-s", "5"],
+                    ["compile", onnx_path, "-o", art, "--target", "arm", "--db", str(tmp_path / "db.json"), "-q"],
+                    ["verify", art, onnx_path, "--remote", f"127.0.0.1:{port}"]):
             p = subprocess.run([cp, *cmd], capture_output=True, text=True, timeout=600)
             assert p.returncode == 0, (cmd, p.stdout, p.stderr)
         assert set(np.load(tmp_path / "o.npz").keys()) == {"output0", "output1"}

@@ -56,7 +56,8 @@ class DepthwiseCpu(CpuRule):
     def candidate_knobs(self, wl, target):
         d = self.default_knobs(wl, target)
         out = [d]
-        for xv in sorted({d["x_vec"], 0, *[v for v in divisors(wl.out_w) if v in (8, 16, 32, 64)]}, reverse=True):
+        cap = 4 * target.vector_lanes
+        for xv in sorted({d["x_vec"], 0, *[v for v in divisors(wl.out_w) if 7 <= v <= cap]}, reverse=True):
             for yb in (1, 2, 4):
                 c = {"x_vec": xv, "y_block": yb}
                 if wl.out_h % yb == 0 and c not in out:
