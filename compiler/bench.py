@@ -5,8 +5,10 @@ latency of a batch of runs (ms).
 Three thread pools share the process, so none may busy-wait after its work (a spinning pool steals the cores
 from the next engine: on 2 cores PyTorch ran 40x slower behind a spinning TVM pool). :func:`set_threads`
 turns spinning off for all three (``TVM_THREAD_POOL_SPIN_COUNT=0``, ``OMP_WAIT_POLICY=PASSIVE``, onnxruntime's
-``session.intra_op.allow_spinning=0``); both env variables must be set before the pools start, which is why
-the CLI calls it first thing for ``bench`` and ``demo``."""
+``session.intra_op.allow_spinning=0``), and TVM's workers are not pinned to cores (``TVM_BIND_THREADS=0``:
+pinned, they let the OS stack two busy threads on one core next to the other pools -- ResNet-18 at 2 threads
+ran 12.6 ms or 20 ms from one process start to the next). The env variables must be set before the pools start,
+which is why the CLI calls it first thing for ``bench`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ import numpy as np
 
 def set_threads(threads: int) -> None:
     """Make TVM (``TVM_NUM_THREADS``, read when its pool starts), PyTorch and OpenMP use ``threads`` threads,
-    none of them spinning (see the module docstring)."""
+    none of them spinning, TVM's unpinned (see the module docstring)."""
     os.environ["TVM_NUM_THREADS"] = str(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    os.environ["TVM_BIND_THREADS"] = "0"
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         import torch
@@ -61,8 +64,11 @@ def side_by_side(engines: dict[str, Callable[[], object]], rounds: int = 7, roun
     }
 
 
-def model_engines(artifact: str, onnx_path: str | None, inputs: dict[str, np.ndarray], threads: int, torch_model=None):
-    """Callables running one inference with convpipe (artifact), onnxruntime (``onnx_path``) and PyTorch eager."""
+def model_engines(
+    artifact: str | dict[str, str], onnx_path: str | None, inputs: dict[str, np.ndarray], threads: int, torch_model=None
+):
+    """Callables running one inference with convpipe (an artifact, or ``{engine name: artifact}`` for several
+    builds), onnxruntime (``onnx_path``) and PyTorch eager."""
     import tvm
 
     from convpipe.runtime import load
@@ -70,10 +76,11 @@ def model_engines(artifact: str, onnx_path: str | None, inputs: dict[str, np.nda
     from .verify import onnxruntime_session
 
     engines: dict[str, Callable[[], object]] = {}
-    module = load(artifact)
-    vm = module._vm()
-    args = [tvm.runtime.tensor(a) for a in module.check_inputs(inputs)]
-    engines["convpipe"] = lambda: vm["main"](*args)
+    for name, path in ({"convpipe": artifact} if isinstance(artifact, str) else artifact).items():
+        module = load(path)
+        vm = module._vm()
+        args = [tvm.runtime.tensor(a) for a in module.check_inputs(inputs)]
+        engines[name] = lambda vm=vm, args=args: vm["main"](*args)
     if onnx_path:
         sess = onnxruntime_session(onnx_path, threads, spinning=False)
         engines["onnxruntime"] = lambda: sess.run(None, inputs)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper, shape_inference
 
 from convpipe.errors import ConvpipeError
 
@@ -283,10 +283,3 @@ def random_inputs(infos: list[TensorInfo], seed: int = 0) -> dict[str, np.ndarra
         else:
             out[info.name] = rng.integers(0, 10, info.shape).astype(info.dtype)
     return out
-
-
-def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    return None

@@ -1,4 +1,4 @@
-"""The ``convpipe`` command line: export, compile, run, verify, inspect, bench, demo.
+"""The ``convpipe`` command line: export, compile, run, verify, inspect, bench, tune, demo.
 
 User errors (bad files, inputs, artifacts, targets) print one ``convpipe: error: ...`` line and exit 2; ``verify``
 exits 1 when an output does not match. Heavy modules (torch, onnx, TVM) are imported by the subcommand that
@@ -21,9 +21,9 @@ FAMILY_CHOICES = ("auto", "direct", "im2col", "winograd", "depthwise")
 # helpers
 # ------------------------------------------------------------------------------------------------------------
 def _console():
-    from rich.console import Console
-
     import shutil
+
+    from rich.console import Console
 
     return Console(highlight=False, width=max(shutil.get_terminal_size((160, 40)).columns, 150))
 
@@ -133,12 +133,13 @@ def _bench_table(res: dict, title: str):
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
-    for col in ("engine", "median ms", "min ms", "max ms", "convpipe speed-up"):
+    base = next(iter(res))
+    for col in ("engine", "median ms", "min ms", "max ms", f"{base} speed-up"):
         t.add_column(col, justify="right" if col != "engine" else "left")
-    ours = res["convpipe"]["median_ms"]
+    ours = res[base]["median_ms"]
     for name, r in res.items():
         t.add_row(name, f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
-    t.caption = "speed-up = engine median / convpipe median (> 1: convpipe faster)"
+    t.caption = f"speed-up = engine median / {base} median (> 1: {base} faster)"
     return t
 
 
@@ -231,13 +232,13 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _bench(artifact: str, onnx_path: str | None, threads: int, rounds: int, inputs=None) -> dict:
+def _bench(artifact: str | dict[str, str], onnx_path: str | None, threads: int, rounds: int, inputs=None) -> dict:
     from convpipe.compiler.bench import model_engines, set_threads, side_by_side
     from convpipe.compiler.importer import TensorInfo, random_inputs
     from convpipe.runtime import read_manifest
 
     set_threads(threads)
-    m = read_manifest(artifact)
+    m = read_manifest(artifact if isinstance(artifact, str) else next(iter(artifact.values())))
     if onnx_path is None and os.path.isfile(m["source_onnx"]["file"]):
         onnx_path = m["source_onnx"]["file"]
     if inputs is None:
@@ -265,14 +266,22 @@ def cmd_bench(args) -> int:
     target = args.model
     onnx_path = None
     tmp = None
+    schedules = FAMILY_CHOICES if args.schedule == "all" else args.schedule.split(",")
+    bad = [s for s in schedules if s not in FAMILY_CHOICES]
+    if bad:
+        raise ConvpipeError(f"--schedule {args.schedule}: unknown {bad}; expected all or a list of {FAMILY_CHOICES}")
     if os.path.isfile(target) and target.endswith(".onnx"):
         from convpipe.compiler.build import compile_model
         from convpipe.compiler.importer import parse_input_shapes
 
         onnx_path = target
         tmp = tempfile.TemporaryDirectory(prefix="convpipe-bench-")
-        artifact = os.path.join(tmp.name, "model.cpa")
-        compile_model(onnx_path, artifact, "x86", args.schedule, parse_input_shapes(args.input_shape))
+        artifact = {}
+        for sched in schedules:
+            artifact[f"convpipe[{sched}]" if len(schedules) > 1 else "convpipe"] = path = os.path.join(tmp.name, f"{sched}.cpa")
+            compile_model(onnx_path, path, "x86", sched, parse_input_shapes(args.input_shape))
+    elif len(schedules) > 1 or args.schedule != "auto":
+        raise ConvpipeError("--schedule applies when benchmarking an .onnx (an artifact's schedules are fixed)")
     else:
         artifact = target
     if args.remote or args.tracker:
@@ -408,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="ARTIFACT|MODEL.onnx")
     s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     s.add_argument("--rounds", type=int, default=7)
-    s.add_argument("--schedule", default="auto", choices=FAMILY_CHOICES, help="when given an .onnx")
+    s.add_argument("--schedule", default="auto", metavar="S[,S...]|all",
+                   help="when given an .onnx: compile with each of these schedules (auto, direct, im2col, winograd, "
+                        "depthwise) and time every build side by side")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     _add_remote_args(s)
     s.set_defaults(func=cmd_bench)

@@ -165,9 +165,10 @@ def measure_fma_peak(out_dir: str, thread_counts: list[int]) -> dict:
 # ================================================================================================================
 def worker(args: argparse.Namespace) -> int:
     threads = args.worker
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
     sys.path.insert(0, ROOT)
+    from convpipe.compiler.bench import set_threads
+
+    set_threads(threads)  # thread counts, and no spinning/pinning pools: before torch and TVM start theirs
 
     import numpy as np
     import torch
@@ -317,6 +318,7 @@ def ort_conv_session(wl, w, threads: int):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as compiler.bench: no spinning pools
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -550,7 +552,7 @@ def run_models(args, threads, target, db, models, onnx_paths, torch_models, inpu
             from convpipe.compiler.verify import onnxruntime_session
             import torch
 
-            sess = onnxruntime_session(onnx_paths[name], threads)
+            sess = onnxruntime_session(onnx_paths[name], threads, spinning=False)
             xs = [torch.from_numpy(a) for a in inputs[name].values()]
             tm = torch_models[name]
 
