@@ -137,8 +137,10 @@ def _bench_table(res: dict, title: str):
     for col in ("engine", "median ms", "min ms", "max ms", f"{base} speed-up"):
         t.add_column(col, justify="right" if col != "engine" else "left")
     ours = res[base]["median_ms"]
+    from rich.markup import escape
+
     for name, r in res.items():
-        t.add_row(name, f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
+        t.add_row(escape(name), f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
     t.caption = f"speed-up = engine median / {base} median (> 1: {base} faster)"
     return t
 
