@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import tvm
 
-
 import convpipe
 from convpipe.errors import ConvpipeError
 from convpipe.runtime.artifact import FORMAT, LIBRARY, MANIFEST, atomic_directory, sha256_file

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from convpipe.errors import ConvpipeError
+from convpipe.runtime.module import flatten_outputs
 
 #: The aarch64 cross compiler (Debian ``gcc-aarch64-linux-gnu``; ``scripts/arm_board.sh setup`` installs it).
 AARCH64_CC = "aarch64-linux-gnu-gcc"
@@ -223,17 +224,6 @@ def _as_list(inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np
     return [np.ascontiguousarray(a) for a in arrays]
 
 
-def _flatten(res) -> list:
-    import tvm
-
-    if isinstance(res, tvm.runtime.Tensor):
-        return [res]
-    out = []
-    for r in res:
-        out.extend(_flatten(r))
-    return out
-
-
 def run_remote(
     lib_path: str | os.PathLike,
     inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
@@ -266,7 +256,7 @@ def run_remote(
         # returned directly is a remote object the host cannot iterate)
         vm.set_input(func, *[tvm.runtime.tensor(a, dev) for a in arrays])
         vm.invoke_stateful(func)
-        flat = [t.numpy() for t in _flatten(vm.get_outputs(func))]
+        flat = [t.numpy() for t in flatten_outputs(vm.get_outputs(func))]
     except Exception as e:  # noqa: BLE001
         msg = str(e).strip().splitlines()
         raise ConvpipeError(f"{os.fspath(lib_path)}: running on the board failed: {msg[-1] if msg else e}") from None

@@ -184,32 +184,35 @@ class Module:
 
         arrays = self.check_inputs(inputs)
         res = self._vm()["main"](*[tvm.runtime.tensor(a, self._dev) for a in arrays])
-        flat = _flatten(res)
+        flat = flatten_outputs(res)
         if len(flat) != len(self.outputs):
             raise ConvpipeError(f"library returned {len(flat)} outputs, manifest lists {len(self.outputs)}")
         return {o.name: t.numpy() for o, t in zip(self.outputs, flat)}
 
     def time(self, inputs, number: int = 10, repeat: int = 5) -> list[float]:
         """Per-run latency in seconds, ``repeat`` figures each the mean of ``number`` runs (TVM time_evaluator,
-        inputs already on the device)."""
+        inputs already on the device). Uses a VM of its own: one that was given ``set_input`` only takes
+        ``invoke_stateful`` calls afterwards, so the thread's VM for :meth:`run` must not be used."""
         import tvm
+        from tvm import relax
 
         arrays = self.check_inputs(inputs)
-        vm = self._vm()
+        vm = relax.VirtualMachine(self._lib, self._dev)
         args = [tvm.runtime.tensor(a, self._dev) for a in arrays]
         vm.set_input("main", *args)
         fn = vm.time_evaluator("invoke_stateful", self._dev, number=number, repeat=repeat)
         return list(fn("main").results)
 
 
-def _flatten(res) -> list:
+def flatten_outputs(res) -> list:
+    """A VM result (a tensor or nested tuples of tensors) as a flat list in output order."""
     import tvm
 
     if isinstance(res, tvm.runtime.Tensor):
         return [res]
     out = []
     for r in res:
-        out.extend(_flatten(r))
+        out.extend(flatten_outputs(r))
     return out
 
 

@@ -115,6 +115,16 @@ def test_not_an_artifact(tmp_path):
         read_manifest(__file__)
 
 
+def test_time_then_run(artifact):
+    """``time`` (TVM time_evaluator) leaves ``run`` usable on the same thread."""
+    m = load(artifact[0])
+    x = np.ones((1, 3, 10, 12), "float32")
+    before = m.run([x])
+    times = m.time([x], number=2, repeat=2)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    np.testing.assert_array_equal(m.run([x])["output0"], before["output0"])
+
+
 def test_threads_share_one_module(artifact):
     """Eight threads run one Module concurrently (each thread gets its own VirtualMachine); every result equals
     the sequential one."""
