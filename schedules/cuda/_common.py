@@ -15,7 +15,12 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+import tvm
 from tvm import s_tir
+
+from ..rule import Conv2dRule, Knobs
+from ..target import TargetInfo
+from ..workload import Conv2dWorkload
 
 #: CUDA limits we schedule against (sm_80 and sm_90 alike): threads per block, static shared memory per block.
 MAX_THREADS = 1024
@@ -122,7 +127,7 @@ def gemm_tile(
     return block, local, shared, ko
 
 
-def replay_without_threads(sch: s_tir.Schedule, original) -> "tvm.tirx.PrimFunc":
+def replay_without_threads(sch: s_tir.Schedule, original) -> tvm.tirx.PrimFunc:
     """The same schedule with every ``bind`` dropped: the identical loop nest, shared/local staging, inlining and
     predicates, but with thread/block loops serial, so it compiles for ``llvm`` and runs on a CPU.
 
@@ -240,3 +245,35 @@ def compile_cubin(source: str, arch: str) -> tuple[bytes, list[PtxasReport]]:
 
 def prod(xs) -> int:
     return math.prod(xs)
+
+
+class CudaRule(Conv2dRule):
+    """Base of the CUDA rules: ``build`` is the PrimFunc of :meth:`schedule`, whose trace the tests also replay on
+    the CPU without thread bindings. Subclasses implement :meth:`unscheduled`, :meth:`_valid` and
+    :meth:`_schedule` (the transformations applied to :meth:`start`'s fresh schedule)."""
+
+    arch = "cuda"
+
+    def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
+        """The shared target-independent compute this rule schedules."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _valid(wl: Conv2dWorkload, knobs: Knobs) -> str | None:
+        """``None`` when ``knobs`` fit ``wl``, else why not."""
+        raise NotImplementedError
+
+    def start(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> s_tir.Schedule:
+        """A fresh schedule of :meth:`unscheduled` after checking the workload and the knobs.
+
+        Raises:
+            ValueError: unsupported workload or invalid knobs (names both).
+        """
+        self.check(wl, target)
+        bad = self._valid(wl, knobs)
+        if bad:
+            raise ValueError(f"cuda/{self.family}: invalid knobs {knobs} for {wl.describe()}: {bad}")
+        return s_tir.Schedule(self.unscheduled(wl, knobs))
+
+    def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
+        return self.schedule(wl, target, knobs).mod["main"]

@@ -9,7 +9,7 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Conv2dRule, Knobs
+from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
 from . import _common as C
@@ -19,14 +19,13 @@ def _halo(t: int, stride: int, k: int, dil: int) -> int:
     return (t - 1) * stride + (k - 1) * dil + 1
 
 
-class DepthwiseCuda(Conv2dRule):
+class DepthwiseCuda(C.CudaRule):
     """Knobs: ``y_thr``/``x_thr`` threads per block (threadIdx.y/x), ``y_reg``/``x_reg`` outputs per thread along
     rows/columns. Block tile ``y_thr*y_reg`` x ``x_thr*x_reg`` of one output channel; it must divide the output
     (TVM's shared-buffer compaction over-allocates ragged tiles of strided convs). Supports ``groups == C_in``.
     """
 
     family = "depthwise"
-    arch = "cuda"
 
     def unsupported_reason(self, wl, target):
         if not wl.is_depthwise:
@@ -77,16 +76,9 @@ class DepthwiseCuda(Conv2dRule):
         """The shared target-independent compute this rule schedules."""
         return compute.create_prim_func(compute.depthwise(wl))
 
-    def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        return self.schedule(wl, target, knobs).mod["main"]
-
     def schedule(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> s_tir.Schedule:
         """The traced schedule behind :meth:`build` (tests replay its trace on CPU without thread bindings)."""
-        self.check(wl, target)
-        bad = self._valid(wl, knobs)
-        if bad:
-            raise ValueError(f"cuda/depthwise: invalid knobs {knobs} for {wl.describe()}: {bad}")
-        sch = s_tir.Schedule(self.unscheduled(wl, knobs))
+        sch = self.start(wl, target, knobs)
         out = sch.get_sblock("out")
         has_pad = any((wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right))
         local = sch.cache_write(out, 0, "local")

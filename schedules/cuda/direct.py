@@ -9,7 +9,7 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Conv2dRule, Knobs
+from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
 from . import _common as C
@@ -19,7 +19,7 @@ def _halo(t: int, stride: int, k: int, dil: int) -> int:
     return (t - 1) * stride + (k - 1) * dil + 1
 
 
-class DirectCuda(Conv2dRule):
+class DirectCuda(C.CudaRule):
     """Knobs: ``oc_block`` (output channels per thread, divides K: the ``NCHW[oc_block]c`` compute's inner axis),
     ``k_thr``/``y_thr``/``x_thr`` threads per block along output-channel blocks, rows and columns
     (threadIdx.z/y/x), ``y_reg``/``x_reg`` output rows/columns per thread, ``ic_tile`` input channels staged in
@@ -29,7 +29,6 @@ class DirectCuda(Conv2dRule):
     """
 
     family = "direct"
-    arch = "cuda"
 
     def unsupported_reason(self, wl, target):
         if wl.groups != 1:
@@ -116,16 +115,9 @@ class DirectCuda(Conv2dRule):
         """The shared target-independent compute this rule schedules."""
         return compute.create_prim_func(compute.direct_blocked(wl, knobs["oc_block"], 1, 1))
 
-    def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        return self.schedule(wl, target, knobs).mod["main"]
-
     def schedule(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> s_tir.Schedule:
         """The traced schedule behind :meth:`build` (tests replay its trace on CPU without thread bindings)."""
-        self.check(wl, target)
-        bad = self._valid(wl, knobs)
-        if bad:
-            raise ValueError(f"cuda/direct: invalid knobs {knobs} for {wl.describe()}: {bad}")
-        sch = s_tir.Schedule(self.unscheduled(wl, knobs))
+        sch = self.start(wl, target, knobs)
         conv = sch.get_sblock("conv")
         has_pad = compute.direct_blocked_geometry(wl, knobs["oc_block"], 1, 1)["needs_pack"]
         local = sch.cache_write(conv, 0, "local")

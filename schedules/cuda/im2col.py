@@ -9,13 +9,13 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Conv2dRule, Knobs
+from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
 from . import _common as C
 
 
-class Im2colCuda(Conv2dRule):
+class Im2colCuda(C.CudaRule):
     """GEMM per group: ``out[n, g, k, p] = sum_r W[g, k, r] * col[n, g, r, p]`` (k: output channel of the group,
     p: output pixel, r: (ic, kh, kw)).
 
@@ -25,7 +25,6 @@ class Im2colCuda(Conv2dRule):
     """
 
     family = "im2col"
-    arch = "cuda"
 
     def unsupported_reason(self, wl, target):
         return None
@@ -53,12 +52,12 @@ class Im2colCuda(Conv2dRule):
             (4, 2, 32, 2, 4),
         ):
             kn = {"k_thr": k_thr, "k_reg": k_reg, "p_thr": p_thr, "p_reg": p_reg, "r_tile": r_tile}
-            if kn not in out and self._valid(kn) is None:
+            if kn not in out and self._valid(wl, kn) is None:
                 out.append(kn)
         return out
 
     @staticmethod
-    def _valid(kn) -> str | None:
+    def _valid(wl, kn) -> str | None:
         threads = kn["k_thr"] * kn["p_thr"]
         if threads > C.MAX_THREADS:
             return f"{threads} threads"
@@ -79,16 +78,9 @@ class Im2colCuda(Conv2dRule):
         """The shared target-independent compute this rule schedules."""
         return compute.create_prim_func(compute.im2col_gemm(wl))
 
-    def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        return self.schedule(wl, target, knobs).mod["main"]
-
     def schedule(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> s_tir.Schedule:
         """The traced schedule behind :meth:`build` (tests replay its trace on CPU without thread bindings)."""
-        self.check(wl, target)
-        bad = self._valid(knobs)
-        if bad:
-            raise ValueError(f"cuda/im2col: invalid knobs {knobs}: {bad}")
-        sch = s_tir.Schedule(self.unscheduled(wl, knobs))
+        sch = self.start(wl, target, knobs)
         if wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right:
             sch.compute_inline(sch.get_sblock("pad_temp"))
         gemm = sch.get_sblock("gemm")

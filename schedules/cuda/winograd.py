@@ -17,13 +17,13 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Conv2dRule, Knobs
+from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
 from . import _common as C
 
 
-class WinogradCuda(Conv2dRule):
+class WinogradCuda(C.CudaRule):
     """Knobs: ``tile`` (m of F(m x m, 3 x 3): 4, or 2 for small outputs), ``k_thr``/``k_reg``/``p_thr``/``p_reg``/
     ``c_tile`` for the batched GEMM (block tile ``p_thr*p_reg`` tiles x ``k_thr*k_reg`` output channels,
     threadIdx.y over tiles, threadIdx.x over channels, ``c_tile`` input channels per shared-memory step), ``tf_thr`` threads per block of the transform kernels. Supports 3x3,
@@ -31,7 +31,6 @@ class WinogradCuda(Conv2dRule):
     """
 
     family = "winograd"
-    arch = "cuda"
 
     def unsupported_reason(self, wl, target):
         if not wl.is_winograd_shape():
@@ -62,12 +61,12 @@ class WinogradCuda(Conv2dRule):
         out = [base]
         for kt, kr, pt, pr, ct in ((8, 4, 16, 4, 8), (16, 4, 16, 2, 8), (8, 4, 32, 2, 8), (16, 2, 16, 2, 16), (4, 4, 32, 2, 8)):
             kn = {**base, "k_thr": kt, "k_reg": kr, "p_thr": pt, "p_reg": pr, "c_tile": ct}
-            if kn not in out and self._valid(kn) is None:
+            if kn not in out and self._valid(wl, kn) is None:
                 out.append(kn)
         return out
 
     @staticmethod
-    def _valid(kn) -> str | None:
+    def _valid(wl, kn) -> str | None:
         if kn["tile"] not in (2, 4):
             return "tile must be 2 or 4"
         threads = kn["k_thr"] * kn["p_thr"]
@@ -90,16 +89,9 @@ class WinogradCuda(Conv2dRule):
         """The shared target-independent compute this rule schedules."""
         return compute.create_prim_func(compute.winograd(wl, knobs["tile"]))
 
-    def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        return self.schedule(wl, target, knobs).mod["main"]
-
     def schedule(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> s_tir.Schedule:
         """The traced schedule behind :meth:`build` (tests replay its trace on CPU without thread bindings)."""
-        self.check(wl, target)
-        bad = self._valid(knobs)
-        if bad:
-            raise ValueError(f"cuda/winograd: invalid knobs {knobs}: {bad}")
-        sch = s_tir.Schedule(self.unscheduled(wl, knobs))
+        sch = self.start(wl, target, knobs)
         tf = knobs["tf_thr"]
         # 1. input transform: one thread per (tile, input channel); the zero padding is done in its load, the
         #    alpha x alpha intermediate d B lives in registers
