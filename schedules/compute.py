@@ -29,6 +29,19 @@ from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_poi
 from .workload import Conv2dWorkload
 
 
+def unsupported_reason(family: str, wl: Conv2dWorkload) -> str | None:
+    """``None`` when ``family``'s compute applies to ``wl`` (on every target), else why not: ``direct`` needs
+    ``groups == 1``, ``winograd`` a 3x3 stride-1 dilation-1 groups-1 conv, ``depthwise`` ``groups == C_in``;
+    ``im2col`` computes every conv2d."""
+    if family == "direct" and wl.groups != 1:
+        return "direct needs groups == 1 (grouped convs use im2col or depthwise)"
+    if family == "winograd" and not wl.is_winograd_shape():
+        return "Winograd needs a 3x3, stride-1, dilation-1, groups-1 conv"
+    if family == "depthwise" and not wl.is_depthwise:
+        return "not depthwise (groups != C_in)"
+    return None
+
+
 def pad_nchw(data: te.Tensor, wl: Conv2dWorkload, extra_h: int = 0, extra_w: int = 0) -> te.Tensor:
     """Zero-pad NCHW ``data`` by the workload's pads (plus ``extra_h``/``extra_w`` more at bottom/right)."""
     before = [0, 0, wl.pad_top, wl.pad_left]

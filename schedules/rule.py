@@ -38,9 +38,12 @@ class Conv2dRule(abc.ABC):
     family: ClassVar[str]
     arch: ClassVar[str]
 
-    @abc.abstractmethod
     def unsupported_reason(self, wl: Conv2dWorkload, target: TargetInfo) -> str | None:
-        """``None`` when this family can compute ``wl`` on ``target``, else a short human-readable reason."""
+        """``None`` when this family can compute ``wl`` on ``target``, else a short human-readable reason
+        (by default the family's own requirement, :func:`convpipe.schedules.compute.unsupported_reason`)."""
+        from .compute import unsupported_reason
+
+        return unsupported_reason(self.family, wl)
 
     def supports(self, wl: Conv2dWorkload, target: TargetInfo) -> bool:
         return self.unsupported_reason(wl, target) is None

@@ -38,11 +38,6 @@ class DepthwiseCpu(CpuRule):
 
     family = "depthwise"
 
-    def unsupported_reason(self, wl, target):
-        if not wl.is_depthwise:
-            return "not depthwise (groups != C_in)"
-        return None
-
     def default_knobs(self, wl, target):
         if wl.stride_w != 1 or not 8 <= wl.out_w <= 32:
             return {"x_vec": 0, "y_block": 1}

@@ -45,11 +45,6 @@ class DirectCpu(CpuRule):
 
     family = "direct"
 
-    def unsupported_reason(self, wl, target):
-        if wl.groups != 1:
-            return "grouped/depthwise conv (groups != 1)"
-        return None
-
     def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
         return self._knobs(wl, target)
 

@@ -41,9 +41,6 @@ class Im2colCpu(CpuRule):
 
     family = "im2col"
 
-    def unsupported_reason(self, wl, target):
-        return None
-
     def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
         return self._knobs(wl, target)
 

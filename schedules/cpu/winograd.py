@@ -65,11 +65,6 @@ class WinogradCpu(CpuRule):
 
     family = "winograd"
 
-    def unsupported_reason(self, wl, target):
-        if not wl.is_winograd_shape():
-            return "Winograd needs a 3x3, stride-1, dilation-1, groups-1 conv"
-        return None
-
     def default_knobs(self, wl, target):
         """``tile``: F(4, 3) (error bound 1e-5), F(2, 3) when the output is at most 8 pixels on a side (F(4, 3)
         would pad 7x7 to 8x8 and its 2.25x larger U makes small-spatial, many-channel layers weight-bandwidth

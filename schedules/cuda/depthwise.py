@@ -27,11 +27,6 @@ class DepthwiseCuda(C.CudaRule):
 
     family = "depthwise"
 
-    def unsupported_reason(self, wl, target):
-        if not wl.is_depthwise:
-            return "not depthwise (groups != C_in)"
-        return None
-
     def default_knobs(self, wl, target):
         x_reg = 2 if wl.out_w >= 32 and wl.out_w % 2 == 0 else 1
         x_thr = C.largest_divisor(wl.out_w // x_reg, 32)

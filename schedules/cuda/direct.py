@@ -30,11 +30,6 @@ class DirectCuda(C.CudaRule):
 
     family = "direct"
 
-    def unsupported_reason(self, wl, target):
-        if wl.groups != 1:
-            return "direct needs groups == 1 (grouped convs use im2col or depthwise)"
-        return None
-
     def default_knobs(self, wl, target):
         k = wl.out_channels
         ob = next(b for b in (4, 2, 1) if k % b == 0)

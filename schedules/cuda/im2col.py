@@ -26,9 +26,6 @@ class Im2colCuda(C.CudaRule):
 
     family = "im2col"
 
-    def unsupported_reason(self, wl, target):
-        return None
-
     def default_knobs(self, wl, target):
         kg = wl.out_channels // wl.groups
         p_len = wl.out_h * wl.out_w

@@ -32,11 +32,6 @@ class WinogradCuda(C.CudaRule):
 
     family = "winograd"
 
-    def unsupported_reason(self, wl, target):
-        if not wl.is_winograd_shape():
-            return "Winograd needs a 3x3, stride-1, dilation-1, groups-1 conv"
-        return None
-
     def default_knobs(self, wl, target):
         m = 4 if min(wl.out_h, wl.out_w) >= 8 else 2
         n_h, n_w = -(-wl.out_h // m), -(-wl.out_w // m)
