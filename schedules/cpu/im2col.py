@@ -99,10 +99,17 @@ class Im2colCpu(CpuRule):
         sch.unroll(ki)
         sch.vectorize(xl)
         out = sch.get_sblock("out")
-        sch.reverse_compute_at(out, xo)
         kg = wl.out_channels // wl.groups
-        if wl.out_w % xb == 0 and kg % kb == 0:
-            sch.vectorize(sch.get_loops(out)[-1])
-        sch.set_scope(gemm, 0, "local")  # the compacted accumulator tile -> stack -> registers
+        if wl.groups == 1 or kg % kb == 0:
+            sch.reverse_compute_at(out, xo)
+            if wl.out_w % xb == 0 and kg % kb == 0:
+                sch.vectorize(sch.get_loops(out)[-1])
+            sch.set_scope(gemm, 0, "local")  # the compacted accumulator tile -> stack -> registers
+        else:
+            # K/G padded to k_block with several groups: the output channels of one (group, k-block) tile are
+            # not a contiguous range of K, and TVM's region for a computed-at store would spill into the next
+            # group's channels, written by another thread. Store the output in its own parallel pass instead.
+            n_, k_, y_, x_ = sch.get_loops(out)
+            sch.parallel(sch.fuse(n_, k_))
         sch.decompose_reduction(gemm, rk)
         return sch.mod["main"]
