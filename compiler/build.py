@@ -18,6 +18,7 @@ from convpipe.schedules import TargetError, TargetInfo, resolve_target
 
 from .importer import ImportedModel, import_onnx, to_relax
 from .lower import LayerRecord, lower_conv2d
+from .layout import convert_layout
 from .pipeline import pre_lowering, relax_pipeline
 
 
@@ -31,13 +32,19 @@ class CompileResult:
     seconds: dict = field(default_factory=dict)
 
 
-def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "auto", db=None):
-    """Import + lower + ``tvm.compile``: returns ``(executable, layer records)``.
+def prepare(imported: ImportedModel, target: TargetInfo, layout: str = "auto") -> tuple[tvm.IRModule, int]:
+    """Relax module ready for conv2d lowering: imported, constants folded, converted to the network's layout
+    (:func:`.layout.convert_layout`). Returns ``(module, x)``, ``x`` the NCHW[x]c block (0: NCHW)."""
+    return convert_layout(pre_lowering(to_relax(imported)), target, layout)
+
+
+def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "auto", db=None, layout: str = "auto"):
+    """Import + layout + lower + ``tvm.compile``: returns ``(executable, layer records)``.
 
     Raises:
-        ConvpipeError: import or lowering failed (see :mod:`.importer`, :mod:`.lower`).
+        ConvpipeError: import or lowering failed (see :mod:`.importer`, :mod:`.layout`, :mod:`.lower`).
     """
-    mod = pre_lowering(to_relax(imported))
+    mod, _ = prepare(imported, target, layout)
     lowered, layers = lower_conv2d(mod, target, schedule, db)
     with target.target:
         ex = tvm.compile(lowered, target=target.target, relax_pipeline=relax_pipeline(target))
@@ -103,6 +110,7 @@ def compile_model(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     db=None,
     arch: str | None = None,
+    layout: str = "auto",
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (see :mod:`convpipe.runtime.artifact`).
 
@@ -114,6 +122,8 @@ def compile_model(
         input_shapes: dims to pin by input name.
         db: an optional tuning database (measured per-layer choices take precedence).
         arch: CUDA arch for ``target="cuda"``.
+        layout: ``"auto"`` (NCHW[x]c through the network on CPU targets, :mod:`.layout`), ``"nchw"`` or
+            ``"nchw{x}c"``.
 
     Raises:
         ConvpipeError: bad model, bad target, or a failure while building; nothing is written then.
@@ -127,7 +137,8 @@ def compile_model(
     imported = import_onnx(onnx_path, input_shapes)
     times["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ex, layers = build_relax(imported, tinfo, schedule, db)
+    ex, layers = build_relax(imported, tinfo, schedule, db, layout)
+    block = max((layer.workload.out_block for layer in layers), default=0)
     times["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with atomic_directory(output) as tmp:
@@ -143,6 +154,7 @@ def compile_model(
             "inputs": [i.to_dict() for i in imported.inputs],
             "outputs": [o.to_dict() for o in imported.outputs],
             "schedule": schedule,
+            "layout": f"NCHW{block}c" if block else "NCHW",
             "conv2d": [layer.to_dict() for layer in layers],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }

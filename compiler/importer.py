@@ -6,6 +6,7 @@ Every failure is a :class:`~convpipe.errors.ConvpipeError` naming the file, node
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -254,6 +255,67 @@ def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = Non
     return ImportedModel(model, inputs, outputs, path)
 
 
+@contextlib.contextmanager
+def _clip_as_relax_op():
+    """While active, TVM's ONNX frontend converts ``Clip`` with constant bounds (ReLU6 and friends) to the Relax
+    operators ``relax.op.maximum(x, lo)`` / ``relax.op.minimum(., hi)`` with 0-d constants instead of its
+    default, two opaque ``call_tir`` (``topi.maximum``/``minimum``, ``relax/frontend/onnx/onnx_frontend.py:Clip``).
+    ``ConvertLayout`` carries neither those nor ``relax.op.clip`` through a blocked layout (verified on 0.27),
+    so every ReLU6 would leave and re-enter NCHW[x]c (:mod:`.layout`); binary ops with a 0-d constant it does.
+    Other Clips keep the default conversion.
+
+    The frontend looks its converters up in ``onnx_frontend._get_convert_map()`` at each call; this wraps that
+    function for the duration of one import and restores it."""
+    import numpy as _np
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    def _bound(expr, default: float):
+        if expr is None:
+            return default
+        if isinstance(expr, tvm.ir.expr.Constant) and expr.value.numpy().size == 1:
+            v = float(expr.value.numpy().reshape(()))
+            return None if _np.isnan(v) else v
+        return None
+
+    class ClipOp(fe.Clip):
+        @staticmethod
+        def _clip(bb, x, lo: float, hi: float):
+            dtype = str(x.ty.dtype)
+            if lo != -_np.inf:
+                x = bb.emit(relax.op.maximum(x, relax.const(lo, dtype)))
+            if hi != _np.inf:
+                x = bb.emit(relax.op.minimum(x, relax.const(hi, dtype)))
+            return x
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            lo, hi = float(attr.get("min", -_np.inf)), float(attr.get("max", _np.inf))
+            return cls._clip(bb, inputs[0], lo, hi)
+
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            lo = _bound(inputs[1] if len(inputs) > 1 else None, -_np.inf)
+            hi = _bound(inputs[2] if len(inputs) > 2 else None, _np.inf)
+            if lo is None or hi is None or str(inputs[0].ty.dtype) not in ("float32", "float16", "float64"):
+                return super()._impl_v13(bb, inputs, attr, params)
+            return cls._clip(bb, inputs[0], lo, hi)
+
+    original = fe._get_convert_map
+
+    def patched():
+        table = original()
+        table["Clip"] = ClipOp
+        return table
+
+    fe._get_convert_map = patched
+    try:
+        yield
+    finally:
+        fe._get_convert_map = original
+
+
 def to_relax(imported: ImportedModel):
     """Convert to a Relax ``IRModule`` (weights become constants, so the compiler can pre-pack them).
 
@@ -265,7 +327,8 @@ def to_relax(imported: ImportedModel):
     shape_dict = {i.name: list(i.shape) for i in imported.inputs}
     dtype_dict = {i.name: i.dtype for i in imported.inputs}
     try:
-        return from_onnx(imported.model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+        with _clip_as_relax_op():
+            return from_onnx(imported.model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise ConvpipeError(f"{imported.path}: TVM's ONNX frontend failed: {msg}") from None

@@ -1,7 +1,8 @@
 """Lower every ``relax.nn.conv2d`` of a Relax module through convpipe's schedules.
 
 ``relax.transform.LegalizeOps`` with a custom legalisation for ``relax.nn.conv2d``: for each call it builds the
-workload, asks :mod:`.select` for a family and knobs, pre-packs the constant weight with the rule's NumPy packing,
+workload (NCHW, or NCHW[x]c after :mod:`.layout`), asks :mod:`.select` for a family and knobs, pre-packs the
+constant weight (un-blocked to OIHW first) with the rule's NumPy packing,
 adds the rule's scheduled PrimFunc with ``bb.add_func`` and returns ``relax.call_tir``. On CPU targets the
 PrimFunc is fusable with its element-wise consumers, which :mod:`convpipe.schedules.epilogue` then inlines
 into its output store (epilogue fusion); on CUDA it is opaque. Everything else keeps TVM's lowering plus the
@@ -20,6 +21,7 @@ from convpipe.errors import ConvpipeError
 from convpipe.schedules import Conv2dWorkload, TargetInfo, rules_for
 from convpipe.schedules.epilogue import mark_output_block
 
+from .layout import weight_to_oihw
 from .select import choose
 
 #: ``OpPatternKind``: kOutEWiseFusable lets FuseOps group the element-wise consumers (bias, BN, activation,
@@ -57,15 +59,23 @@ def _ints(xs) -> list[int]:
 
 
 def workload_of(call: relax.Call) -> Conv2dWorkload:
-    """The :class:`Conv2dWorkload` of a ``relax.nn.conv2d`` call with static NCHW/OIHW shapes.
+    """The :class:`Conv2dWorkload` of a ``relax.nn.conv2d`` call with static shapes: data and output each NCHW or
+    NCHW[x]c (from :func:`.layout.convert_layout`; NCHW[x]c data comes with weights ``OIHW{x}i{x}o`` or
+    ``OIHW{x}o``).
 
     Raises:
-        ConvpipeError: layouts other than NCHW/OIHW, dynamic shapes, or a dtype other than float32.
+        ConvpipeError: other layouts, dynamic shapes, or a dtype other than float32.
     """
+    from .layout import layout_block_of
+
     attrs = call.attrs
-    if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout not in ("NCHW", ""):
+    what = f"conv2d {attrs.data_layout}/{attrs.kernel_layout}/{attrs.out_layout}"
+    block = layout_block_of(str(attrs.data_layout), what)
+    out_block = layout_block_of(str(attrs.out_layout) or str(attrs.data_layout), what)
+    kernels = ("OIHW",) if not block else (f"OIHW{block}i{block}o", f"OIHW{block}o")
+    if (block and out_block != block) or str(attrs.kernel_layout) not in kernels:
         raise ConvpipeError(
-            f"conv2d with layouts {attrs.data_layout}/{attrs.kernel_layout}/{attrs.out_layout}: expected NCHW/OIHW"
+            f"{what}: expected NCHW/OIHW (output NCHW or NCHW<x>c) or NCHW<x>c with OIHW<x>i<x>o / OIHW<x>o"
         )
     data, weight = call.args
     try:
@@ -80,12 +90,14 @@ def workload_of(call: relax.Call) -> Conv2dWorkload:
     strides, padding, dilation = _ints(attrs.strides), _ints(attrs.padding), _ints(attrs.dilation)
     if len(padding) == 2:
         padding = padding * 2
+    in_channels = dshape[1] * (block or 1)
+    out_channels = wshape[0] * (wshape[-1] if block else 1)
     return Conv2dWorkload(
         batch=dshape[0],
-        in_channels=dshape[1],
+        in_channels=in_channels,
         in_h=dshape[2],
         in_w=dshape[3],
-        out_channels=wshape[0],
+        out_channels=out_channels,
         kernel_h=wshape[2],
         kernel_w=wshape[3],
         stride_h=strides[0],
@@ -97,6 +109,8 @@ def workload_of(call: relax.Call) -> Conv2dWorkload:
         dilation_h=dilation[0],
         dilation_w=dilation[1],
         groups=int(attrs.groups),
+        data_block=block,
+        out_block=out_block,
     )
 
 
@@ -106,7 +120,8 @@ def lower_conv2d(
     """Replace every ``relax.nn.conv2d`` in ``mod`` by a call to a convpipe-scheduled kernel.
 
     Args:
-        mod: Relax module from :func:`convpipe.compiler.importer.to_relax` (conv weights constant).
+        mod: Relax module from :func:`convpipe.compiler.importer.to_relax` (conv weights constant), possibly
+            converted by :func:`.layout.convert_layout`.
         target: where the kernels will run.
         schedule: ``"auto"`` or a family name (see :mod:`.select`).
         db: optional :class:`convpipe.compiler.tune.TuningDatabase` whose records take precedence.
@@ -144,10 +159,13 @@ def lower_conv2d(
             name = f"conv2d_{choice.family}_{len(kernels)}"
             kernels[key] = bb.add_func(func, name)
         gv = kernels[key]
-        packed = choice.rule.pack_weight(weight.value.numpy(), wl, choice.knobs).astype(np.float32)
+        oihw = weight_to_oihw(
+            weight.value.numpy(), str(call.attrs.kernel_layout), wl.data_block, f"conv2d #{len(records)}"
+        )
+        packed = choice.rule.pack_weight(oihw, wl, choice.knobs).astype(np.float32)
         records.append(LayerRecord(len(records), wl, choice.family, choice.knobs, choice.reason, gv.name_hint))
         return relax.call_tir(
-            gv, [call.args[0], relax.const(packed)], relax.TensorType(list(wl.out_shape), "float32")
+            gv, [call.args[0], relax.const(packed)], relax.TensorType(list(wl.out_tensor_shape), "float32")
         )
 
     with target.target:

@@ -72,24 +72,15 @@ class TuningDatabase:
         os.replace(tmp, self.path)
 
 
-def model_workloads(imported, target: TargetInfo) -> list[Conv2dWorkload]:
-    """Distinct conv2d workloads of an imported model, in first-use order."""
-    from tvm import relax
-
-    from .importer import to_relax
+def model_workloads(imported, target: TargetInfo, layout: str = "auto") -> list[Conv2dWorkload]:
+    """Distinct conv2d workloads of an imported model as ``compile`` builds them for ``target`` and ``layout``
+    (NCHW or NCHW[x]c, :mod:`.layout`), in first-use order."""
+    from .build import prepare
+    from .layout import conv2d_calls
     from .lower import workload_of
 
-    mod = to_relax(imported)
-    seen: dict[Conv2dWorkload, None] = {}
-    for func in mod.functions.values():
-        if not isinstance(func, relax.Function):
-            continue
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                call = binding.value
-                if isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.nn.conv2d":
-                    seen.setdefault(workload_of(call), None)
-    return list(seen)
+    mod, _ = prepare(imported, target, layout)
+    return list(dict.fromkeys(workload_of(call) for call in conv2d_calls(mod)))
 
 
 def measure_local(rule, wl: Conv2dWorkload, target: TargetInfo, knobs: dict, min_repeat_ms: float = 40) -> float:
@@ -101,9 +92,9 @@ def measure_local(rule, wl: Conv2dWorkload, target: TargetInfo, knobs: dict, min
         ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
     rng = np.random.default_rng(0)
     dev = tvm.cpu()
-    x = tvm.runtime.tensor(rng.standard_normal(wl.data_shape).astype("float32"), dev)
+    x = tvm.runtime.tensor(rng.standard_normal(wl.data_tensor_shape).astype("float32"), dev)
     w = tvm.runtime.tensor(rule.pack_weight(rng.standard_normal(wl.weight_shape).astype("float32"), wl, knobs), dev)
-    out = tvm.runtime.tensor(np.zeros(wl.out_shape, "float32"), dev)
+    out = tvm.runtime.tensor(np.zeros(wl.out_tensor_shape, "float32"), dev)
     f = ex.mod.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=min_repeat_ms)
     return float(np.median(f(x, w, out).results))
 

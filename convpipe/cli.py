@@ -15,6 +15,10 @@ import sys
 from convpipe.errors import ConvpipeError
 
 FAMILY_CHOICES = ("auto", "direct", "im2col", "winograd", "depthwise")
+LAYOUT_HELP = (
+    "activation layout between convs: auto (NCHW[x]c through the network on CPU targets, x chosen per model), "
+    "nchw, or nchw<x>c such as nchw16c (default auto)"
+)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -93,8 +97,11 @@ def _add_remote_args(s) -> None:
 def _layer_table(layers: list[dict], title: str):
     from rich.table import Table
 
+    from convpipe.schedules import Conv2dWorkload
+
     t = Table(title=title, title_justify="left")
-    for col in ("#", "N,C,H,W", "K", "kernel", "stride", "pad t,l,b,r", "dil", "groups", "schedule", "knobs", "GFLOP"):
+    for col in ("#", "N,C,H,W", "K", "kernel", "stride", "pad t,l,b,r", "dil", "groups", "layout", "schedule", "knobs",
+                "GFLOP"):
         t.add_column(col, justify="right" if col in ("#", "K", "groups", "GFLOP") else "left")
     total = 0.0
     for layer in layers:
@@ -109,6 +116,7 @@ def _layer_table(layers: list[dict], title: str):
             f"{w['pad_top']},{w['pad_left']},{w['pad_bottom']},{w['pad_right']}",
             f"{w['dilation_h']}x{w['dilation_w']}",
             str(w["groups"]),
+            Conv2dWorkload.from_dict(w).layout,
             layer["family"],
             " ".join(f"{k}={v}" for k, v in layer["knobs"].items()) or "-",
             f"{layer['gflop']:.4f}",
@@ -172,7 +180,8 @@ def cmd_compile(args) -> int:
 
         db = TuningDatabase(args.db)
     res = compile_model(
-        args.model, args.output, args.target, args.schedule, parse_input_shapes(args.input_shape), db, args.arch
+        args.model, args.output, args.target, args.schedule, parse_input_shapes(args.input_shape), db, args.arch,
+        args.layout,
     )
     con = _console()
     if not args.quiet:
@@ -230,6 +239,7 @@ def cmd_inspect(args) -> int:
               f"{tgt['arch']}/{tgt['isa']} {json.dumps(tgt['tvm_target'])}")
     for kind in ("inputs", "outputs"):
         con.print(f"{kind}: " + ", ".join(f"{i['name']} {i['dtype']}{list(i['shape'])}" for i in m[kind]))
+    con.print(f"activation layout between convs: {m.get('layout', 'NCHW')} (model inputs and outputs as in the ONNX)")
     con.print(_layer_table(m["conv2d"], "conv2d layers"))
     return 0
 
@@ -272,6 +282,11 @@ def cmd_bench(args) -> int:
     bad = [s for s in schedules if s not in FAMILY_CHOICES]
     if bad:
         raise ConvpipeError(f"--schedule {args.schedule}: unknown {bad}; expected all or a list of {FAMILY_CHOICES}")
+    from convpipe.compiler.layout import parse_layout
+
+    layouts = args.layout.split(",")
+    for layout in layouts:
+        parse_layout(layout)
     if os.path.isfile(target) and target.endswith(".onnx"):
         from convpipe.compiler.build import compile_model
         from convpipe.compiler.importer import parse_input_shapes
@@ -280,10 +295,13 @@ def cmd_bench(args) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="convpipe-bench-")
         artifact = {}
         for sched in schedules:
-            artifact[f"convpipe[{sched}]" if len(schedules) > 1 else "convpipe"] = path = os.path.join(tmp.name, f"{sched}.cpa")
-            compile_model(onnx_path, path, "x86", sched, parse_input_shapes(args.input_shape))
-    elif len(schedules) > 1 or args.schedule != "auto":
-        raise ConvpipeError("--schedule applies when benchmarking an .onnx (an artifact's schedules are fixed)")
+            for layout in layouts:
+                tag = ",".join(([sched] if len(schedules) > 1 else []) + ([layout] if len(layouts) > 1 else []))
+                path = os.path.join(tmp.name, f"{sched}-{layout}.cpa")
+                artifact[f"convpipe[{tag}]" if tag else "convpipe"] = path
+                compile_model(onnx_path, path, "x86", sched, parse_input_shapes(args.input_shape), layout=layout)
+    elif len(schedules) > 1 or args.schedule != "auto" or args.layout != "auto":
+        raise ConvpipeError("--schedule/--layout apply when benchmarking an .onnx (an artifact's are fixed)")
     else:
         artifact = target
     if args.remote or args.tracker:
@@ -322,7 +340,7 @@ def cmd_tune(args) -> int:
 
         set_threads(args.threads)
     imported = import_onnx(args.model, parse_input_shapes(args.input_shape))
-    workloads = model_workloads(imported, target)
+    workloads = model_workloads(imported, target, args.layout)
     db = TuningDatabase(args.db)
     con = _console()
     measure = None
@@ -389,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", default="auto", choices=FAMILY_CHOICES)
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="pin an input's dims (repeatable)")
     s.add_argument("--db", help="tuning database (JSON) whose measured choices take precedence")
+    s.add_argument("--layout", default="auto", help=LAYOUT_HELP)
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     s.set_defaults(func=cmd_compile)
 
@@ -422,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", default="auto", metavar="S[,S...]|all",
                    help="when given an .onnx: compile with each of these schedules (auto, direct, im2col, winograd, "
                         "depthwise) and time every build side by side")
+    s.add_argument("--layout", default="auto", metavar="L[,L...]",
+                   help="when given an .onnx: compile with each of these layouts (auto, nchw, nchw<x>c) and time "
+                        "every build side by side")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     _add_remote_args(s)
     s.set_defaults(func=cmd_bench)
@@ -433,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="x86")
     s.add_argument("--arch", help="CUDA arch for --target cuda")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    s.add_argument("--layout", default="auto", help=LAYOUT_HELP)
     s.add_argument("--threads", type=int, help="CPU threads for the measured kernels (default: all cores)")
     s.add_argument("--retune", action="store_true", help="re-measure workloads already in the database")
     s.add_argument("--remote", metavar="HOST:PORT", help="measure on a TVM RPC server (the board)")

@@ -366,9 +366,9 @@ def make_measure(
         so = os.path.join(tmp.name, f"cand{counter[0]}.so")
         export_for_board(ex, so, cc)
         rng = np.random.default_rng(0)
-        x = rng.standard_normal(wl.data_shape).astype("float32")
+        x = rng.standard_normal(wl.data_tensor_shape).astype("float32")
         w = rule.pack_weight(rng.standard_normal(wl.weight_shape).astype("float32"), wl, knobs).astype("float32")
-        secs = time_kernel(so, [x, w], [wl.out_shape], sess, number=number, repeat=repeat)
+        secs = time_kernel(so, [x, w], [wl.out_tensor_shape], sess, number=number, repeat=repeat)
         os.remove(so)
         return float(np.median(secs))
 

@@ -3,7 +3,10 @@ that goes with each. Target independent: ``cpu/`` (x86, ARM) and ``cuda/`` sched
 
 Every compute takes data NCHW ``float32[N, C, H, W]`` (unpadded) and a pre-packed weight, and produces
 ``float32[N, K, OH, OW]`` in a final stage named ``"out"``. Padding is zero padding with the workload's four
-(possibly asymmetric) pads, in a stage named ``"pad_temp"``.
+(possibly asymmetric) pads, in a stage named ``"pad_temp"``. For NCHW[x]c data or output (``wl.data_block``, ``wl.out_block``) the
+data argument is ``[N, C/x, H, W, x]`` read through an NCHW view stage ``data_unblock`` and/or ``out`` is followed
+by ``out_blocked`` ``[N, K/x, OH, OW, x]`` (:func:`input_view`, :func:`output_view`); depthwise has its own
+blocked compute (:func:`depthwise_blocked`).
 
 Sources:
 - direct NCHW[x]c: the blocked layout of ``topi/nn/conv2d.py:conv2d_NCHWc`` (output and input channels blocked by
@@ -32,13 +35,17 @@ from .workload import Conv2dWorkload
 def unsupported_reason(family: str, wl: Conv2dWorkload) -> str | None:
     """``None`` when ``family``'s compute applies to ``wl`` (on every target), else why not: ``direct`` needs
     ``groups == 1``, ``winograd`` a 3x3 stride-1 dilation-1 groups-1 conv, ``depthwise`` ``groups == C_in``;
-    ``im2col`` computes every conv2d."""
+    ``im2col`` computes every conv2d. Every family takes NCHW or NCHW[x]c data (depthwise in NCHW[x]c only
+    with channel multiplier 1)."""
     if family == "direct" and wl.groups != 1:
         return "direct needs groups == 1 (grouped convs use im2col or depthwise)"
     if family == "winograd" and not wl.is_winograd_shape():
         return "Winograd needs a 3x3, stride-1, dilation-1, groups-1 conv"
     if family == "depthwise" and not wl.is_depthwise:
         return "not depthwise (groups != C_in)"
+    if family == "depthwise" and (wl.data_block or wl.out_block):
+        if wl.out_channels != wl.in_channels or wl.data_block != wl.out_block:
+            return "depthwise in NCHW[x]c needs channel multiplier 1 (K == C) and the same layout in and out"
     return None
 
 
@@ -51,6 +58,46 @@ def pad_nchw(data: te.Tensor, wl: Conv2dWorkload, extra_h: int = 0, extra_w: int
     return topi.nn.pad(data, before, after, name="pad_temp")
 
 
+def input_view(wl: Conv2dWorkload) -> tuple[te.Tensor, te.Tensor]:
+    """The data argument of a kernel and its NCHW view: ``(placeholder, view)``.
+
+    NCHW data: both are the ``float32[N, C, H, W]`` placeholder ``data``. NCHW[x]c data
+    (``wl.data_block = x``): the placeholder is ``data`` ``[N, C/x, H, W, x]`` and the view is a stage
+    ``data_unblock`` ``[N, C, H, W]`` that the CPU rules inline into its readers
+    (:func:`convpipe.schedules.cpu._util.begin_schedule`), so the algorithm's compute is written once, in NCHW
+    indices, and reads the blocked tensor directly."""
+    b = wl.data_block
+    data = te.placeholder(wl.data_tensor_shape, wl.dtype, name="data")
+    if not b:
+        return data, data
+    view = te.compute(wl.data_shape, lambda n, c, h, w: data[n, c // b, h, w, c % b], name="data_unblock")
+    return data, view
+
+
+def block_nchw(x: np.ndarray, block: int) -> np.ndarray:
+    """NumPy NCHW ``[N, C, H, W]`` -> NCHW[x]c ``[N, C/x, H, W, x]`` (``block = x`` divides ``C``)."""
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def unblock_nchw(x: np.ndarray) -> np.ndarray:
+    """NumPy NCHW[x]c ``[N, C/x, H, W, x]`` -> NCHW ``[N, C, H, W]``."""
+    n, co, h, w, b = x.shape
+    return np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3).reshape(n, co * b, h, w))
+
+
+def output_view(out: te.Tensor, wl: Conv2dWorkload) -> te.Tensor:
+    """The kernel's final output: ``out`` itself (NCHW) or, for NCHW[x]c output (``wl.out_block = x``), a stage
+    ``out_blocked`` ``[N, K/x, OH, OW, x]`` reading the NCHW stage ``out``, which the CPU rules inline into
+    ``out``'s store."""
+    b = wl.out_block
+    if not b:
+        return out
+    return te.compute(
+        wl.out_tensor_shape, lambda n, ko, y, x, ki: out[n, ko * b + ki, y, x], name="out_blocked"
+    )
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Direct, channels blocked (NCHW[x]c output tile, OIHW[ib]i[ob]o weight)
 # ------------------------------------------------------------------------------------------------------------
@@ -58,11 +105,14 @@ def direct_blocked_geometry(wl: Conv2dWorkload, oc_block: int, ic_block: int, ow
     """Padded extents of :func:`direct_blocked`: ``k_outer`` (``ceil(K / oc_block)``), ``c_outer``
     (``ceil(C / ic_block)``), ``ow_padded`` (OW rounded up to ``ow_tile``), ``hp``/``wp`` (the padded input
     plane, wide enough for every column of ``ow_padded``) and ``needs_pack`` (0 when the kernel can read ``data``
-    in place: ``ic_block == 1`` and no spatial padding at all)."""
+    in place: no spatial padding at all and ``ic_block`` 1, or equal to the NCHW[x]c input's block ``x``)."""
     ow_p = -(-wl.out_w // ow_tile) * ow_tile
     hp = wl.in_h + wl.pad_top + wl.pad_bottom
     wp = max(wl.in_w + wl.pad_left + wl.pad_right, (ow_p - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
-    needs_pack = int(ic_block != 1 or hp != wl.in_h or wp != wl.in_w or wl.pad_top or wl.pad_left)
+    in_place_block = wl.data_block or 1  # channel blocking the input already has
+    needs_pack = int(
+        ic_block not in (1, in_place_block) or hp != wl.in_h or wp != wl.in_w or wl.pad_top or wl.pad_left
+    )
     return {
         "k_outer": -(-wl.out_channels // oc_block),
         "c_outer": -(-wl.in_channels // ic_block),
@@ -114,7 +164,7 @@ def direct_blocked(wl: Conv2dWorkload, oc_block: int, ic_block: int, ow_tile: in
         raise ValueError(f"direct_blocked needs groups=1: {wl.describe()}")
     geo = direct_blocked_geometry(wl, oc_block, ic_block, ow_tile)
     c = wl.in_channels
-    data = te.placeholder(wl.data_shape, wl.dtype, name="data")
+    arg, data = input_view(wl)
     weight = te.placeholder(direct_blocked_packed_shape(wl, oc_block, ic_block), wl.dtype, name="packed_weight")
     pt, pl = wl.pad_top, wl.pad_left
     if geo["needs_pack"]:
@@ -144,10 +194,15 @@ def direct_blocked(wl: Conv2dWorkload, oc_block: int, ic_block: int, ow_tile: in
         def src(n, co, h, w, ci):
             return packed[n, co, h, w, ci]
 
-    else:
+    elif ic_block == 1:
 
         def src(n, co, h, w, ci):
             return data[n, co, h, w]
+
+    else:  # NCHW[x]c input with ic_block == x: read the blocked input in place
+
+        def src(n, co, h, w, ci):
+            return arg[n, co, h, w, ci]
 
     co_ax = te.reduce_axis((0, geo["c_outer"]), name="co")
     ci_ax = te.reduce_axis((0, ic_block), name="ci")
@@ -167,7 +222,7 @@ def direct_blocked(wl: Conv2dWorkload, oc_block: int, ic_block: int, ow_tile: in
         lambda n, k, y, x: conv[n, k // oc_block, y, x, k % oc_block],
         name="out",
     )
-    return [data, weight, out]
+    return [arg, weight, output_view(out, wl)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -262,7 +317,7 @@ def im2col_rows(wl: Conv2dWorkload, k_block: int, x_block: int) -> list[te.Tenso
     r_len = cg * khw
     ow_p = -(-wl.out_w // x_block) * x_block
     kgo = -(-kg // k_block)
-    data = te.placeholder(wl.data_shape, wl.dtype, name="data")
+    arg, data = input_view(wl)
     weight = te.placeholder(im2col_blocked_packed_shape(wl, k_block), wl.dtype, name="packed_weight")
     pt, pl = wl.pad_top, wl.pad_left
 
@@ -289,7 +344,7 @@ def im2col_rows(wl: Conv2dWorkload, k_block: int, x_block: int) -> list[te.Tenso
         lambda n, k, y, x: gemm[n, k // kg, k % kg, y, x],
         name="out",
     )
-    return [data, weight, out]
+    return [arg, weight, output_view(out, wl)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -392,7 +447,7 @@ def winograd(wl: Conv2dWorkload, m: int, k_block: int = 1, p_block: int = 1) -> 
     p_pad = _round_up(n_tiles, p_block)
     c, k = wl.in_channels, wl.out_channels
     k_pad = _round_up(k, k_block)
-    data = te.placeholder(wl.data_shape, dt, name="data")
+    arg, data = input_view(wl)
     weight = te.placeholder(winograd_packed_shape(wl, m, k_block), dt, name="packed_weight")
     hp, wp = n_h * m + 2, n_w * m + 2
 
@@ -443,7 +498,7 @@ def winograd(wl: Conv2dWorkload, m: int, k_block: int = 1, p_block: int = 1) -> 
 
     inverse = te.compute((wl.batch, n_h * m, n_w * m, k_pad), _inv, name="inverse")
     out = te.compute(wl.out_shape, lambda n, ko, y, x: inverse[n, y, x, ko], name="out")
-    return [data, weight, out]
+    return [arg, weight, output_view(out, wl)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -515,6 +570,52 @@ def depthwise(wl: Conv2dWorkload, deinterleave: bool = True) -> list[te.Tensor]:
         lambda n, k, y, x: te.sum(
             pad[n, k // mult, y * sh + rh * dh, (rw * dw) % sw, x + (rw * dw) // sw] * weight[k, rh, rw],
             axis=[rh, rw],
+        ),
+        name="out",
+    )
+    return [data, weight, out]
+
+
+def depthwise_blocked_packed_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
+    """``(C/x, KH, KW, x)``: the depthwise filters with channels blocked like the NCHW[x]c data."""
+    b = wl.out_block
+    return (wl.out_channels // b, wl.kernel_h, wl.kernel_w, b)
+
+
+def depthwise_blocked_pack_weight(weight: np.ndarray, wl: Conv2dWorkload) -> np.ndarray:
+    """OIHW ``[C, 1, KH, KW]`` -> ``[C/x, KH, KW, x]``."""
+    b = wl.out_block
+    w = weight.reshape(wl.out_channels // b, b, wl.kernel_h, wl.kernel_w).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(w)
+
+
+def depthwise_blocked(wl: Conv2dWorkload) -> list[te.Tensor]:
+    """Depthwise conv2d (channel multiplier 1) on NCHW[x]c data, the layout of onnxruntime's MLAS NCHWc kernels
+    (``onnxruntime/core/mlas/lib/sconv_kernel_*``): every tap is one vector FMA over the ``x`` channels of a
+    pixel, so strided and dilated convs read whole vectors too.
+
+    ``out[n, co, y, xo, ci] = sum_{rh, rw} pad[n, co, y*sh + rh*dh, xo*sw + rw*dw, ci] * W[co, rh, rw, ci]``
+    with stage ``pad_temp`` ``[N, C/x, Hp, Wp, x]`` (zero padding; absent without padding) and ``out``
+    ``[N, C/x, OH, OW, x]``. ``packed_weight`` is :func:`depthwise_blocked_pack_weight`.
+    Returns ``[data, packed_weight, out]``.
+    """
+    b = wl.data_block
+    if not b or b != wl.out_block or not wl.is_depthwise or wl.out_channels != wl.in_channels:
+        raise ValueError(f"depthwise_blocked needs NCHW[x]c and K == C == groups: {wl.describe()}")
+    data = te.placeholder(wl.data_tensor_shape, wl.dtype, name="data")
+    weight = te.placeholder(depthwise_blocked_packed_shape(wl), wl.dtype, name="packed_weight")
+    if any((wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right)):
+        pad = topi.nn.pad(data, [0, 0, wl.pad_top, wl.pad_left, 0], [0, 0, wl.pad_bottom, wl.pad_right, 0],
+                          name="pad_temp")
+    else:
+        pad = data
+    rh = te.reduce_axis((0, wl.kernel_h), name="rh")
+    rw = te.reduce_axis((0, wl.kernel_w), name="rw")
+    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
+    out = te.compute(
+        wl.out_tensor_shape,
+        lambda n, co, y, x, ci: te.sum(
+            pad[n, co, y * sh + rh * dh, x * sw + rw * dw, ci] * weight[co, rh, rw, ci], axis=[rh, rw]
         ),
         name="out",
     )

@@ -1,8 +1,9 @@
 """The conv2d workload: everything a schedule needs to know about one conv2d layer.
 
 A workload is target independent and hashable; it is the key of the per-layer schedule choice and of the
-tuning database. Layouts are fixed: data NCHW, weight OIHW (``(C_out, C_in / groups, KH, KW)``), output NCHW,
-all ``float32``, as ONNX ``Conv`` defines them.
+tuning database. The weight is OIHW (``(C_out, C_in / groups, KH, KW)``, as ONNX ``Conv`` defines it); data and
+output are each NCHW, or NCHW[x]c (channels blocked: ``[N, C/x, H, W, x]``) when the compiler runs the network in
+the blocked layout (:mod:`convpipe.compiler.layout`). All ``float32``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class Conv2dWorkload:
         dilation_h, dilation_w: dilation factors.
         groups: ``C`` and ``K`` are both divisible by it; depthwise is ``groups == C``.
         dtype: element type of data, weight and output (``float32`` only for now).
+        data_block: 0 for NCHW data; ``x > 0`` for NCHW[x]c data ``[N, C/x, H, W, x]`` (``x`` divides ``C``).
+        out_block: 0 for NCHW output; ``x > 0`` for NCHW[x]c output ``[N, K/x, OH, OW, x]`` (``x`` divides
+            ``K``). The compiler uses ``data_block == out_block`` inside the blocked network and
+            ``(0, x)`` for a first conv whose input channels (e.g. 3) do not block.
     """
 
     batch: int
@@ -43,6 +48,8 @@ class Conv2dWorkload:
     dilation_w: int = 1
     groups: int = 1
     dtype: str = "float32"
+    data_block: int = 0
+    out_block: int = 0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -57,6 +64,10 @@ class Conv2dWorkload:
                 f"groups={self.groups} must divide in_channels={self.in_channels} "
                 f"and out_channels={self.out_channels}"
             )
+        if self.data_block and self.in_channels % self.data_block:
+            raise ValueError(f"data layout NCHW{self.data_block}c needs in_channels={self.in_channels} divisible")
+        if self.out_block and self.out_channels % self.out_block:
+            raise ValueError(f"output layout NCHW{self.out_block}c needs out_channels={self.out_channels} divisible")
         if self.out_h < 1 or self.out_w < 1:
             raise ValueError(f"conv2d output would be empty: {self.describe()}")
 
@@ -85,6 +96,31 @@ class Conv2dWorkload:
     def out_shape(self) -> tuple[int, int, int, int]:
         """``(N, K, OH, OW)``."""
         return (self.batch, self.out_channels, self.out_h, self.out_w)
+
+    @property
+    def layout(self) -> str:
+        """``"NCHW"``, ``"NCHW{x}c"`` (data and output alike) or ``"{data}->{output}"``."""
+        d = f"NCHW{self.data_block}c" if self.data_block else "NCHW"
+        o = f"NCHW{self.out_block}c" if self.out_block else "NCHW"
+        return d if d == o else f"{d}->{o}"
+
+    @property
+    def data_tensor_shape(self) -> tuple[int, ...]:
+        """Shape of the data tensor: ``(N, C, H, W)`` or ``(N, C/x, H, W, x)`` (``x = data_block``)."""
+        b = self.data_block
+        n, c, h, w = self.data_shape
+        return (n, c // b, h, w, b) if b else (n, c, h, w)
+
+    @property
+    def out_tensor_shape(self) -> tuple[int, ...]:
+        """Shape of the output tensor: ``(N, K, OH, OW)`` or ``(N, K/x, OH, OW, x)`` (``x = out_block``)."""
+        b = self.out_block
+        n, k, h, w = self.out_shape
+        return (n, k // b, h, w, b) if b else (n, k, h, w)
+
+    def with_layout(self, data_block: int, out_block: int | None = None) -> "Conv2dWorkload":
+        """The same conv with data (and output: ``out_block``, default the same) in NCHW (0) or NCHW[x]c."""
+        return dataclasses.replace(self, data_block=data_block, out_block=data_block if out_block is None else out_block)
 
     @property
     def is_depthwise(self) -> bool:
@@ -136,6 +172,7 @@ class Conv2dWorkload:
             f"_r{self.kernel_h}x{self.kernel_w}_s{self.stride_h}x{self.stride_w}"
             f"_p{self.pad_top}.{self.pad_left}.{self.pad_bottom}.{self.pad_right}"
             f"_d{self.dilation_h}x{self.dilation_w}_g{self.groups}_{self.dtype}"
+            + (f"_{self.layout.lower().replace('->', '_to_')}" if self.data_block or self.out_block else "")
         )
 
     def describe(self) -> str:
@@ -144,4 +181,5 @@ class Conv2dWorkload:
             f"kernel={self.kernel_h}x{self.kernel_w} stride={self.stride_h}x{self.stride_w} "
             f"pad=({self.pad_top},{self.pad_left},{self.pad_bottom},{self.pad_right}) "
             f"dilation={self.dilation_h}x{self.dilation_w} groups={self.groups}"
+            + (f" layout={self.layout}" if self.data_block or self.out_block else "")
         )

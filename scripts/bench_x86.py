@@ -9,8 +9,11 @@ What is measured
   before and after the benchmark (the higher figure is used: a shared machine only ever lowers it). Each
   layer's GFLOP/s is reported as a % of the peak measured at the same thread count.
 - **Layer suite**: every distinct conv2d workload of the requested models (default ResNet-18, ResNet-50,
-  MobileNetV2; torchvision 0.28, 224x224, batch 1), found with ``compiler.tune.model_workloads`` on the ONNX that
-  ``compiler.export`` writes for the zoo model. For each layer:
+  MobileNetV2; torchvision 0.28, 224x224, batch 1) as ``compile`` builds it (``compiler.build.prepare``): where
+  the model runs in NCHW[x]c (``compiler/layout.py``) our kernel reads and writes the blocked layout (the layer's
+  name ends in ``<x>c``) while onnxruntime, PyTorch and MetaSchedule get the NCHW conv -- so a single-conv
+  onnxruntime session includes its own NCHW <-> NCHWc reorders, which it does not pay inside a model; the model
+  figures are the fair end-to-end comparison. For each layer:
 
   * ours: every x86 schedule family that supports the layer, with its default knobs (for Winograd also every
     other tile size m in {2, 4, 6}, as ``winograd-f<m>``); ``auto`` is the family ``compiler.select`` picks
@@ -28,7 +31,8 @@ What is measured
   GFLOP/s always counts the direct algorithm's multiply-adds x 2 (``Conv2dWorkload.flops``), for Winograd too.
   A layer is "compute-bound" when groups == 1 and its arithmetic intensity (flops / bytes of data + weight +
   output, fp32) is at least ``--compute-bound-ai`` (default 16 FLOP/B).
-- **Models**: ``compile_model(onnx, schedule="auto")`` (and with ``--db``), timed with ``compiler.bench``'s
+- **Models**: ``compile_model(onnx, schedule="auto")`` (and with ``--db``; and ``layout="nchw"``, the network
+  kept in NCHW, to show what the blocked layout buys), timed with ``compiler.bench``'s
   ``model_engines`` next to onnxruntime on the same ONNX and the PyTorch model; compile time of the no-tuning
   build is recorded; convpipe's output is checked against onnxruntime's.
 
@@ -112,6 +116,8 @@ def layer_name(wl) -> str:
         s += f" g{wl.groups}"
     if (wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right) != ((wl.kernel_h - 1) // 2,) * 2 + ((wl.kernel_h - 1) // 2,) * 2:
         s += f" p{wl.pad_top}{wl.pad_left}{wl.pad_bottom}{wl.pad_right}"
+    if wl.data_block or wl.out_block:
+        s += f" {wl.data_block}c" if wl.data_block == wl.out_block else f" {wl.data_block or ''}c>{wl.out_block}c"
     return s
 
 
@@ -255,24 +261,19 @@ def prepare_models(models: list[str], work: str):
 # layers
 # ---------------------------------------------------------------------------------------------------------------
 def suite(onnx_paths: dict, target):
-    """Distinct workloads over all models in first-use order, with the models (and use counts) using each."""
-    from convpipe.compiler.importer import import_onnx, to_relax
+    """Distinct workloads over all models in first-use order, with the models (and use counts) using each; each
+    as ``compile`` builds it (NCHW[x]c where the model runs blocked, see ``compiler/layout.py``)."""
+    from convpipe.compiler.build import prepare
+    from convpipe.compiler.importer import import_onnx
+    from convpipe.compiler.layout import conv2d_calls
     from convpipe.compiler.lower import workload_of
-    from tvm import relax
 
     order: dict = {}
     for model, path in onnx_paths.items():
-        mod = to_relax(import_onnx(path))
-        for func in mod.functions.values():
-            if not isinstance(func, relax.Function):
-                continue
-            for block in func.body.blocks:
-                for b in block.bindings:
-                    call = b.value
-                    if isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.nn.conv2d":
-                        wl = workload_of(call)
-                        uses = order.setdefault(wl, {})
-                        uses[model] = uses.get(model, 0) + 1
+        mod, _ = prepare(import_onnx(path), target)
+        for call in conv2d_calls(mod):
+            uses = order.setdefault(workload_of(call), {})
+            uses[model] = uses.get(model, 0) + 1
     return list(order.items())
 
 
@@ -348,6 +349,7 @@ def metaschedule_kernel(wl, target, trials: int, work: str, threads: int):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.tir_integration import compile_tir
 
+    wl = wl.with_layout(0)  # MetaSchedule tunes TVM's NCHW compute (as onnxruntime and PyTorch get NCHW)
     data = te.placeholder(wl.data_shape, name="data")
     kernel = te.placeholder(wl.weight_shape, name="kernel")
     strides = [wl.stride_h, wl.stride_w]
@@ -394,6 +396,7 @@ def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, wo
 
     from convpipe.compiler.bench import side_by_side
     from convpipe.compiler.select import auto_family
+    from convpipe.schedules.compute import block_nchw, unblock_nchw
 
     try:
         from convpipe.compiler.tune import candidates as tune_candidates
@@ -457,12 +460,13 @@ def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, wo
             try:
                 kern, build_s = build_kernel(rule, wl, target, knobs, work)
                 args_ = [
-                    tvm.runtime.tensor(x),
+                    tvm.runtime.tensor(block_nchw(x, wl.data_block) if wl.data_block else x),
                     tvm.runtime.tensor(np.ascontiguousarray(rule.pack_weight(w, wl, knobs), dtype=np.float32)),
-                    tvm.runtime.tensor(np.zeros(wl.out_shape, np.float32)),
+                    tvm.runtime.tensor(np.zeros(wl.out_tensor_shape, np.float32)),
                 ]
                 kern(*args_)
-                err = rel_err(args_[2].numpy(), ref)
+                y = args_[2].numpy()
+                err = rel_err(unblock_nchw(y) if wl.out_block else y, ref)
                 rec["ours"][ename] = {"family": fam, "knobs": knobs, "build_s": build_s, "rel_err": err}
                 if fam == "winograd":
                     rec["errors"][f"winograd F({knobs['tile']}x{knobs['tile']},3x3)"] = {
@@ -516,17 +520,17 @@ def run_models(args, threads, target, db, models, onnx_paths, torch_models, inpu
     out = []
     for name in models:
         rec = {"model": name, "threads": threads, "compile": {}, "failed": {}, "check": {}}
-        variants = [("convpipe", "auto", None)]
+        variants = [("convpipe", "auto", None, "auto"), ("convpipe-nchw", "auto", None, "nchw")]
         if db is not None:
-            variants.append(("convpipe-tuned", "auto", db))
+            variants.append(("convpipe-tuned", "auto", db, "auto"))
         engines = {}
         ref = run_onnxruntime(onnx_paths[name], inputs[name], threads)
-        for ename, sched, d in variants:
+        for ename, sched, d, layout in variants:
             art = os.path.join(work, "artifacts", f"{name}-{ename}.cpa")
             try:
                 if not os.path.exists(os.path.join(art, "manifest.json")):
                     t0 = time.perf_counter()
-                    res = compile_model(onnx_paths[name], art, target=target, schedule=sched, db=d)
+                    res = compile_model(onnx_paths[name], art, target=target, schedule=sched, db=d, layout=layout)
                     rec["compile"][ename] = {"wall_s": time.perf_counter() - t0, "phases_s": res.seconds,
                                             "threads_during_compile": threads}
                     with open(os.path.join(work, "artifacts", f"{name}-{ename}.compile.json"), "w") as f:
@@ -622,6 +626,7 @@ def analyse(raw: dict, peak: dict) -> dict:
             mrows.append({
                 "model": M["model"], "ours_engine": ours_key, "ours_ms": ours, "auto_ms": tm.get("convpipe", {}).get("median_ms"),
                 "tuned_ms": tm.get("convpipe-tuned", {}).get("median_ms"), "ort_ms": ort, "pytorch_ms": pt,
+                "nchw_ms": tm.get("convpipe-nchw", {}).get("median_ms"),
                 "lat_vs_ort": ours / ort if ours and ort else None, "lat_vs_pytorch": ours / pt if ours and pt else None,
                 "compile": M.get("compile", {}), "check": M.get("check", {}), "failed": M.get("failed", {}),
             })
@@ -729,16 +734,17 @@ def markdown(res: dict, an: dict) -> str:
         "",
         "## Models",
         "",
-        "| model | threads | convpipe auto ms | convpipe tuned ms | onnxruntime ms | PyTorch ms | ours / ORT latency | "
-        "ours / PyTorch latency | compile s (auto) | max rel err vs ORT |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | threads | convpipe auto ms | convpipe tuned ms | convpipe NCHW ms | onnxruntime ms | PyTorch ms | "
+        "ours / ORT latency | ours / PyTorch latency | compile s (auto) | max rel err vs ORT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ts in sorted(an["models"], key=int):
         for r in an["models"][ts]:
             c = r["compile"].get("convpipe", {})
             chk = r["check"].get("convpipe", {})
             out.append(
-                f"| {r['model']} | {ts} | {fmt(r['auto_ms'])} | {fmt(r['tuned_ms'])} | {fmt(r['ort_ms'])} | "
+                f"| {r['model']} | {ts} | {fmt(r['auto_ms'])} | {fmt(r['tuned_ms'])} | {fmt(r.get('nchw_ms'))} | "
+                f"{fmt(r['ort_ms'])} | "
                 f"{fmt(r['pytorch_ms'])} | {fmt(r['lat_vs_ort'], '.3f')} | {fmt(r['lat_vs_pytorch'], '.3f')} | "
                 f"{fmt(c.get('wall_s'), '.1f')} | {fmt(chk.get('max_rel_err'), '.1e')} |"
                 + (f" failed: {r['failed']}" if r["failed"] else "")

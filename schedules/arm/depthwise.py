@@ -32,12 +32,16 @@ class DepthwiseArm(DepthwiseCpu):
     arch = "arm"
 
     def default_knobs(self, wl, target):
+        if wl.data_block:  # NCHW[x]c: the shared blocked schedule's knob
+            return super().default_knobs(wl, target)
         lanes = target.vector_lanes
         xv = _vector_block(wl.out_w, lanes)
         rows = max(1, min(4, vector_registers(target) // 2 // _vectors(xv, lanes)))
         return {"x_vec": xv, "y_block": largest_divisor(wl.out_h, rows)}
 
     def candidate_knobs(self, wl, target):
+        if wl.data_block:
+            return super().candidate_knobs(wl, target)
         lanes, budget = target.vector_lanes, vector_registers(target) // 2
         out = [self.default_knobs(wl, target)]
         for xv in (lanes, 2 * lanes, 3 * lanes, 4 * lanes):

@@ -4,6 +4,8 @@ base class."""
 from __future__ import annotations
 
 
+from tvm import s_tir
+
 from ..rule import Conv2dRule, Knobs
 from ..target import TargetInfo
 
@@ -13,6 +15,27 @@ def vector_registers(target: TargetInfo) -> int:
 
     The rules budget their register tiles (vector accumulators) from this, leaving the rest for operands."""
     return 32 if target.isa in ("avx512", "neon") else 16
+
+
+def begin_schedule(sch: s_tir.Schedule) -> s_tir.Schedule:
+    """Dissolve the layout stages of an NCHW[x]c kernel (:func:`convpipe.schedules.compute.input_view` and
+    ``output_view``): ``data_unblock`` is inlined into its readers, ``out_blocked`` into the store of ``out``,
+    which then writes the blocked output directly and keeps its NCHW loop nest (so the family's schedule of
+    ``out`` applies unchanged). A no-op for NCHW kernels."""
+    names = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    if "data_unblock" in names:
+        sch.compute_inline(names["data_unblock"])
+    if "out_blocked" in names:
+        sch.reverse_compute_inline(names["out_blocked"])
+    return sch
+
+
+def vectorize_blocked_store(sch: s_tir.Schedule, k_loop, inner_loops: list, block: int) -> None:
+    """For an ``out`` block storing NCHW[x]c: split its output-channel loop ``k_loop`` into ``(k / x, x)``, move
+    the ``x`` part innermost (below ``inner_loops``) and vectorise it, so each store is one contiguous vector."""
+    ko, ki = sch.split(k_loop, [None, block])
+    sch.reorder(ko, *inner_loops, ki)
+    sch.vectorize(ki)
 
 
 def largest_divisor(n: int, cap: int) -> int:

@@ -10,6 +10,11 @@ Layout NCHW in and out (``topi/nn/depthwise_conv2d.py:depthwise_conv2d_nchw`` wi
 - each output row is a register tile of ``x_vec`` columns (vectorised; LLVM splits a 56-wide vector into
   3.5 zmm), ``y_block`` rows unrolled together; the KH x KW taps are unrolled as broadcast(weight) x vector(input)
   FMAs (``fmla v.4s`` on NEON) into a local accumulator.
+
+In NCHW[x]c (:func:`..compute.depthwise_blocked`, channel multiplier 1) the vector runs along the ``x`` channels
+of a pixel instead: parallel over (batch, channel block), the padded plane of one channel block built once per
+block, register tiles of ``x_tile`` output pixels of one row x ``x`` channels, taps unrolled. Strides and
+dilations then cost nothing extra (every tap still reads whole vectors).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, divisors
+from ._util import CpuRule, divisors, largest_divisor, vector_registers
 
 
 class DepthwiseCpu(CpuRule):
@@ -33,12 +38,16 @@ class DepthwiseCpu(CpuRule):
             OW outside 8..32, where it measured faster on AVX-512.
         y_block: output rows computed together (unrolled); divides OH.
 
-    Packed weight: ``float32[K, KH, KW]``.
+    NCHW[x]c knob (channel multiplier 1): ``x_tile``, output pixels of a row per register tile (divides OW).
+
+    Packed weight: ``float32[K, KH, KW]`` (NCHW[x]c: ``float32[C/x, KH, KW, x]``).
     """
 
     family = "depthwise"
 
     def default_knobs(self, wl, target):
+        if wl.data_block:
+            return {"x_tile": self._x_tile(wl, target)}
         if wl.stride_w != 1 or not 8 <= wl.out_w <= 32:
             return {"x_vec": 0, "y_block": 1}
         cap = 4 * target.vector_lanes
@@ -48,8 +57,25 @@ class DepthwiseCpu(CpuRule):
         y_block = max(d for d in divisors(wl.out_h) if d <= want)
         return {"x_vec": x_vec, "y_block": y_block}
 
+    @staticmethod
+    def _x_tile(wl, target, cap: int | None = None) -> int:
+        """Output pixels per register tile in NCHW[x]c: a divisor of OW, at most a quarter of the register
+        file of accumulators (``ceil(x / lanes)`` registers each)."""
+        regs = -(-wl.data_block // target.vector_lanes)
+        cap = cap or max(vector_registers(target) // (4 * regs), 1)
+        return largest_divisor(wl.out_w, cap)
+
     def candidate_knobs(self, wl, target):
         d = self.default_knobs(wl, target)
+        if wl.data_block:
+            regs = -(-wl.data_block // target.vector_lanes)
+            caps = (vector_registers(target) // (8 * regs), vector_registers(target) // (2 * regs), 28)
+            out = [d]
+            for cap in caps:
+                c = {"x_tile": self._x_tile(wl, target, max(cap, 1))}
+                if c not in out:
+                    out.append(c)
+            return out
         out = [d]
         cap = 4 * target.vector_lanes
         for xv in sorted({d["x_vec"], 0, *[v for v in divisors(wl.out_w) if 7 <= v <= cap]}, reverse=True):
@@ -60,14 +86,20 @@ class DepthwiseCpu(CpuRule):
         return out[:8]
 
     def packed_weight_shape(self, wl, knobs):
+        if wl.data_block:
+            return compute.depthwise_blocked_packed_shape(wl)
         return compute.depthwise_packed_shape(wl)
 
     def pack_weight(self, weight, wl, knobs):
+        if wl.data_block:
+            return compute.depthwise_blocked_pack_weight(weight, wl)
         return compute.depthwise_pack_weight(weight, wl)
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
         kn = self.read_knobs(knobs)
+        if wl.data_block:
+            return self._build_blocked(wl, kn)
         xv, yb = kn["x_vec"], kn["y_block"]
         if xv == 0:
             return self._build_auto(wl)
@@ -99,6 +131,35 @@ class DepthwiseCpu(CpuRule):
             sch.compute_at(pad, nk)
             if wl.stride_w == 1:
                 sch.vectorize(sch.get_loops(pad)[-1])
+        return sch.mod["main"]
+
+    @staticmethod
+    def _build_blocked(wl: Conv2dWorkload, kn: Knobs) -> tvm.tirx.PrimFunc:
+        xt = kn.get("x_tile", 0)
+        if xt < 1 or wl.out_w % xt:
+            raise ValueError(f"depthwise NCHW[x]c knob x_tile={xt} must divide OW={wl.out_w}")
+        sch = s_tir.Schedule(compute.create_prim_func(compute.depthwise_blocked(wl)))
+        out = sch.get_sblock("out")
+        n, co, y, x, ci, rh, rw = sch.get_loops(out)
+        xo, xi = sch.split(x, [None, xt])
+        sch.reorder(n, co, y, xo, rh, rw, xi, ci)
+        nco = sch.fuse(n, co)
+        sch.parallel(nco)
+        acc = sch.cache_write(out, 0, "local")
+        sch.reverse_compute_at(acc, xo)
+        sch.unroll(rh)
+        sch.unroll(rw)
+        sch.unroll(xi)
+        sch.vectorize(ci)
+        a_x, a_c = sch.get_loops(acc)[-2:]
+        sch.unroll(a_x)
+        sch.vectorize(a_c)
+        sch.decompose_reduction(out, rh)
+        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if "pad_temp" in names:
+            pad = sch.get_sblock("pad_temp")
+            sch.compute_at(pad, nco)
+            sch.vectorize(sch.get_loops(pad)[-1])
         return sch.mod["main"]
 
     @staticmethod

@@ -4,7 +4,8 @@ The NCHW[x]c scheme of ``topi/nn/conv2d.py:conv2d_NCHWc`` and of the AutoTVM x86
 (``topi/x86/conv2d_avx_common.py`` in TVM <= 0.16): output channels blocked by the vector width, input
 channels blocked too, each reduction step is ``ow_tile x oc_tile`` broadcast-input x vector-weight FMAs into
 accumulators that stay in registers. Padding and input-channel blocking happen once, in a ``data_pack`` pass;
-the accumulator tile is written straight to the NCHW output. Sized by the target's vector lanes and register
+the accumulator tile is written straight to the NCHW output (or, in NCHW[x]c, as whole vectors to the blocked
+output, and a 1x1 conv reads the blocked input in place). Sized by the target's vector lanes and register
 file (:func:`._util.vector_registers`): on NEON each FMA is an ``fmla v.4s``.
 """
 
@@ -18,7 +19,15 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, best_tile, channel_block, largest_divisor, vector_registers
+from ._util import (
+    CpuRule,
+    begin_schedule,
+    best_tile,
+    channel_block,
+    largest_divisor,
+    vector_registers,
+    vectorize_blocked_store,
+)
 
 
 def _ic_block(channels: int, lanes: int) -> int:
@@ -52,6 +61,10 @@ class DirectCpu(CpuRule):
         self, wl: Conv2dWorkload, target: TargetInfo, oc_tile: int | None = None, ic_block: int | None = None
     ) -> Knobs:
         ob = channel_block(wl.out_channels, target.vector_lanes)
+        if wl.out_block:  # NCHW[x]c output: whole vectors of x channels, no padded channels
+            ob = target.vector_lanes if wl.out_channels % target.vector_lanes == 0 else wl.out_block
+        if wl.data_block and ic_block is None:
+            ic_block = wl.data_block  # reads the blocked input in place (1x1) or copies whole vectors (padding)
         k_outer = -(-wl.out_channels // ob)
         if oc_tile is None:
             oc_tile = 2 if k_outer % 2 == 0 else 1
@@ -100,7 +113,7 @@ class DirectCpu(CpuRule):
         geo = compute.direct_blocked_geometry(wl, ob, ib, owt)
         if min(ob, ib, owt, noc) < 1 or geo["k_outer"] % noc:
             raise ValueError(f"{self.arch}/direct knobs {knobs} invalid for {wl.describe()}")
-        sch = s_tir.Schedule(compute.create_prim_func(compute.direct_blocked(wl, ob, ib, owt)))
+        sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.direct_blocked(wl, ob, ib, owt))))
 
         if geo["needs_pack"]:
             pack = sch.get_sblock("data_pack")
@@ -120,7 +133,11 @@ class DirectCpu(CpuRule):
         sch.vectorize(ki)
         out = sch.get_sblock("out")
         sch.reverse_compute_at(out, xo)
-        if geo["ow_padded"] == wl.out_w and geo["k_outer"] * ob == wl.out_channels:
+        b = wl.out_block
+        if b and (noc * ob) % b == 0 and geo["k_outer"] * ob == wl.out_channels:
+            k_l, x_l = sch.get_loops(out)[-2:]
+            vectorize_blocked_store(sch, k_l, [x_l], b)
+        elif not b and geo["ow_padded"] == wl.out_w and geo["k_outer"] * ob == wl.out_channels:
             sch.vectorize(sch.get_loops(out)[-1])
         sch.set_scope(conv, 0, "local")  # the compacted accumulator tile -> stack -> registers
         sch.decompose_reduction(conv, co)

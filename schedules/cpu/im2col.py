@@ -17,7 +17,7 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, vector_registers
+from ._util import CpuRule, begin_schedule, vector_registers, vectorize_blocked_store
 
 
 def _x_block(out_w: int, lanes: int) -> int:
@@ -77,7 +77,7 @@ class Im2colCpu(CpuRule):
         if kb < 1 or xb < 1:
             raise ValueError(f"{self.arch}/im2col knobs {knobs} invalid")
         lanes = target.vector_lanes
-        sch = s_tir.Schedule(compute.create_prim_func(compute.im2col_rows(wl, kb, xb)))
+        sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.im2col_rows(wl, kb, xb))))
         col = sch.get_sblock("im2col")
         n, g, r, y, x = sch.get_loops(col)
         sch.parallel(sch.fuse(n, g, r))
@@ -102,7 +102,10 @@ class Im2colCpu(CpuRule):
         kg = wl.out_channels // wl.groups
         if wl.groups == 1 or kg % kb == 0:
             sch.reverse_compute_at(out, xo)
-            if wl.out_w % xb == 0 and kg % kb == 0:
+            if wl.out_block and kb % wl.out_block == 0 and kg % kb == 0:
+                k_l, x_l = sch.get_loops(out)[-2:]
+                vectorize_blocked_store(sch, k_l, [x_l], wl.out_block)
+            elif not wl.out_block and wl.out_w % xb == 0 and kg % kb == 0:
                 sch.vectorize(sch.get_loops(out)[-1])
             sch.set_scope(gemm, 0, "local")  # the compacted accumulator tile -> stack -> registers
         else:

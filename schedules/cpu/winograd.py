@@ -32,7 +32,7 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, vector_registers
+from ._util import CpuRule, begin_schedule, vector_registers, vectorize_blocked_store
 
 #: Documented bound on max |ours - float64| / max |float64| per tile size m (about 2x the worst measured value).
 #: Measured (random N(0,1) data/weights, 3x3 pad 1, 64ch 56x56 / 128ch 28x28 / 256ch 14x14 / 512ch 7x7):
@@ -115,7 +115,7 @@ class WinogradCpu(CpuRule):
             raise ValueError(f"invalid winograd knobs {knobs}")
         kv = _pow2_divisor(kb, lanes)  # vector width along K
         cv = _pow2_divisor(wl.in_channels, lanes)  # vector width along C (input transform)
-        sch = s_tir.Schedule(compute.create_prim_func(compute.winograd(wl, m, kb, pb)))
+        sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.winograd(wl, m, kb, pb))))
 
         # pad + NCHW -> NHWC
         pad = sch.get_sblock("pad_temp")
@@ -181,6 +181,11 @@ class WinogradCpu(CpuRule):
         # crop + NHWC -> NCHW
         o = sch.get_sblock("out")
         n, k, y, x = sch.get_loops(o)
-        sch.reorder(n, y, k, x)
-        sch.parallel(sch.fuse(n, y))
+        if wl.out_block:  # NHWC -> NCHW[x]c: contiguous reads and vector stores of x channels
+            sch.reorder(n, y, k, x)
+            sch.parallel(sch.fuse(n, y))
+            vectorize_blocked_store(sch, k, [x], wl.out_block)
+        else:
+            sch.reorder(n, y, k, x)
+            sch.parallel(sch.fuse(n, y))
         return sch.mod["main"]
