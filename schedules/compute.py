@@ -4,7 +4,7 @@ that goes with each. Target independent: ``cpu/`` (x86, ARM) and ``cuda/`` sched
 Every compute takes data NCHW ``float32[N, C, H, W]`` (unpadded) and a pre-packed weight, and produces
 ``float32[N, K, OH, OW]`` in a final stage named ``"out"``. Padding is zero padding with the workload's four
 (possibly asymmetric) pads, in a stage named ``"pad_temp"``. For NCHW[x]c data or output (``wl.data_block``, ``wl.out_block``) the
-data argument is ``[N, C/x, H, W, x]`` read through an NCHW view stage ``data_unblock`` and/or ``out`` is followed
+data argument is ``[N, C/x, H, W, x]`` read through an NCHW index view and/or ``out`` is followed
 by ``out_blocked`` ``[N, K/x, OH, OW, x]`` (:func:`input_view`, :func:`output_view`); depthwise has its own
 blocked compute (:func:`depthwise_blocked`).
 
@@ -58,20 +58,29 @@ def pad_nchw(data: te.Tensor, wl: Conv2dWorkload, extra_h: int = 0, extra_w: int
     return topi.nn.pad(data, before, after, name="pad_temp")
 
 
-def input_view(wl: Conv2dWorkload) -> tuple[te.Tensor, te.Tensor]:
-    """The data argument of a kernel and its NCHW view: ``(placeholder, view)``.
+class _BlockedView:
+    """NCHW indexing of an NCHW[x]c tensor: ``view[n, c, h, w]`` is ``data[n, c // x, h, w, c % x]``.
 
-    NCHW data: both are the ``float32[N, C, H, W]`` placeholder ``data``. NCHW[x]c data
-    (``wl.data_block = x``): the placeholder is ``data`` ``[N, C/x, H, W, x]`` and the view is a stage
-    ``data_unblock`` ``[N, C, H, W]`` that the CPU rules inline into its readers
-    (:func:`convpipe.schedules.cpu._util.begin_schedule`), so the algorithm's compute is written once, in NCHW
-    indices, and reads the blocked tensor directly."""
+    An index expression, not a stage: the family computes read the blocked tensor directly (an inlined view
+    stage would fail TVM's region analysis where a guarded read indexes outside the tensor, as padding does)."""
+
+    def __init__(self, data: te.Tensor, block: int):
+        self.data, self.block = data, block
+
+    def __getitem__(self, idx):
+        n, c, h, w = idx
+        return self.data[n, c // self.block, h, w, c % self.block]
+
+
+def input_view(wl: Conv2dWorkload):
+    """The data argument of a kernel and the NCHW view its compute indexes: ``(placeholder, view)``.
+
+    NCHW data: both are the ``float32[N, C, H, W]`` placeholder ``data``. NCHW[x]c data (``wl.data_block = x``):
+    the placeholder is ``data`` ``[N, C/x, H, W, x]`` and the view indexes it as ``[n, c, h, w]``, so each
+    algorithm's compute is written once, in NCHW indices, and reads the blocked tensor directly."""
     b = wl.data_block
     data = te.placeholder(wl.data_tensor_shape, wl.dtype, name="data")
-    if not b:
-        return data, data
-    view = te.compute(wl.data_shape, lambda n, c, h, w: data[n, c // b, h, w, c % b], name="data_unblock")
-    return data, view
+    return (data, _BlockedView(data, b)) if b else (data, data)
 
 
 def block_nchw(x: np.ndarray, block: int) -> np.ndarray:

@@ -71,6 +71,55 @@ def test_family_property(family):
     prop()
 
 
+@st.composite
+def blocked_workloads(draw, family: str):
+    """Conv2d configurations in NCHW[x]c (x in 4, 8, 16): data and output blocked alike, or (first-conv form) NCHW
+    data with blocked output; channel counts multiples of x; depthwise with multiplier 1."""
+    b = draw(st.sampled_from([4, 8, 16]))
+    nchw_in = family != "depthwise" and draw(st.booleans())
+    c = draw(st.integers(1, 5)) if nchw_in else b * draw(st.integers(1, 3))
+    k = c if family == "depthwise" else b * draw(st.integers(1, 3))
+    if family == "winograd":
+        kh = kw = 3
+        sh = sw = dh = dw = 1
+    else:
+        kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+        sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = [draw(st.integers(0, 2)) for _ in range(4)]
+    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), 16))
+    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), 16))
+    return Conv2dWorkload(
+        batch=draw(st.integers(1, 2)), in_channels=c, in_h=h, in_w=w, out_channels=k, kernel_h=kh, kernel_w=kw,
+        stride_h=sh, stride_w=sw, pad_top=pads[0], pad_left=pads[1], pad_bottom=pads[2], pad_right=pads[3],
+        dilation_h=dh, dilation_w=dw, groups=c if family == "depthwise" else 1,
+        data_block=0 if nchw_in else b, out_block=b,
+    )
+
+
+@pytest.mark.parametrize("family", sorted(RULES))
+def test_family_property_blocked_layout(family):
+    """Every family reading NCHW[x]c (or NCHW) and writing NCHW[x]c computes the same conv as torch/onnxruntime
+    (``run_kernel`` blocks the input and un-blocks the output with NumPy)."""
+    @given(blocked_workloads(family))
+    def prop(wl):
+        _check(family, wl)
+
+    prop()
+
+
+def test_blocked_candidate_knobs_are_correct():
+    """The tuner's candidates for blocked workloads (the knobs differ: ic_block = x in place, depthwise x_tile)."""
+    target = resolve_target("x86")
+    for wl in (Conv2dWorkload(1, 16, 12, 12, 32, 1, 1).with_layout(8),
+               Conv2dWorkload(1, 32, 9, 9, 32, 3, 3, 2, 2, 1, 1, 1, 1, groups=32).with_layout(16),
+               Conv2dWorkload(1, 16, 10, 10, 16, 3, 3, 1, 1, 1, 1, 1, 1).with_layout(16)):
+        for family, rule in RULES.items():
+            if rule.supports(wl, target):
+                for knobs in rule.candidate_knobs(wl, target)[:4]:
+                    _check(family, wl, knobs)
+
+
 REAL_LAYERS = [  # ResNet / MobileNetV2 / MTCNN shapes, smaller spatial size to keep CI fast
     Conv2dWorkload(1, 3, 32, 32, 64, 7, 7, 2, 2, 3, 3, 3, 3),
     Conv2dWorkload(1, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1),
@@ -122,6 +171,11 @@ def test_unsupported_reasons():
     assert RULES["winograd"].unsupported_reason(Conv2dWorkload(1, 8, 8, 8, 8, 3, 3, 2, 2), target)
     assert RULES["depthwise"].unsupported_reason(grouped, target)
     assert RULES["im2col"].unsupported_reason(grouped, target) is None
+    dw_mult = Conv2dWorkload(1, 8, 8, 8, 16, 3, 3, groups=8)
+    assert RULES["depthwise"].unsupported_reason(dw_mult, target) is None
+    assert "multiplier 1" in RULES["depthwise"].unsupported_reason(dw_mult.with_layout(8), target)
+    with pytest.raises(ValueError, match="divisible"):
+        Conv2dWorkload(1, 12, 8, 8, 16, 1, 1, data_block=8)
     with pytest.raises(ValueError, match="cannot compute"):
         RULES["winograd"].build(Conv2dWorkload(1, 8, 8, 8, 8, 5, 5), target, {"tile": 4})
 
@@ -138,13 +192,22 @@ for seed in range(5):
     x = rng.standard_normal(wl.data_shape).astype("float32"); w = rng.standard_normal(wl.weight_shape).astype("float32")
     err = np.abs(run_kernel(r, wl, t, r.default_knobs(wl, t), x, w) - torch_conv(x, w, wl)).max()
     assert err < 1e-4, err
+# NCHW[x]c kernels: each thread stores whole channel blocks
+for wl, fam in ((Conv2dWorkload(1, 32, 9, 9, 48, 3, 3, 1, 1, 1, 1, 1, 1).with_layout(16), "direct"),
+                (Conv2dWorkload(1, 3, 15, 15, 32, 3, 3, 2, 2, 1, 1, 1, 1, out_block=8), "direct"),
+                (Conv2dWorkload(1, 48, 9, 9, 48, 3, 3, 2, 2, 1, 1, 1, 1, groups=48).with_layout(8), "depthwise"),
+                (Conv2dWorkload(1, 16, 10, 10, 32, 3, 3, 1, 1, 1, 1, 1, 1).with_layout(16), "winograd")):
+    rb = rules_for("x86")[fam]
+    x = rng.standard_normal(wl.data_shape).astype("float32"); w = rng.standard_normal(wl.weight_shape).astype("float32")
+    err = np.abs(run_kernel(rb, wl, t, rb.default_knobs(wl, t), x, w) - torch_conv(x, w, wl)).max()
+    assert err < 1e-3, (fam, wl.key(), err)
 print("ok")
 """
 
 
 def test_grouped_im2col_with_padded_k_blocks_on_two_threads():
     """Regression (found by the property test): grouped im2col whose K/G is not a multiple of k_block wrote other
-    groups' output channels from the wrong thread when run on 2 threads."""
+    groups' output channels from the wrong thread when run on 2 threads. Also runs NCHW[x]c kernels on 2 threads."""
     import os
     import subprocess
     import sys

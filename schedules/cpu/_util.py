@@ -18,13 +18,10 @@ def vector_registers(target: TargetInfo) -> int:
 
 
 def begin_schedule(sch: s_tir.Schedule) -> s_tir.Schedule:
-    """Dissolve the layout stages of an NCHW[x]c kernel (:func:`convpipe.schedules.compute.input_view` and
-    ``output_view``): ``data_unblock`` is inlined into its readers, ``out_blocked`` into the store of ``out``,
-    which then writes the blocked output directly and keeps its NCHW loop nest (so the family's schedule of
-    ``out`` applies unchanged). A no-op for NCHW kernels."""
+    """Dissolve the output layout stage of an NCHW[x]c kernel (:func:`convpipe.schedules.compute.output_view`):
+    ``out_blocked`` is inlined into the store of ``out``, which then writes the blocked output directly and keeps
+    its NCHW loop nest (so the family's schedule of ``out`` applies unchanged). A no-op for NCHW output."""
     names = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
-    if "data_unblock" in names:
-        sch.compute_inline(names["data_unblock"])
     if "out_blocked" in names:
         sch.reverse_compute_inline(names["out_blocked"])
     return sch

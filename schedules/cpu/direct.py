@@ -132,7 +132,7 @@ class DirectCpu(CpuRule):
         sch.unroll(xi)
         sch.vectorize(ki)
         out = sch.get_sblock("out")
-        sch.reverse_compute_at(out, xo)
+        sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
         b = wl.out_block
         if b and (noc * ob) % b == 0 and geo["k_outer"] * ob == wl.out_channels:
             k_l, x_l = sch.get_loops(out)[-2:]

@@ -101,7 +101,7 @@ class Im2colCpu(CpuRule):
         out = sch.get_sblock("out")
         kg = wl.out_channels // wl.groups
         if wl.groups == 1 or kg % kb == 0:
-            sch.reverse_compute_at(out, xo)
+            sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
             if wl.out_block and kb % wl.out_block == 0 and kg % kb == 0:
                 k_l, x_l = sch.get_loops(out)[-2:]
                 vectorize_blocked_store(sch, k_l, [x_l], wl.out_block)
