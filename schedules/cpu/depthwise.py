@@ -146,7 +146,7 @@ class DepthwiseCpu(CpuRule):
         nco = sch.fuse(n, co)
         sch.parallel(nco)
         acc = sch.cache_write(out, 0, "local")
-        sch.reverse_compute_at(acc, xo)
+        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         sch.unroll(rh)
         sch.unroll(rw)
         sch.unroll(xi)
