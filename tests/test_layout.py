@@ -164,3 +164,10 @@ def test_bad_layouts_are_user_errors(small_model, tmp_path):
         assert w["out_block"] == (16 if w["out_channels"] % 16 == 0 else 0), w
     x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype("float32")
     assert all(c.ok for c in compare(load(res.path).run([x]), run_onnxruntime(small_model, {"input": x}), 1e-4, 1e-5))
+
+
+def test_bench_compares_layouts_side_by_side(small_model):
+    p = cli("bench", small_model, "--layout", "auto,nchw", "--threads", "1", "--rounds", "1")
+    assert "convpipe[auto]" in p.stdout and "convpipe[nchw]" in p.stdout and "onnxruntime" in p.stdout, p.stdout
+    bad = cli("bench", small_model, "--layout", "auto,nhwc", check=False)
+    assert bad.returncode == 2 and "layout 'nhwc'" in bad.stderr, bad.stderr

@@ -27,6 +27,15 @@ def begin_schedule(sch: s_tir.Schedule) -> s_tir.Schedule:
     return sch
 
 
+def loops_below(sch: s_tir.Schedule, block, loop) -> list:
+    """The loops of ``block`` nested inside ``loop`` (after a ``reverse_compute_at(block, loop,
+    preserve_unit_loops=True)`` these are one per block iterator, in order, unit loops included)."""
+    loops = sch.get_loops(block)
+    target = sch.get(loop)
+    pos = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(target))
+    return loops[pos + 1:]
+
+
 def vectorize_blocked_store(sch: s_tir.Schedule, k_loop, inner_loops: list, block: int) -> None:
     """For an ``out`` block storing NCHW[x]c: split its output-channel loop ``k_loop`` into ``(k / x, x)``, move
     the ``x`` part innermost (below ``inner_loops``) and vectorise it, so each store is one contiguous vector."""

@@ -25,6 +25,7 @@ from ._util import (
     best_tile,
     channel_block,
     largest_divisor,
+    loops_below,
     vector_registers,
     vectorize_blocked_store,
 )
@@ -135,7 +136,7 @@ class DirectCpu(CpuRule):
         sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
         b = wl.out_block
         if b and (noc * ob) % b == 0 and geo["k_outer"] * ob == wl.out_channels:
-            k_l, x_l = sch.get_loops(out)[-2:]
+            _, k_l, _, x_l = loops_below(sch, out, xo)  # out's (n, k, y, x) within the tile
             vectorize_blocked_store(sch, k_l, [x_l], b)
         elif not b and geo["ow_padded"] == wl.out_w and geo["k_outer"] * ob == wl.out_channels:
             sch.vectorize(sch.get_loops(out)[-1])

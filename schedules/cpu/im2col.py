@@ -17,7 +17,7 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, begin_schedule, vector_registers, vectorize_blocked_store
+from ._util import CpuRule, begin_schedule, loops_below, vector_registers, vectorize_blocked_store
 
 
 def _x_block(out_w: int, lanes: int) -> int:
@@ -103,7 +103,7 @@ class Im2colCpu(CpuRule):
         if wl.groups == 1 or kg % kb == 0:
             sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
             if wl.out_block and kb % wl.out_block == 0 and kg % kb == 0:
-                k_l, x_l = sch.get_loops(out)[-2:]
+                _, k_l, _, x_l = loops_below(sch, out, xo)  # out's (n, k, y, x) within the tile
                 vectorize_blocked_store(sch, k_l, [x_l], wl.out_block)
             elif not wl.out_block and wl.out_w % xb == 0 and kg % kb == 0:
                 sch.vectorize(sch.get_loops(out)[-1])
