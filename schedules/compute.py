@@ -3,10 +3,10 @@ that goes with each. Target independent: ``cpu/`` (x86, ARM) and ``cuda/`` sched
 
 Every compute takes data NCHW ``float32[N, C, H, W]`` (unpadded) and a pre-packed weight, and produces
 ``float32[N, K, OH, OW]`` in a final stage named ``"out"``. Padding is zero padding with the workload's four
-(possibly asymmetric) pads, in a stage named ``"pad_temp"``. For NCHW[x]c data or output (``wl.data_block``, ``wl.out_block``) the
-data argument is ``[N, C/x, H, W, x]`` read through an NCHW index view and/or ``out`` is followed
-by ``out_blocked`` ``[N, K/x, OH, OW, x]`` (:func:`input_view`, :func:`output_view`); depthwise has its own
-blocked compute (:func:`depthwise_blocked`).
+(possibly asymmetric) pads, in a stage named ``"pad_temp"``. For NCHW[x]c data or output (``wl.data_block``,
+``wl.out_block``) the data argument is ``[N, C/x, H, W, x]``, read through an NCHW index view, and/or ``out`` is
+followed by ``out_blocked`` ``[N, K/x, OH, OW, x]`` (:func:`input_view`, :func:`output_view`); depthwise has its
+own blocked compute (:func:`depthwise_blocked`).
 
 Sources:
 - direct NCHW[x]c: the blocked layout of ``topi/nn/conv2d.py:conv2d_NCHWc`` (output and input channels blocked by
@@ -600,8 +600,8 @@ def depthwise_blocked_pack_weight(weight: np.ndarray, wl: Conv2dWorkload) -> np.
 
 def depthwise_blocked(wl: Conv2dWorkload) -> list[te.Tensor]:
     """Depthwise conv2d (channel multiplier 1) on NCHW[x]c data, the layout of onnxruntime's MLAS NCHWc kernels
-    (``onnxruntime/core/mlas/lib/sconv_kernel_*``): every tap is one vector FMA over the ``x`` channels of a
-    pixel, so strided and dilated convs read whole vectors too.
+    (``onnxruntime/core/mlas/lib/snchwc.cpp``): every tap is one vector FMA over the ``x`` channels of a pixel,
+    so strided and dilated convs read whole vectors too.
 
     ``out[n, co, y, xo, ci] = sum_{rh, rw} pad[n, co, y*sh + rh*dh, xo*sw + rw*dw, ci] * W[co, rh, rw, ci]``
     with stage ``pad_temp`` ``[N, C/x, Hp, Wp, x]`` (zero padding; absent without padding) and ``out``
