@@ -6,9 +6,11 @@ calls the methods below; it never knows a family's internals.
 
 Calling convention of every built kernel (a TensorIR ``PrimFunc``)::
 
-    kernel(data: float32[N, C, H, W],            # NCHW, unpadded
+    kernel(data: float32[wl.data_tensor_shape],  # NCHW [N, C, H, W] (unpadded) or NCHW[x]c [N, C/x, H, W, x]
            packed_weight: float32[rule.packed_weight_shape(wl, knobs)],
-           out: float32[N, K, OH, OW])           # NCHW
+           out: float32[wl.out_tensor_shape])    # NCHW [N, K, OH, OW] or NCHW[x]c [N, K/x, OH, OW, x]
+
+(the blocks are ``wl.data_block`` / ``wl.out_block``; the CPU rules take both layouts, the CUDA rules NCHW only)
 
 ``packed_weight`` is ``rule.pack_weight(weight_oihw, wl, knobs)``, computed once with NumPy at compile time
 (OIHW -> blocked layout, or the Winograd kernel transform G g G^T), so no weight transform runs at inference.

@@ -157,6 +157,11 @@ def test_bad_layouts_are_user_errors(small_model, tmp_path):
     assert not (tmp_path / "a.cpa").exists()
     with pytest.raises(ConvpipeError, match="CUDA kernels take NCHW"):
         compile_model(small_model, str(tmp_path / "c.cpa"), "cuda", arch="sm_80", layout="nchw16c")
+    from convpipe.schedules import rules_for
+
+    blocked = Conv2dWorkload(1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1).with_layout(16)
+    for rule in rules_for("cuda").values():
+        assert "CUDA kernels take NCHW" in rule.unsupported_reason(blocked, resolve_target("cuda", "sm_80"))
     # a block that does not divide a conv's channels leaves that conv's output in NCHW; the result is still right
     res = compile_model(small_model, str(tmp_path / "b.cpa"), layout="nchw16c")
     for c in res.manifest["conv2d"]:

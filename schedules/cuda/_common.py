@@ -254,6 +254,11 @@ class CudaRule(Conv2dRule):
 
     arch = "cuda"
 
+    def unsupported_reason(self, wl: Conv2dWorkload, target: TargetInfo) -> str | None:
+        if wl.data_block or wl.out_block:
+            return f"CUDA kernels take NCHW data and output (got {wl.layout})"
+        return super().unsupported_reason(wl, target)
+
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """The shared target-independent compute this rule schedules."""
         raise NotImplementedError
