@@ -16,6 +16,26 @@ TOL = {"direct": 1e-5, "im2col": 1e-5, "depthwise": 1e-5, "winograd": 1e-4}
 
 
 @st.composite
+def geometry(draw, family: str, max_hw: int):
+    """Batch, input size, kernel, stride, (asymmetric) padding and dilation of a conv (3x3 stride 1 for
+    Winograd), input at least as large as the dilated kernel minus the padding, at most ``max_hw``."""
+    if family == "winograd":
+        kh = kw = 3
+        sh = sw = dh = dw = 1
+    else:
+        kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+        sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = [draw(st.integers(0, 2)) for _ in range(4)]
+    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), max_hw))
+    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), max_hw))
+    return dict(
+        batch=draw(st.integers(1, 2)), in_h=h, in_w=w, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw,
+        pad_top=pads[0], pad_left=pads[1], pad_bottom=pads[2], pad_right=pads[3], dilation_h=dh, dilation_w=dw,
+    )
+
+
+@st.composite
 def workloads(draw, family: str):
     """Conv2d configurations covering stride, asymmetric padding, dilation, groups (depthwise too), non-square
     kernels and inputs, batch > 1 -- restricted to what ``family`` supports."""
@@ -32,21 +52,7 @@ def workloads(draw, family: str):
     else:
         c = g * draw(st.integers(1, 6))
         k = g * draw(st.integers(1, 20))
-    if family == "winograd":
-        kh = kw = 3
-        sh = sw = dh = dw = 1
-    else:
-        kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-        sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-        dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    pads = [draw(st.integers(0, 2)) for _ in range(4)]
-    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), 20))
-    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), 20))
-    return Conv2dWorkload(
-        batch=draw(st.integers(1, 2)), in_channels=c, in_h=h, in_w=w, out_channels=k, kernel_h=kh, kernel_w=kw,
-        stride_h=sh, stride_w=sw, pad_top=pads[0], pad_left=pads[1], pad_bottom=pads[2], pad_right=pads[3],
-        dilation_h=dh, dilation_w=dw, groups=g,
-    )
+    return Conv2dWorkload(in_channels=c, out_channels=k, groups=g, **draw(geometry(family, 20)))
 
 
 def _check(family: str, wl: Conv2dWorkload, knobs=None):
@@ -79,21 +85,9 @@ def blocked_workloads(draw, family: str):
     nchw_in = family != "depthwise" and draw(st.booleans())
     c = draw(st.integers(1, 5)) if nchw_in else b * draw(st.integers(1, 3))
     k = c if family == "depthwise" else b * draw(st.integers(1, 3))
-    if family == "winograd":
-        kh = kw = 3
-        sh = sw = dh = dw = 1
-    else:
-        kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-        sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-        dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    pads = [draw(st.integers(0, 2)) for _ in range(4)]
-    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), 16))
-    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), 16))
     return Conv2dWorkload(
-        batch=draw(st.integers(1, 2)), in_channels=c, in_h=h, in_w=w, out_channels=k, kernel_h=kh, kernel_w=kw,
-        stride_h=sh, stride_w=sw, pad_top=pads[0], pad_left=pads[1], pad_bottom=pads[2], pad_right=pads[3],
-        dilation_h=dh, dilation_w=dw, groups=c if family == "depthwise" else 1,
-        data_block=0 if nchw_in else b, out_block=b,
+        in_channels=c, out_channels=k, groups=c if family == "depthwise" else 1,
+        data_block=0 if nchw_in else b, out_block=b, **draw(geometry(family, 16)),
     )
 
 

@@ -17,13 +17,17 @@ def vector_registers(target: TargetInfo) -> int:
     return 32 if target.isa in ("avx512", "neon") else 16
 
 
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    """Whether the kernel has a top-level block ``name`` (optional stages such as ``pad_temp``)."""
+    return any(sch.get(b).name_hint == name for b in sch.get_child_blocks(sch.get_sblock("root")))
+
+
 def begin_schedule(sch: s_tir.Schedule) -> s_tir.Schedule:
     """Dissolve the output layout stage of an NCHW[x]c kernel (:func:`convpipe.schedules.compute.output_view`):
     ``out_blocked`` is inlined into the store of ``out``, which then writes the blocked output directly and keeps
     its NCHW loop nest (so the family's schedule of ``out`` applies unchanged). A no-op for NCHW output."""
-    names = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
-    if "out_blocked" in names:
-        sch.reverse_compute_inline(names["out_blocked"])
+    if has_block(sch, "out_blocked"):
+        sch.reverse_compute_inline(sch.get_sblock("out_blocked"))
     return sch
 
 

@@ -26,7 +26,7 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, divisors, largest_divisor, vector_registers
+from ._util import CpuRule, divisors, has_block, largest_divisor, vector_registers
 
 
 class DepthwiseCpu(CpuRule):
@@ -113,28 +113,31 @@ class DepthwiseCpu(CpuRule):
         sch.reorder(n, k, yo, xo, rh, rw, yi, xi)
         nk = sch.fuse(n, k)
         sch.parallel(nk)
-        acc = sch.cache_write(out, 0, "local")
-        sch.reverse_compute_at(acc, xo)
-        sch.unroll(rh)
-        sch.unroll(rw)
-        sch.unroll(yi)
-        sch.vectorize(xi)
-        a_y, a_x = sch.get_loops(acc)[-2:]
-        sch.unroll(a_y)
-        sch.vectorize(a_x)
-        sch.decompose_reduction(out, rh)
-        try:
+        self._register_tile(sch, out, xo, rh, rw, yi, xi)
+        if has_block(sch, "pad_temp"):  # absent with no padding and unit stride
             pad = sch.get_sblock("pad_temp")
-        except Exception:  # no padding and unit stride: no pad stage
-            pad = None
-        if pad is not None:
             sch.compute_at(pad, nk)
             if wl.stride_w == 1:
                 sch.vectorize(sch.get_loops(pad)[-1])
         return sch.mod["main"]
 
     @staticmethod
-    def _build_blocked(wl: Conv2dWorkload, kn: Knobs) -> tvm.tirx.PrimFunc:
+    def _register_tile(sch: s_tir.Schedule, out, tile_loop, rh, rw, unrolled, vector) -> None:
+        """The register tile shared by both layouts: ``out`` accumulates in a local buffer written back under
+        ``tile_loop``; the KH x KW taps and the ``unrolled`` loop (rows in NCHW, pixels in NCHW[x]c) are unrolled,
+        ``vector`` (columns in NCHW, the x channels in NCHW[x]c) is vectorised, in the FMA loop and the write-back."""
+        acc = sch.cache_write(out, 0, "local")
+        sch.reverse_compute_at(acc, tile_loop, preserve_unit_loops=True)
+        for loop in (rh, rw, unrolled):
+            sch.unroll(loop)
+        sch.vectorize(vector)
+        a_unrolled, a_vector = sch.get_loops(acc)[-2:]
+        sch.unroll(a_unrolled)
+        sch.vectorize(a_vector)
+        sch.decompose_reduction(out, rh)
+
+    @classmethod
+    def _build_blocked(cls, wl: Conv2dWorkload, kn: Knobs) -> tvm.tirx.PrimFunc:
         xt = kn.get("x_tile", 0)
         if xt < 1 or wl.out_w % xt:
             raise ValueError(f"depthwise NCHW[x]c knob x_tile={xt} must divide OW={wl.out_w}")
@@ -145,18 +148,8 @@ class DepthwiseCpu(CpuRule):
         sch.reorder(n, co, y, xo, rh, rw, xi, ci)
         nco = sch.fuse(n, co)
         sch.parallel(nco)
-        acc = sch.cache_write(out, 0, "local")
-        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
-        sch.unroll(rh)
-        sch.unroll(rw)
-        sch.unroll(xi)
-        sch.vectorize(ci)
-        a_x, a_c = sch.get_loops(acc)[-2:]
-        sch.unroll(a_x)
-        sch.vectorize(a_c)
-        sch.decompose_reduction(out, rh)
-        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
-        if "pad_temp" in names:
+        cls._register_tile(sch, out, xo, rh, rw, xi, ci)
+        if has_block(sch, "pad_temp"):
             pad = sch.get_sblock("pad_temp")
             sch.compute_at(pad, nco)
             sch.vectorize(sch.get_loops(pad)[-1])

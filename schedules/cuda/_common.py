@@ -8,6 +8,8 @@ target-independent computes in :mod:`..compute`; they never change what is compu
 
 from __future__ import annotations
 
+import abc
+
 import math
 import os
 import re
@@ -250,7 +252,7 @@ def prod(xs) -> int:
 class CudaRule(Conv2dRule):
     """Base of the CUDA rules: ``build`` is the PrimFunc of :meth:`schedule`, whose trace the tests also replay on
     the CPU without thread bindings. Subclasses implement :meth:`unscheduled`, :meth:`_valid` and
-    :meth:`_schedule` (the transformations applied to :meth:`start`'s fresh schedule)."""
+    :meth:`schedule` (the transformations applied to :meth:`start`'s fresh schedule)."""
 
     arch = "cuda"
 
@@ -259,14 +261,14 @@ class CudaRule(Conv2dRule):
             return f"CUDA kernels take NCHW data and output (got {wl.layout})"
         return super().unsupported_reason(wl, target)
 
+    @abc.abstractmethod
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """The shared target-independent compute this rule schedules."""
-        raise NotImplementedError
 
     @staticmethod
+    @abc.abstractmethod
     def _valid(wl: Conv2dWorkload, knobs: Knobs) -> str | None:
         """``None`` when ``knobs`` fit ``wl``, else why not."""
-        raise NotImplementedError
 
     def start(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> s_tir.Schedule:
         """A fresh schedule of :meth:`unscheduled` after checking the workload and the knobs.
@@ -279,6 +281,11 @@ class CudaRule(Conv2dRule):
         if bad:
             raise ValueError(f"cuda/{self.family}: invalid knobs {knobs} for {wl.describe()}: {bad}")
         return s_tir.Schedule(self.unscheduled(wl, knobs))
+
+    @abc.abstractmethod
+    def schedule(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> s_tir.Schedule:
+        """:meth:`start`'s schedule with this rule's transformations applied (what :meth:`build` returns and
+        the tests replay without thread bindings)."""
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         return self.schedule(wl, target, knobs).mod["main"]
