@@ -3,10 +3,11 @@
 ``relax.transform.LegalizeOps`` with a custom legalisation for ``relax.nn.conv2d``: for each call it builds the
 workload (NCHW, or NCHW[x]c after :mod:`.layout`), asks :mod:`.select` for a family and knobs, pre-packs the
 constant weight (un-blocked to OIHW first) with the rule's NumPy packing,
-adds the rule's scheduled PrimFunc with ``bb.add_func`` and returns ``relax.call_tir``. On CPU targets the
-PrimFunc is fusable with its element-wise consumers, which :mod:`convpipe.schedules.epilogue` then inlines
-into its output store (epilogue fusion); on CUDA it is opaque. Everything else keeps TVM's lowering plus the
-schedules of :mod:`.pipeline`.
+adds the rule's scheduled PrimFunc with ``bb.add_func`` and returns ``relax.call_tir``. On every target the
+PrimFunc is fusable with its element-wise consumers, which the epilogue rule of :mod:`.pipeline`
+(:mod:`convpipe.schedules.epilogue` on CPU, :mod:`convpipe.schedules.cuda.epilogue` on CUDA) then inlines
+into its output store (epilogue fusion). Everything else keeps TVM's lowering plus the schedules of
+:mod:`.pipeline`.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from convpipe.schedules.epilogue import mark_output_block
 from .layout import weight_to_oihw
 from .select import choose
 
-#: ``OpPatternKind``: kOutEWiseFusable lets FuseOps group the element-wise consumers (bias, BN, activation,
-#: residual add) with our kernel for :mod:`convpipe.schedules.epilogue` to inline (CPU targets); kOpaque keeps
-#: it alone (CUDA: TVM's dlight would otherwise try to reschedule the fused function).
+#: ``OpPatternKind`` kOutEWiseFusable: FuseOps groups the element-wise consumers (bias, BN, activation, residual
+#: add) with our kernel, FuseTIR keeps the kernel's loop nest (CUDA thread bindings included), and the epilogue
+#: rule inlines them into its output block (:data:`convpipe.schedules.epilogue.CONV_OUT`). The fused function
+#: loses ``tirx.is_scheduled``, so dlight's ``ApplyDefaultSchedule`` offers it to the rules, ours first.
 _OUT_EWISE_FUSABLE = 4
-_OPAQUE = 8
 
 
 @dataclass
@@ -151,10 +152,7 @@ def lower_conv2d(
         key = (wl, choice.family, tuple(sorted(choice.knobs.items())))
         if key not in kernels:
             func = choice.rule.build(wl, target, choice.knobs)
-            if target.arch == "cuda":
-                func = func.with_attr("op_pattern", _OPAQUE)
-            else:
-                func = mark_output_block(func).with_attr("op_pattern", _OUT_EWISE_FUSABLE)
+            func = mark_output_block(func).with_attr("op_pattern", _OUT_EWISE_FUSABLE)
             func = func.with_attr("tirx.is_scheduled", True)
             name = f"conv2d_{choice.family}_{len(kernels)}"
             kernels[key] = bb.add_func(func, name)

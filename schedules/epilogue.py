@@ -1,22 +1,31 @@
-"""Epilogue fusion on CPU: bias add, folded BatchNorm, activations (ReLU, ReLU6/Clip, HardSwish, Sigmoid, ...)
-and the residual add that TVM's FuseOps/FuseTIR group after a convpipe conv2d kernel are inlined into the
-kernel's output store, so the conv output is written once, with the epilogue applied, in the same pass.
+"""Epilogue fusion: bias add, folded BatchNorm (per-channel scale and shift), activations (ReLU, ReLU6/Clip,
+HardSwish, Sigmoid, ...) and the residual add that TVM's FuseOps/FuseTIR group after a convpipe conv2d kernel are
+inlined into the kernel's output store, so the conv output is written once, with the epilogue applied, in the
+same pass. One walk (:func:`fuse_epilogue`, driven by :class:`ConvEpilogue`) serves every target; the CPU rule
+(:class:`ConvEpilogueCPU`, here) and the CUDA rule (:class:`convpipe.schedules.cuda.epilogue.ConvEpilogueCUDA`)
+differ in how a consumer the walk could not fuse is scheduled on its own, and in one switch: the CUDA rule
+checks each inline against the consumer alone (:func:`consumer_covered`) rather than TVM's whole-scope
+stage-pipeline test, which our predicated CUDA kernels fail for reasons internal to the kernel.
 
 How: ``compiler/lower.py`` gives our conv2d PrimFuncs ``op_pattern = kOutEWiseFusable`` (so FuseOps groups the
-element-wise consumers with them; FuseTIR keeps our loop nest) and annotates the block that writes the conv
-output with :data:`CONV_OUT`. After FuseTIR, :class:`ConvEpilogueCPU` (a TVM dlight ``ScheduleRule``) finds
-that block and ``reverse_compute_inline``s each injective consumer into it, in order. When the output block is
-a reduction (it cannot take an inlined consumer), the first consumer is ``reverse_compute_at`` the innermost
-loop of the kernel that TVM accepts (right after each finished part of the output) and the rest are inlined
-into it. A consumer that fits neither gets a parallel + vectorised loop nest of its own. Fused functions without the annotation are not matched.
+element-wise consumers with them; FuseTIR keeps our loop nest, thread bindings included) and annotates the block
+that writes the conv output with :data:`CONV_OUT`. After FuseTIR, the rule (a TVM dlight ``ScheduleRule``,
+``python/tvm/s_tir/dlight/base/schedule_rule.py``, applied by ``dlight.ApplyDefaultSchedule``) finds that
+block and ``reverse_compute_inline``s each injective consumer into it, in order. When the output block is a
+reduction (it cannot take an inlined consumer), the first consumer is ``reverse_compute_at`` the innermost loop
+of the kernel that TVM accepts (right after each finished part of the output) and the rest are inlined into
+it. Fused functions without the annotation are not matched (they go to the next rule).
 """
 
 from __future__ import annotations
 
+import abc
 import re
 
 from tvm import s_tir, tirx
+from tvm.s_tir import SBlock
 from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.s_tir.sblock_scope import DepKind
 from tvm.target import Target
 
 #: Block annotation marking the block that writes a convpipe conv2d kernel's NCHW output.
@@ -39,67 +48,135 @@ def mark_output_block(func: tirx.PrimFunc) -> tirx.PrimFunc:
     raise ValueError("no block writes the kernel's output buffer")
 
 
-class ConvEpilogueCPU(ScheduleRule):
-    """Inline the element-wise epilogue of a fused convpipe conv2d function into its output block."""
+def find_conv_out(sch: s_tir.Schedule):
+    """The block annotated :data:`CONV_OUT` in ``sch``'s function, or ``None``."""
+    for name in block_names(sch.mod["main"]):
+        b = sch.get_sblock(name)
+        if CONV_OUT in sch.get(b).annotations:
+            return b
+    return None
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or CONV_OUT not in func.script():
-            return None
-        sch = s_tir.Schedule(func)
-        out_block = None
-        for name in block_names(func):
-            b = sch.get_sblock(name)
-            if CONV_OUT in sch.get(b).annotations:
-                out_block = b
-                break
-        if out_block is None:
-            return None
-        from .elementwise import InjectiveCPU
 
-        rest = []
-        producer = out_block
-        while True:
-            consumers = sch.get_consumers(producer)
-            if len(consumers) != 1:
-                rest.extend(consumers)
-                break
+def fuse_epilogue(sch: s_tir.Schedule, out_block, kernel_scope_unchecked: bool = False) -> list:
+    """Fuse the consumer chain of the conv output block ``out_block`` into it; return the blocks left over.
+
+    Walks from ``out_block`` while the current producer has exactly one consumer: ``reverse_compute_inline`` it
+    (the producer then writes the consumer's output, applying its expression), or, when the producer is a
+    reduction, compute it right after the producer (:func:`compute_after`) and continue from it. Stops at a
+    producer with several consumers (e.g. ``relu(y) + y``) or a consumer neither primitive accepts. Returns those
+    consumers and everything downstream of them (breadth first, each once), for the target's rule to schedule
+    as standalone loop nests.
+
+    ``kernel_scope_unchecked``: ``sch`` was created with ``enable_check=False`` and each inline is checked by
+    :func:`consumer_covered` instead of TVM's whole-scope stage-pipeline test (see there); ``compute_after``
+    is not attempted then (its ``decompose_reduction`` probe is unchecked too), so a reduction output block
+    keeps its consumers as leftovers."""
+    rest = []
+    producer = out_block
+    while True:
+        consumers = sch.get_consumers(producer)
+        if len(consumers) != 1:
+            rest.extend(consumers)
+            break
+        if not kernel_scope_unchecked or consumer_covered(sch, consumers[0]):
             try:
                 sch.reverse_compute_inline(consumers[0])
                 continue
             except s_tir.ScheduleError:
                 pass
-            # the producer is a reduction (its output is final only after its reduction loops): compute the
-            # consumer right after it, under the innermost loop that encloses a finished part of the output
-            if not self._compute_after(sch, consumers[0], producer):
-                rest.extend(consumers)
-                break
-            producer = consumers[0]
-        # anything left (and its consumers) gets a parallel + vectorised nest of its own
-        seen = set()
-        while rest:
-            b = rest.pop(0)
-            name = sch.get(b).name_hint
-            if name in seen:
-                continue
-            seen.add(name)
-            InjectiveCPU.schedule_block(sch, b)
-            rest.extend(sch.get_consumers(b))
+        # the producer is a reduction (its output is final only after its reduction loops): compute the
+        # consumer right after it, under the innermost loop that encloses a finished part of the output
+        if kernel_scope_unchecked or not compute_after(sch, consumers[0], producer):
+            rest.extend(consumers)
+            break
+        producer = consumers[0]
+    leftovers, seen = [], set()
+    while rest:
+        b = rest.pop(0)
+        name = sch.get(b).name_hint
+        if name in seen:
+            continue
+        seen.add(name)
+        leftovers.append(b)
+        rest.extend(sch.get_consumers(b))
+    return leftovers
+
+
+def consumer_covered(sch: s_tir.Schedule, consumer) -> bool:
+    """The parts of TVM's stage-pipeline condition that concern inlining ``consumer`` into its producer.
+
+    ``reverse_compute_inline`` requires the whole scope to be a *stage pipeline*: every block's reads covered by
+    its producers' writes (``region_cover``) and no write-after-read or opaque dependency
+    (``src/s_tir/schedule/state.cc``). A kernel whose tiles do not divide the output (predicated with
+    ``T.where``) fails the region-cover proof *inside the kernel* (e.g. the GEMM update of cuda/im2col on a
+    14x14 output: TVM's lower-bound region analysis cannot see through the predicate), which has nothing to do
+    with the epilogue. What inlining the consumer needs is that the producer writes everything the consumer
+    reads -- the consumer's own ``region_cover`` flag, which TVM computes whatever ``enable_check`` is -- and
+    that no dependency in the scope is WAR or opaque. Both are checked here; the primitive itself still checks
+    the rest (complete block, single producer, injective body)."""
+    sref = sch.get_sref(consumer)
+    if not sch.state._get_cached_flags(sref).region_cover:
+        return False
+    scope = sref.parent
+    while not isinstance(scope.stmt, SBlock):
+        scope = scope.parent
+    deps = sch.state.get_sblock_scope(scope)
+    for b in sch.get_child_blocks(sch.get_sblock(scope.stmt.name_hint)):
+        for d in deps.get_deps_by_dst(sch.get_sref(b)):
+            if d.kind in (DepKind.WAR, DepKind.OPAQUE):
+                return False
+    return True
+
+
+def compute_after(sch: s_tir.Schedule, consumer, producer) -> bool:
+    """``reverse_compute_at`` the consumer under the innermost loop of the reduction ``producer`` that encloses
+    all of its reduction loops (where each output is final). A loop qualifies exactly when
+    ``decompose_reduction`` accepts it, which is tried on a copy of the schedule."""
+    for loop in reversed(sch.get_loops(producer)):
+        probe = sch.copy()
+        try:
+            probe.decompose_reduction(producer, loop)
+        except s_tir.ScheduleError:
+            continue
+        try:
+            sch.reverse_compute_at(consumer, loop, preserve_unit_loops=False)
+            return True
+        except s_tir.ScheduleError:
+            return False
+    return False
+
+
+class ConvEpilogue(ScheduleRule):
+    """Base of the epilogue rules: match a fused function holding a :data:`CONV_OUT` block, fuse its epilogue
+    (:func:`fuse_epilogue`), then let the subclass schedule the leftovers (:meth:`schedule_leftovers`).
+
+    :attr:`kernel_scope_unchecked` (False here): check each inline by :func:`consumer_covered` on a schedule
+    created with ``enable_check=False`` instead of TVM's whole-scope stage-pipeline test."""
+
+    kernel_scope_unchecked = False
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or CONV_OUT not in func.script():
+            return None
+        sch = s_tir.Schedule(func, enable_check=not self.kernel_scope_unchecked)
+        out_block = find_conv_out(sch)
+        if out_block is None:
+            return None
+        self.schedule_leftovers(sch, fuse_epilogue(sch, out_block, self.kernel_scope_unchecked), target)
         return sch
 
-    @staticmethod
-    def _compute_after(sch: s_tir.Schedule, consumer, producer) -> bool:
-        """``reverse_compute_at`` the consumer under the innermost loop of the reduction ``producer`` that
-        encloses all of its reduction loops (where each output is final). A loop qualifies exactly when
-        ``decompose_reduction`` accepts it, which is tried on a copy of the schedule."""
-        for loop in reversed(sch.get_loops(producer)):
-            probe = sch.copy()
-            try:
-                probe.decompose_reduction(producer, loop)
-            except s_tir.ScheduleError:
-                continue
-            try:
-                sch.reverse_compute_at(consumer, loop, preserve_unit_loops=False)
-                return True
-            except s_tir.ScheduleError:
-                return False
-        return False
+    @abc.abstractmethod
+    def schedule_leftovers(self, sch: s_tir.Schedule, blocks: list, target: Target) -> None:
+        """Give each block :func:`fuse_epilogue` left over a loop nest of its own fit for ``target``."""
+
+
+class ConvEpilogueCPU(ConvEpilogue):
+    """Inline the element-wise epilogue of a fused convpipe conv2d function into its output block; a consumer
+    that cannot be fused gets a parallel + vectorised loop nest of its own
+    (:meth:`convpipe.schedules.elementwise.InjectiveCPU.schedule_block`)."""
+
+    def schedule_leftovers(self, sch: s_tir.Schedule, blocks: list, target: Target) -> None:
+        from .elementwise import InjectiveCPU
+
+        for b in blocks:
+            InjectiveCPU.schedule_block(sch, b)
