@@ -65,10 +65,24 @@ def side_by_side(engines: dict[str, Callable[[], object]], rounds: int = 7, roun
 
 
 def model_engines(
-    artifact: str | dict[str, str], onnx_path: str | None, inputs: dict[str, np.ndarray], threads: int, torch_model=None
+    artifact: str | dict[str, str],
+    onnx_path: str | None,
+    inputs: dict[str, np.ndarray],
+    threads: int,
+    torch_model=None,
+    device: str = "cpu",
 ):
     """Callables running one inference with convpipe (an artifact, or ``{engine name: artifact}`` for several
-    builds), onnxruntime (``onnx_path``) and PyTorch eager."""
+    builds), onnxruntime (``onnx_path``) and PyTorch eager, on ``device``.
+
+    ``device="cuda"``: convpipe runs on GPU 0 with its inputs resident there, and each call waits for the GPU
+    (``Device.sync``) so host timers see the kernels' time; PyTorch (cuDNN) runs there too when this torch
+    has CUDA, onnxruntime only through its CUDA execution provider when installed; an engine without CUDA is
+    left out (the returned dict says which ran).
+
+    Raises:
+        ConvpipeError: see :func:`convpipe.runtime.load` (e.g. a CUDA artifact where no GPU is present).
+    """
     import tvm
 
     from convpipe.runtime import load
@@ -77,21 +91,36 @@ def model_engines(
 
     engines: dict[str, Callable[[], object]] = {}
     for name, path in ({"convpipe": artifact} if isinstance(artifact, str) else artifact).items():
-        module = load(path)
-        vm = module._vm()
-        args = [tvm.runtime.tensor(a) for a in module.check_inputs(inputs)]
-        engines[name] = lambda vm=vm, args=args: vm["main"](*args)
+        module = load(path, device=device)
+        vm, dev = module._vm(), module._dev
+        args = [tvm.runtime.tensor(a, dev) for a in module.check_inputs(inputs)]
+        if device == "cuda":
+            engines[name] = lambda vm=vm, args=args, dev=dev: (vm["main"](*args), dev.sync())
+        else:
+            engines[name] = lambda vm=vm, args=args: vm["main"](*args)
     if onnx_path:
-        sess = onnxruntime_session(onnx_path, threads, spinning=False)
-        engines["onnxruntime"] = lambda: sess.run(None, inputs)
+        import onnxruntime
+
+        if device != "cuda":
+            sess = onnxruntime_session(onnx_path, threads, spinning=False)
+            engines["onnxruntime"] = lambda: sess.run(None, inputs)
+        elif "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            sess = onnxruntime.InferenceSession(onnx_path, providers=["CUDAExecutionProvider"])
+            engines["onnxruntime-cuda"] = lambda: sess.run(None, inputs)
     if torch_model is not None:
         import torch
 
-        xs = [torch.from_numpy(a) for a in inputs.values()]
+        if device != "cuda" or torch.cuda.is_available():
+            tdev = torch.device("cuda" if device == "cuda" else "cpu")
+            model = torch_model.to(tdev)
+            xs = [torch.from_numpy(a).to(tdev) for a in inputs.values()]
 
-        def run_torch():
-            with torch.no_grad():
-                return torch_model(*xs)
+            def run_torch():
+                with torch.no_grad():
+                    out = model(*xs)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                return out
 
-        engines["pytorch"] = run_torch
+            engines["pytorch"] = run_torch
     return engines

@@ -3,7 +3,9 @@ library and manifest atomically (a failed compile leaves nothing behind)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
 import json
 import os
 import time
@@ -16,6 +18,7 @@ from convpipe.errors import ConvpipeError
 from convpipe.runtime.artifact import FORMAT, LIBRARY, MANIFEST, atomic_directory, sha256_file
 from convpipe.schedules import TargetError, TargetInfo, resolve_target
 
+from .cuda_device import DeviceCode, cuda_build
 from .importer import ImportedModel, import_onnx, to_relax
 from .lower import LayerRecord, lower_conv2d
 from .layout import convert_layout
@@ -39,16 +42,22 @@ def prepare(imported: ImportedModel, target: TargetInfo, layout: str = "auto") -
 
 
 def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "auto", db=None, layout: str = "auto"):
-    """Import + layout + lower + ``tvm.compile``: returns ``(executable, layer records)``.
+    """Import + layout + lower + ``tvm.compile``: returns ``(executable, layer records, device code)``.
+
+    For CUDA the kernels are compiled by nvcc for ``target.isa`` during ``tvm.compile`` and embedded in the
+    executable as a binary (:func:`.cuda_device.cuda_build`); the third element is that
+    :class:`.cuda_device.DeviceCode` (``None`` on CPU targets).
 
     Raises:
-        ConvpipeError: import or lowering failed (see :mod:`.importer`, :mod:`.layout`, :mod:`.lower`).
+        ConvpipeError: import or lowering failed (see :mod:`.importer`, :mod:`.layout`, :mod:`.lower`), or the
+            CUDA device code could not be compiled.
     """
     mod, _ = prepare(imported, target, layout)
     lowered, layers = lower_conv2d(mod, target, schedule, db)
-    with target.target:
+    device = contextlib.nullcontext() if target.arch != "cuda" else cuda_build(target.isa)
+    with device as code, target.target:
         ex = tvm.compile(lowered, target=target.target, relax_pipeline=relax_pipeline(target))
-    return ex, layers
+    return ex, layers, code
 
 
 def export_library(ex, path: str, target: TargetInfo) -> None:
@@ -61,44 +70,26 @@ def export_library(ex, path: str, target: TargetInfo) -> None:
         ex.export_library(path)
 
 
-def write_cuda_device_code(ex, directory: str, target: TargetInfo) -> dict:
-    """Compile the executable's CUDA kernels with nvcc for ``target``'s arch into ``device.cubin`` (plus the
-    source, ``device.cu``) and return the manifest entry with per-kernel ptxas figures.
-
-    The apache-tvm 0.27.0.post1 wheel embeds only CUDA *source* in the library (its CUDA codegen has no
-    runtime linked), so the binary for the requested arch is carried beside it: a deployment needs no compiler.
+def write_cuda_source(code: DeviceCode, directory: str) -> dict:
+    """Write the CUDA C source of the embedded kernels to ``device.cu`` (for reading; the library holds the
+    binary) and return the manifest's ``device_code`` entry: arch, binary format and size, and per-kernel
+    ptxas figures (registers, shared memory, spills).
 
     Raises:
-        ConvpipeError: nvcc is missing or fails (register spills are reported in the entry, not fatal).
+        ConvpipeError: the build produced no CUDA binary.
     """
-    from convpipe.schedules.cuda._common import compile_cubin, nvcc_available
-
-    def cuda_modules(m):
-        for sub in m.imports:
-            if sub.kind == "cuda":
-                yield sub
-            yield from cuda_modules(sub)
-
-    src = "\n".join(m.inspect_source("cuda") for m in cuda_modules(ex.mod)) or None
-    if src is None:
-        raise ConvpipeError("CUDA build produced no CUDA module")
+    if not code.binaries:
+        raise ConvpipeError("CUDA build produced no device code (no CUDA kernel was compiled)")
     with open(os.path.join(directory, "device.cu"), "w") as f:
-        f.write(src)
-    if not nvcc_available():
-        raise ConvpipeError("--target cuda needs nvcc (CUDA toolkit) to compile device code for the artifact")
-    try:
-        cubin, reports = compile_cubin(src, target.isa)
-    except RuntimeError as e:
-        raise ConvpipeError(f"nvcc failed on the generated CUDA code: {e}") from None
-    path = os.path.join(directory, "device.cubin")
-    with open(path, "wb") as f:
-        f.write(cubin)
+        f.write("\n".join(code.sources))
     return {
-        "file": "device.cubin",
+        "arch": code.arch,
+        "format": "cubin",
+        "embedded_in": LIBRARY,
+        "binary_sha256": [hashlib.sha256(b).hexdigest() for b in code.binaries],
+        "binary_bytes": sum(len(b) for b in code.binaries),
         "source": "device.cu",
-        "arch": target.isa,
-        "sha256": sha256_file(path),
-        "kernels": [r.__dict__ for r in reports],
+        "kernels": [r.__dict__ for r in code.reports],
     }
 
 
@@ -137,7 +128,7 @@ def compile_model(
     imported = import_onnx(onnx_path, input_shapes)
     times["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ex, layers = build_relax(imported, tinfo, schedule, db, layout)
+    ex, layers, device_code = build_relax(imported, tinfo, schedule, db, layout)
     block = max((layer.workload.out_block for layer in layers), default=0)
     times["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -158,8 +149,8 @@ def compile_model(
             "conv2d": [layer.to_dict() for layer in layers],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        if tinfo.arch == "cuda":
-            manifest["device_code"] = write_cuda_device_code(ex, tmp, tinfo)
+        if device_code is not None:
+            manifest["device_code"] = write_cuda_source(device_code, tmp)
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
     times["export"] = time.perf_counter() - t0

@@ -14,6 +14,7 @@ Database file (JSON)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -84,14 +85,28 @@ def model_workloads(imported, target: TargetInfo, layout: str = "auto") -> list[
 
 
 def measure_local(rule, wl: Conv2dWorkload, target: TargetInfo, knobs: dict, min_repeat_ms: float = 40) -> float:
-    """Median seconds of one run of ``rule``'s kernel for ``wl`` on this machine's CPU."""
+    """Median seconds of one run of ``rule``'s kernel for ``wl`` on this machine: its CPU, or its GPU 0 for a CUDA
+    target (device code compiled by nvcc for the target's arch; TVM's ``time_evaluator`` synchronises the
+    device around each repeat).
+
+    Raises:
+        ConvpipeError: a CUDA target and no local CUDA GPU.
+    """
     import tvm
 
+    from .cuda_device import cuda_build
+
     func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
-    with target.target:
+    if target.arch == "cuda":
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            raise ConvpipeError("tuning for CUDA needs a local GPU, or a remote one: give --remote HOST:PORT")
+        build = cuda_build(target.isa)
+    else:
+        dev, build = tvm.cpu(), contextlib.nullcontext()
+    with build, target.target:
         ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
     rng = np.random.default_rng(0)
-    dev = tvm.cpu()
     x = tvm.runtime.tensor(rng.standard_normal(wl.data_tensor_shape).astype("float32"), dev)
     w = tvm.runtime.tensor(rule.pack_weight(rng.standard_normal(wl.weight_shape).astype("float32"), wl, knobs), dev)
     out = tvm.runtime.tensor(np.zeros(wl.out_tensor_shape, "float32"), dev)

@@ -71,7 +71,9 @@ class _Runner:
             if self.manifest["tvm_version"] != tvm.__version__:
                 raise ConvpipeError(f"artifact built with TVM {self.manifest['tvm_version']}, this host has {tvm.__version__}")
             self.inputs, self.outputs = io_info(self.manifest, "inputs"), io_info(self.manifest, "outputs")
+            self.device = getattr(args, "device", None) or ("cuda" if self.manifest["target"]["arch"] == "cuda" else "cpu")
             self.session = remote.connect(args.remote, args.tracker, args.key, timeout_s=args.timeout)
+            remote.remote_device(self.session, self.device)  # fail now, before any upload, if it has no GPU
         else:
             self.module = load(args.artifact, device=getattr(args, "device", None))
             self.manifest, self.inputs, self.outputs = self.module.manifest, self.module.inputs, self.module.outputs
@@ -83,12 +85,12 @@ class _Runner:
         from convpipe.runtime import check_inputs
 
         arrays = check_inputs(self.inputs, inputs)
-        return remote.run_remote(self.lib, arrays, self.session, [o.name for o in self.outputs])
+        return remote.run_remote(self.lib, arrays, self.session, [o.name for o in self.outputs], device=self.device)
 
 
 def _add_remote_args(s) -> None:
-    s.add_argument("--device", choices=("cpu", "cuda"), help="local device (default: the artifact's target)")
-    s.add_argument("--remote", metavar="HOST:PORT", help="run on a TVM RPC server (the board)")
+    s.add_argument("--device", choices=("cpu", "cuda"), help="device, local or on --remote (default: the artifact's target)")
+    s.add_argument("--remote", metavar="HOST:PORT", help="run on a TVM RPC server (a board, or a GPU host)")
     s.add_argument("--tracker", metavar="HOST:PORT", help="run on a board taken from a TVM RPC tracker")
     s.add_argument("--key", help="device key for --tracker")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the board (default 30)")
@@ -244,7 +246,15 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _bench(artifact: str | dict[str, str], onnx_path: str | None, threads: int, rounds: int, inputs=None) -> dict:
+def _artifact_device(artifact: str | dict[str, str]) -> str:
+    from convpipe.runtime import read_manifest
+
+    m = read_manifest(artifact if isinstance(artifact, str) else next(iter(artifact.values())))
+    return "cuda" if m["target"]["arch"] == "cuda" else "cpu"
+
+
+def _bench(artifact: str | dict[str, str], onnx_path: str | None, threads: int, rounds: int, inputs=None,
+           device: str | None = None) -> dict:
     from convpipe.compiler.bench import model_engines, set_threads, side_by_side
     from convpipe.compiler.importer import TensorInfo, random_inputs
     from convpipe.runtime import read_manifest
@@ -256,7 +266,8 @@ def _bench(artifact: str | dict[str, str], onnx_path: str | None, threads: int, 
     if inputs is None:
         inputs = random_inputs([TensorInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in m["inputs"]])
     torch_model = _torch_model_of(onnx_path) if onnx_path else None
-    return side_by_side(model_engines(artifact, onnx_path, inputs, threads, torch_model), rounds=rounds)
+    device = device or _artifact_device(artifact)
+    return side_by_side(model_engines(artifact, onnx_path, inputs, threads, torch_model, device), rounds=rounds)
 
 
 def _torch_model_of(onnx_path: str):
@@ -299,9 +310,10 @@ def cmd_bench(args) -> int:
                 tag = ",".join(([sched] if len(schedules) > 1 else []) + ([layout] if len(layouts) > 1 else []))
                 path = os.path.join(tmp.name, f"{sched}-{layout}.cpa")
                 artifact[f"convpipe[{tag}]" if tag else "convpipe"] = path
-                compile_model(onnx_path, path, "x86", sched, parse_input_shapes(args.input_shape), layout=layout)
-    elif len(schedules) > 1 or args.schedule != "auto" or args.layout != "auto":
-        raise ConvpipeError("--schedule/--layout apply when benchmarking an .onnx (an artifact's are fixed)")
+                compile_model(onnx_path, path, args.target, sched, parse_input_shapes(args.input_shape),
+                              arch=args.arch, layout=layout)
+    elif len(schedules) > 1 or args.schedule != "auto" or args.layout != "auto" or args.target != "x86" or args.arch:
+        raise ConvpipeError("--schedule/--layout/--target/--arch apply when benchmarking an .onnx (an artifact's are fixed)")
     else:
         artifact = target
     if args.remote or args.tracker:
@@ -313,14 +325,16 @@ def cmd_bench(args) -> int:
         args.artifact = artifact
         runner = _Runner(args)
         inputs = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in runner.inputs])
-        times = remote.time_remote(runner.lib, list(inputs.values()), runner.session, number=max(1, args.rounds), repeat=3)
+        times = remote.time_remote(runner.lib, list(inputs.values()), runner.session, number=max(1, args.rounds), repeat=3,
+                                   device=runner.device)
         where = args.remote or f"tracker {args.tracker} key {args.key}"
         con.print(f"convpipe on the board ({where}): median {statistics.median(times) * 1e3:.3f} ms over {len(times)} "
                   f"repeats of {max(1, args.rounds)} runs (time_evaluator on the board). An emulated board "
                   "(scripts/arm_board.sh) is ~20x slower than hardware: its timings are not ARM performance.")
         return 0
-    res = _bench(artifact, onnx_path, args.threads, args.rounds)
-    con.print(_bench_table(res, f"bench {args.model}  threads={args.threads}  batch latency, median of {args.rounds} interleaved rounds"))
+    res = _bench(artifact, onnx_path, args.threads, args.rounds, device=args.device)
+    where = f"device={args.device or _artifact_device(artifact)}"
+    con.print(_bench_table(res, f"bench {args.model}  {where}  threads={args.threads}  batch latency, median of {args.rounds} interleaved rounds"))
     return 0
 
 
@@ -348,7 +362,7 @@ def cmd_tune(args) -> int:
         from convpipe import remote
 
         measure = remote.make_measure(args.remote, args.tracker, args.key)
-    elif target.arch != "x86":
+    elif target.arch == "arm":
         raise ConvpipeError(f"tuning for {target.arch} needs the board: give --remote HOST:PORT or --tracker HOST:PORT --key KEY")
     total = sum(len(candidates(wl, target)) for wl in workloads)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -445,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when given an .onnx: compile with each of these layouts (auto, nchw, nchw<x>c) and time "
                         "every build side by side")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    s.add_argument("--target", default="x86", help="when given an .onnx: compile for x86 (default) or cuda")
+    s.add_argument("--arch", help="CUDA arch for --target cuda (default: the local GPU's)")
     _add_remote_args(s)
     s.set_defaults(func=cmd_bench)
 

@@ -216,6 +216,26 @@ def upload(session, lib_path: str | os.PathLike):
         raise ConvpipeError(f"{lib_path}: the board could not load it: {msg[-1] if msg else e}") from None
 
 
+def remote_device(session, device: str = "cpu"):
+    """The session's ``cpu(0)`` or ``cuda(0)``.
+
+    Raises:
+        ConvpipeError: ``device`` is neither, or the RPC server has no CUDA GPU (or a TVM without CUDA).
+    """
+    if device == "cpu":
+        return session.cpu(0)
+    if device != "cuda":
+        raise ConvpipeError(f"remote device {device!r}: expected 'cpu' or 'cuda'")
+    dev = session.cuda(0)
+    try:
+        ok = bool(dev.exist)
+    except Exception:  # noqa: BLE001 -- a server whose TVM has no CUDA runtime raises instead of answering
+        ok = False
+    if not ok:
+        raise ConvpipeError("the RPC server has no usable CUDA GPU (no device 0, or its TVM has no CUDA runtime)")
+    return dev
+
+
 def _as_list(inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
     arrays = list(inputs.values()) if isinstance(inputs, Mapping) else list(inputs)
     for i, a in enumerate(arrays):
@@ -230,6 +250,7 @@ def run_remote(
     session,
     output_names: Sequence[str] | None = None,
     func: str = "main",
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Run a Relax VM library (``tvm.compile(relax_mod)`` exported for the board) once on the board.
 
@@ -240,16 +261,20 @@ def run_remote(
         session: from :func:`connect`.
         output_names: names for the outputs (manifest order); default ``output_0``, ``output_1``, ...
         func: the VM function to call.
+        device: ``"cpu"`` or ``"cuda"`` (a library built for ``--target cuda``, on the server's GPU 0).
 
     Returns:
         ``{output name: np.ndarray}`` copied back to the host.
+
+    Raises:
+        ConvpipeError: upload/load/run failed on the server, or it has no CUDA GPU for ``device="cuda"``.
     """
     import tvm
     from tvm import relax
 
     arrays = _as_list(inputs)
+    dev = remote_device(session, device)
     rmod = upload(session, lib_path)
-    dev = session.cpu(0)
     try:
         vm = relax.VirtualMachine(rmod, dev)
         # set_input/invoke_stateful/get_outputs: a tuple result comes back element by element (a tuple
@@ -273,6 +298,7 @@ def time_remote(
     number: int = 10,
     repeat: int = 3,
     func: str = "main",
+    device: str = "cpu",
 ) -> list[float]:
     """Per-run latency of a Relax VM library on the board, in seconds: ``repeat`` figures, each the mean of
     ``number`` runs, timed on the board by TVM's ``time_evaluator`` (inputs already on the board).
@@ -284,8 +310,8 @@ def time_remote(
     from tvm import relax
 
     arrays = _as_list(inputs)
+    dev = remote_device(session, device)
     rmod = upload(session, lib_path)
-    dev = session.cpu(0)
     vm = relax.VirtualMachine(rmod, dev)
     vm.set_input(func, *[tvm.runtime.tensor(a, dev) for a in arrays])
     fn = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)
@@ -298,14 +324,15 @@ def run_kernel(
     out_shapes: Sequence[tuple[int, ...]],
     session,
     func: str = "main",
+    device: str = "cpu",
     dtype: str = "float32",
 ) -> list[np.ndarray]:
     """Run one compiled PrimFunc (destination-passing: inputs then outputs) on the board; returns the outputs.
     For kernel-level tests and tuning of a single conv2d schedule."""
     import tvm
 
+    dev = remote_device(session, device)
     rmod = upload(session, lib_path)
-    dev = session.cpu(0)
     targs = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
     touts = [tvm.runtime.tensor(np.zeros(s, dtype=dtype), dev) for s in out_shapes]
     rmod[func](*targs, *touts)
@@ -320,13 +347,14 @@ def time_kernel(
     number: int = 10,
     repeat: int = 3,
     func: str = "main",
+    device: str = "cpu",
     dtype: str = "float32",
 ) -> list[float]:
     """Board-side ``time_evaluator`` of one PrimFunc (seconds per run; see :func:`time_remote` on emulation)."""
     import tvm
 
+    dev = remote_device(session, device)
     rmod = upload(session, lib_path)
-    dev = session.cpu(0)
     targs = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
     touts = [tvm.runtime.tensor(np.zeros(s, dtype=dtype), dev) for s in out_shapes]
     fn = rmod.time_evaluator(func, dev, number=number, repeat=repeat)
@@ -345,7 +373,8 @@ def make_measure(
 ):
     """A ``measure(rule, wl, target, knobs) -> seconds`` for ``compiler.tune.tune_workloads`` that times each
     candidate kernel on the board: build, cross-compile (``cc``), upload, median of the board-side
-    ``time_evaluator``. One RPC session is opened now (errors as :func:`connect`; or pass an open ``session``)
+    ``time_evaluator``. For a CUDA target the candidate's device code is compiled by nvcc for the target's arch
+    (embedded in the library) and timed on the server's GPU 0 (a remote GPU host is x86-64). One RPC session is opened now (errors as :func:`connect`; or pass an open ``session``)
     and reused -- a TVM RPC server serves one session at a time; a temporary
     directory holds the libraries. On an emulated board the ranking is only indicative (QEMU's costs are not a
     Cortex-A72's).
@@ -360,15 +389,22 @@ def make_measure(
         import tvm
 
         func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
-        with target.target:
-            ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
         counter[0] += 1
         so = os.path.join(tmp.name, f"cand{counter[0]}.so")
-        export_for_board(ex, so, cc)
+        if target.arch == "cuda":  # device code embedded for the arch; host code for a generic x86-64 server
+            from convpipe.compiler.cuda_device import cuda_build
+
+            with cuda_build(target.isa), target.target:
+                tvm.compile(tvm.IRModule({"main": func}), target=target.target).export_library(so)
+        else:
+            with target.target:
+                ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
+            export_for_board(ex, so, cc)
         rng = np.random.default_rng(0)
         x = rng.standard_normal(wl.data_tensor_shape).astype("float32")
         w = rule.pack_weight(rng.standard_normal(wl.weight_shape).astype("float32"), wl, knobs).astype("float32")
-        secs = time_kernel(so, [x, w], [wl.out_tensor_shape], sess, number=number, repeat=repeat)
+        secs = time_kernel(so, [x, w], [wl.out_tensor_shape], sess, number=number, repeat=repeat,
+                           device="cuda" if target.arch == "cuda" else "cpu")
         os.remove(so)
         return float(np.median(secs))
 

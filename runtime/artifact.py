@@ -13,7 +13,8 @@
       "conv2d": [{"index": 0, "workload": {...}, "family": "direct", "knobs": {...}, "reason": "...",
                   "kernel": "conv2d_direct_0", "gflop": 0.118}, ...],
       "schedule": "auto", "created": "2026-11-21T05:00:00Z",
-      "device_code": {"file": "device.cubin", "arch": "sm_90", "sha256": "...", "kernels": [...]}   # CUDA only
+      "device_code": {"arch": "sm_90", "format": "cubin", "embedded_in": "model.so", "binary_sha256": ["..."],
+                      "binary_bytes": 412345, "source": "device.cu", "kernels": [...]}   # CUDA only
     }
 
 This module is shared by the compiler (which writes artifacts) and the runtime (which reads them); it imports only
@@ -72,7 +73,8 @@ def read_manifest(path: str) -> dict:
 
 
 def verify_library(path: str, manifest: dict) -> str:
-    """Return the library's path after checking its sha256 (and the CUDA ``device_code``'s) against the manifest.
+    """Return the library's path after checking its sha256 against the manifest (a CUDA library embeds its device
+    binary, so this covers the GPU code too).
 
     Raises:
         ConvpipeError: a file is missing or its sha256 disagrees (a tampered or corrupted artifact).
@@ -80,17 +82,13 @@ def verify_library(path: str, manifest: dict) -> str:
     lib = os.path.join(path, manifest["library"]["file"])
     if not os.path.isfile(lib):
         raise ConvpipeError(f"{path}: library {manifest['library']['file']} is missing")
-    entries = [manifest["library"]] + ([manifest["device_code"]] if "device_code" in manifest else [])
-    for entry in entries:
-        f = os.path.join(path, entry["file"])
-        if not os.path.isfile(f):
-            raise ConvpipeError(f"{path}: {entry['file']} is missing")
-        got = sha256_file(f)
-        if got != entry["sha256"]:
-            raise ConvpipeError(
-                f"{f}: sha256 {got[:16]}... disagrees with the manifest's {entry['sha256'][:16]}...: "
-                "the artifact was modified or corrupted; recompile it"
-            )
+    got = sha256_file(lib)
+    want = manifest["library"]["sha256"]
+    if got != want:
+        raise ConvpipeError(
+            f"{lib}: sha256 {got[:16]}... disagrees with the manifest's {want[:16]}...: "
+            "the artifact was modified or corrupted; recompile it"
+        )
     return lib
 
 

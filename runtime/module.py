@@ -83,10 +83,37 @@ def check_target(manifest: dict, device: str) -> None:
     elif arch == "cuda":
         if device != "cuda":
             raise ConvpipeError(f"artifact built for CUDA {isa}, asked to run on device {device!r}")
-        if not tvm.cuda(0).exist:
+        dev = tvm.cuda(0)
+        if not dev.exist:
             raise ConvpipeError(f"artifact built for CUDA {isa}, but no CUDA GPU is present")
+        bad = cuda_arch_mismatch(isa, dev.compute_version)
+        if bad:
+            raise ConvpipeError(bad)
     else:
         raise ConvpipeError(f"artifact has unknown target arch {arch!r}")
+
+
+def cuda_arch_mismatch(arch: str, compute_version: str) -> str | None:
+    """Why a cubin built for ``arch`` (``"sm_86"``) cannot run on a GPU of ``compute_version`` (``"8.9"``), or
+    ``None`` when it can: a cubin runs on GPUs of the same major version and an equal or higher minor version
+    (CUDA C Programming Guide, "Binary Compatibility"); ``sm_90a``-style arch-specific code only on that exact
+    GPU."""
+    digits = arch.removeprefix("sm_")
+    specific = digits.endswith("a")
+    digits = digits.rstrip("a")
+    if not digits.isdigit() or len(digits) < 2:
+        return f"artifact has an unknown CUDA arch {arch!r}"
+    built = (int(digits[:-1]), int(digits[-1]))
+    major, _, minor = compute_version.partition(".")
+    gpu = (int(major), int(minor or 0))
+    ok = gpu == built if specific else (gpu[0] == built[0] and gpu[1] >= built[1])
+    if ok:
+        return None
+    here = f"sm_{gpu[0]}{gpu[1]}"
+    return (
+        f"artifact built for CUDA {arch}, this GPU is {here} (compute capability {compute_version}): "
+        f"recompile with --target cuda --arch {here}"
+    )
 
 
 def check_inputs(expected: Sequence[IOInfo], inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -9,8 +9,11 @@ Targets and where each row runs:
   or, with ``--arm-emulated``, the QEMU board of ``scripts/arm_board.sh`` started for this run. Verified against
   onnxruntime on the host, timed on the board with ``time_evaluator``. Rows from the emulated board say
   ``emulated``: those timings are ~20x slower than hardware and are NOT ARM performance.
-- ``cuda`` -- compiled for ``--cuda-arch`` (default sm_90); run and timed only when TVM sees a CUDA GPU, else the
-  row records the offline build (cubin, per-kernel registers and spills) and ``not run: no CUDA GPU``.
+- ``cuda`` -- compiled for ``--cuda-arch`` (default: the local GPU's, else sm_90). On a GPU: batch 1 and 32, each
+  verified against onnxruntime (CPU) and timed side by side with PyTorch (cuDNN, if this torch has CUDA) and
+  onnxruntime's CUDA provider (if installed), plus a per-layer table of ResNet-18's 3x3 layers at batch 32 (ours
+  vs cuDNN, effective GFLOP/s = direct-convolution FLOPs / time, % of the FP32 peak). Without a GPU the row
+  records the offline batch-1 build (kernels, registers, spills) and ``not run: no CUDA GPU``.
 
 Usage::
 
@@ -106,62 +109,155 @@ def bench_arm(name, work, session, where, emulated):
     }
 
 
-def bench_cuda(name, work, arch):
+def _gpu():
     import tvm
 
+    dev = tvm.cuda(0)
+    return dev if dev.exist else None
+
+
+#: FP32 FMA lanes per SM (CUDA C Programming Guide, "Arithmetic Instructions" throughput table)
+FP32_LANES_PER_SM = {(8, 0): 64, (8, 6): 128, (8, 7): 128, (8, 9): 128, (9, 0): 128}
+
+
+def fp32_peak_gflops(dev) -> float | None:
+    """The GPU's FP32 FMA peak: SMs x FP32 lanes per SM x 2 FLOP x max SM clock (GFLOP/s); None if unknown."""
+    major, minor = (int(v) for v in dev.compute_version.split("."))
+    lanes = FP32_LANES_PER_SM.get((major, minor))
+    if lanes is None:
+        return None
+    return dev.multi_processor_count * lanes * 2 * dev.max_clock_rate * 1e3 / 1e9
+
+
+def bench_cuda(name, work, arch, rounds, batches=(1, 32)):
+    """Rows for ``name`` on CUDA: offline, the batch-1 build (registers, spills); on a GPU, per batch, verified
+    against onnxruntime (CPU) and timed side by side with PyTorch (cuDNN, when this torch has CUDA) and
+    onnxruntime's CUDA provider (when installed)."""
+    from convpipe.compiler.bench import model_engines, side_by_side
     from convpipe.compiler.build import compile_model
     from convpipe.compiler.export import export_onnx
     from convpipe.compiler.zoo import ZOO
 
-    shape = _shape(name, False)
-    onnx_path, art = os.path.join(work, f"{name}.onnx"), os.path.join(work, f"{name}_{arch}.cpa")
-    if not os.path.exists(onnx_path):
-        export_onnx(ZOO[name].build(), shape, onnx_path, source=name)
-    t0 = time.perf_counter()
-    res = compile_model(onnx_path, art, "cuda", arch=arch)
-    compile_s = time.perf_counter() - t0
-    kernels = res.manifest["device_code"]["kernels"]
-    conv = [k for k in kernels if k["kernel"].startswith("conv2d_")]
-    row = {
-        "model": name, "target": "cuda", "isa": arch, "input": list(shape), "compile_s": compile_s,
-        "conv_kernels": len(conv), "max_registers": max((k["registers"] for k in conv), default=0),
-        "spills": sum(k["spill_stores"] + k["spill_loads"] for k in conv), "ms": {},
-    }
-    if tvm.cuda(0).exist:
-        from convpipe.compiler.verify import compare, run_onnxruntime
-        from convpipe.runtime import load
+    gpu = _gpu()
+    rows = []
+    for batch in batches if gpu else batches[:1]:
+        shape = (batch,) + _shape(name, False)[1:]
+        onnx_path = os.path.join(work, f"{name}_b{batch}.onnx")
+        art = os.path.join(work, f"{name}_b{batch}_{arch}.cpa")
+        model = ZOO[name].build()
+        export_onnx(model, shape, onnx_path, source=name)
+        t0 = time.perf_counter()
+        res = compile_model(onnx_path, art, "cuda", arch=arch)
+        compile_s = time.perf_counter() - t0
+        kernels = res.manifest["device_code"]["kernels"]
+        conv = [k for k in kernels if "conv2d_" in k["kernel"]]
+        row = {
+            "model": name, "target": "cuda", "isa": arch, "input": list(shape), "compile_s": compile_s,
+            "kernels": len(kernels), "conv_kernels": len(conv),
+            "max_registers": max((k["registers"] for k in conv), default=0),
+            "spills": sum(k["spill_stores"] + k["spill_loads"] for k in conv), "ms": {},
+        }
+        if gpu:
+            from convpipe.compiler.verify import compare, run_onnxruntime
+            from convpipe.runtime import load
 
-        m = load(art, device="cuda")
-        x = ZOO[name].real_input(shape)
-        checks = compare(m.run([x]), run_onnxruntime(onnx_path, {"input": x}), 1e-3, 1e-4)
-        row.update(where=f"native GPU ({tvm.cuda(0).device_name})", verified=all(c.ok for c in checks),
-                   ms={"convpipe": statistics.median(m.time([x])) * 1e3})
-    else:
-        row.update(where="offline build only", verified=None, note="not run: no CUDA GPU")
-    return row
+            x = np.concatenate([ZOO[name].real_input((1,) + shape[1:])] * batch)
+            checks = compare(load(art, device="cuda").run([x]), run_onnxruntime(onnx_path, {"input": x}), 1e-3, 1e-4)
+            times = side_by_side(model_engines(art, onnx_path, {"input": x}, 1, model, device="cuda"), rounds=rounds)
+            row.update(where=f"native GPU ({gpu.device_name})", verified=all(c.ok for c in checks),
+                       max_abs_err=max(c.max_abs for c in checks), ms={k: v["median_ms"] for k, v in times.items()})
+        else:
+            row.update(where="offline build only", verified=None, note="not run: no CUDA GPU")
+        rows.append(row)
+    return rows
 
 
-def write_reports(rows, out, meta):
+#: ResNet-18's 3x3 stride-1 layers (C = K >= 64): the compute-bound 3x3 layers of the issue's GPU target
+CUDA_LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
+
+
+def bench_cuda_layers(arch, batch=32):
+    """Per-layer rows on a GPU: our kernel (the ``auto`` choice) vs PyTorch's cuDNN conv2d (when this torch has
+    CUDA), batch ``batch``, GFLOP/s and % of the FP32 peak (:func:`fp32_peak_gflops`). Empty without a GPU."""
+    import tvm
+
+    from convpipe.compiler.cuda_device import cuda_build
+    from convpipe.compiler.select import choose
+    from convpipe.schedules import Conv2dWorkload, resolve_target, rules_for
+
+    dev = _gpu()
+    if dev is None:
+        return []
+    target = resolve_target("cuda", arch=arch)
+    peak = fp32_peak_gflops(dev)
+    rows = []
+    for c, hw in CUDA_LAYERS:
+        wl = Conv2dWorkload(batch, c, hw, hw, c, 3, 3, 1, 1, 1, 1, 1, 1)
+        ch = choose(wl, target, rules_for("cuda"))
+        func = ch.rule.build(wl, target, ch.knobs).with_attr("global_symbol", "main")
+        with cuda_build(arch), target.target:
+            ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(wl.data_shape).astype("float32")
+        w = rng.standard_normal(wl.weight_shape).astype("float32")
+        args = [tvm.runtime.tensor(x, dev), tvm.runtime.tensor(ch.rule.pack_weight(w, wl, ch.knobs), dev),
+                tvm.runtime.tensor(np.zeros(wl.out_shape, "float32"), dev)]
+        ours = float(np.median(ex.mod.time_evaluator("main", dev, number=20, repeat=5)(*args).results))
+        row = {"layer": f"{c}->{c} 3x3 @{hw}", "batch": batch, "family": ch.family, "knobs": ch.knobs,
+               "ours_ms": ours * 1e3, "gflops": wl.gflop / ours, "peak_gflops": peak,
+               "pct_peak": 100 * wl.gflop / ours / peak if peak else None}
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                tx, tw = torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda()
+                torch.backends.cudnn.benchmark = True
+                for _ in range(5):
+                    torch.nn.functional.conv2d(tx, tw, padding=1)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    torch.nn.functional.conv2d(tx, tw, padding=1)
+                end.record()
+                torch.cuda.synchronize()
+                row["cudnn_ms"] = start.elapsed_time(end) / 20
+        except ImportError:
+            pass
+        rows.append(row)
+    return rows
+
+
+def write_reports(rows, out, meta, cuda_layers=()):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "bench_targets.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        json.dump({"meta": meta, "rows": rows, "cuda_layers": list(cuda_layers)}, f, indent=2)
     lines = [f"# convpipe cross-target benchmark\n", f"{meta['date']} — host: {meta['host']}; threads {meta['threads']}\n",
              "| model | target | where | input | verified | convpipe ms | onnxruntime ms | PyTorch ms | vs ORT | vs PyTorch | compile s | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ms = r.get("ms", {})
-        ours, ort, pt = ms.get("convpipe"), ms.get("onnxruntime"), ms.get("pytorch")
+        ours, ort, pt = ms.get("convpipe"), ms.get("onnxruntime", ms.get("onnxruntime-cuda")), ms.get("pytorch")
         fmt = lambda v: f"{v:.2f}" if v is not None else "—"  # noqa: E731
         note = r.get("note", "")
         if r["target"] == "cuda":
-            note = (note + f"; {r['conv_kernels']} conv kernels, max {r['max_registers']} regs, {r['spills']} B spills").strip("; ")
+            note = (note + f"; {r['kernels']} kernels ({r['conv_kernels']} in conv2d functions), "
+                           f"max {r['max_registers']} regs, {r['spills']} B spills").strip("; ")
         lines.append(
             f"| {r['model']} | {r['target']}/{r['isa']} | {r.get('where', '')} | {'x'.join(map(str, r['input'][2:]))} | "
             f"{ {True: 'yes', False: 'NO', None: '—'}[r.get('verified')] } | {fmt(ours)} | {fmt(ort)} | {fmt(pt)} | "
             f"{fmt(ort / ours) + 'x' if ours and ort else '—'} | {fmt(pt / ours) + 'x' if ours and pt else '—'} | "
             f"{r['compile_s']:.1f} | {note} |"
         )
-    lines.append("\nvs ORT / vs PyTorch: the engine's latency over convpipe's (> 1: convpipe faster), measured side by side.")
+    lines.append("\nvs ORT / vs PyTorch: the engine's latency over convpipe's (> 1: convpipe faster), measured side by side "
+                 "(on CUDA: PyTorch = cuDNN, ORT = its CUDA provider, each call synchronised).")
+    if cuda_layers:
+        lines += ["\n## CUDA 3x3 layers (ResNet-18, stride 1)\n",
+                  "| layer | batch | family | ours ms | cuDNN ms | GFLOP/s | % FP32 peak |", "|---|---|---|---|---|---|---|"]
+        for r in cuda_layers:
+            cud = f"{r['cudnn_ms']:.3f}" if r.get("cudnn_ms") else "—"
+            pct = f"{r['pct_peak']:.0f}%" if r.get("pct_peak") else "—"
+            lines.append(f"| {r['layer']} | {r['batch']} | {r['family']} | {r['ours_ms']:.3f} | {cud} | {r['gflops']:.0f} | {pct} |")
+        lines.append(f"\nFP32 peak: {cuda_layers[0]['peak_gflops']} GFLOP/s (SMs x FP32 lanes x 2 x max clock).")
     with open(os.path.join(out, "bench_targets.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     import matplotlib
@@ -197,7 +293,7 @@ def main(argv=None) -> int:
     p.add_argument("--arm-tracker", metavar="HOST:PORT")
     p.add_argument("--arm-key")
     p.add_argument("--arm-emulated", action="store_true", help="start scripts/arm_board.sh's QEMU board for the ARM rows")
-    p.add_argument("--cuda-arch", default="sm_90")
+    p.add_argument("--cuda-arch", help="CUDA arch (default: the local GPU's, else sm_90)")
     p.add_argument("--out", default="out/bench_targets")
     args = p.parse_args(argv)
     from convpipe.compiler.bench import set_threads
@@ -234,15 +330,20 @@ def main(argv=None) -> int:
                     subprocess.run(["bash", board, "stop"], check=False)
         else:
             print("arm: skipped (give --arm-remote, --arm-tracker or --arm-emulated)", file=sys.stderr)
+    layers = []
     if "cuda" in targets:
+        gpu = _gpu()
+        arch = args.cuda_arch or ("sm_" + gpu.compute_version.replace(".", "") if gpu else "sm_90")
         for name in models:
-            rows.append(bench_cuda(name, work, args.cuda_arch))
-            print(json.dumps(rows[-1]))
+            for row in bench_cuda(name, work, arch, args.rounds):
+                rows.append(row)
+                print(json.dumps(row))
+        layers = bench_cuda_layers(arch)
     import tvm
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": _host(), "threads": args.threads,
             "tvm": tvm.__version__, "models": models, "targets": targets}
-    print(write_reports(rows, args.out, meta))
+    print(write_reports(rows, args.out, meta, layers))
     return 0 if all(r.get("verified") is not False for r in rows) else 1
 
 

@@ -116,7 +116,8 @@ def test_bench_artifact_and_onnx(work):
         assert "speed-up" in p.stdout
     p = run("bench", onnx_path, "--schedule", "direct,im2col", "--threads", "1", "--rounds", "1")
     assert "convpipe[direct]" in p.stdout and "convpipe[im2col]" in p.stdout and "onnxruntime" in p.stdout
-    user_error(run("bench", art, "--schedule", "direct", ok=False), "--schedule/--layout apply when benchmarking an .onnx")
+    user_error(run("bench", art, "--schedule", "direct", ok=False), "--schedule/--layout/--target/--arch apply when benchmarking an .onnx")
+    user_error(run("bench", art, "--target", "cuda", ok=False), "apply when benchmarking an .onnx")
 
 
 # ---- bad input -------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ runs on the device and matches ``torch.nn.functional.conv2d`` on the CPU.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tvm
@@ -153,19 +155,71 @@ def test_gpu_matches_torch(family, wl):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(wl.data_shape).astype("float32")
     w = rng.standard_normal(wl.weight_shape).astype("float32")
+    from convpipe.compiler.cuda_device import cuda_build
+
     for kn in rule.candidate_knobs(wl, t)[:3]:
         func = rule.build(wl, t, kn).with_attr("global_symbol", "main")
-        with t.target:
+        with cuda_build(t.isa), t.target:
             ex = tvm.compile(tvm.IRModule({"main": func}), target=t.target)
         out = tvm.runtime.tensor(np.zeros(wl.out_shape, "float32"), dev)
         ex["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(rule.pack_weight(w, wl, kn), dev), out)
         assert_close(out.numpy(), torch_conv(x, w, wl), REL[family], f"{family} {kn}")
 
 
+def embedded_cubins(lib: bytes) -> list[tuple[str, bytes]]:
+    """``(arch, cubin)`` of every CUDA ELF image embedded in an exported library's bytes: ELF machine 190
+    (EM_CUDA); the SM version is byte 1 of ``e_flags`` (0x5a = sm_90); the image's size is the largest end of its
+    section and program header tables and sections."""
+    import struct
+
+    found, i = [], lib.find(b"\x7fELF", 1)
+    while i != -1:
+        if struct.unpack_from("<H", lib, i + 0x12)[0] == 190:
+            phoff, shoff, flags = struct.unpack_from("<QQI", lib, i + 0x20)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", lib, i + 0x36)
+            end = max(phoff + phentsize * phnum, shoff + shentsize * shnum)
+            for k in range(shnum):
+                sh_offset, sh_size = struct.unpack_from("<QQ", lib, i + shoff + k * shentsize + 0x18)
+                sh_type = struct.unpack_from("<I", lib, i + shoff + k * shentsize + 4)[0]
+                if sh_type != 8:  # SHT_NOBITS occupies no file bytes
+                    end = max(end, sh_offset + sh_size)
+            found.append((f"sm_{(flags >> 8) & 0xFF}", lib[i : i + end]))
+        i = lib.find(b"\x7fELF", i + 1)
+    return found
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_gpu(), reason="no CUDA GPU")
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "pnet"])
+def test_gpu_models_match_onnxruntime(tmp_path, name):
+    """Real models compiled for the local GPU's arch (epilogues fused), run on it through the artifact runtime and
+    the CLI's ``verify``, match onnxruntime on the CPU (batch 2, real images)."""
+    import subprocess
+    import sys
+
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.export import export_onnx
+    from convpipe.compiler.verify import compare, run_onnxruntime
+    from convpipe.compiler.zoo import ZOO
+    from convpipe.runtime import load
+
+    size = {"pnet": 120}.get(name, 224)
+    onnx_path = str(tmp_path / f"{name}.onnx")
+    export_onnx(ZOO[name].build(), (2, 3, size, size), onnx_path, source=name)
+    compile_model(onnx_path, str(tmp_path / "gpu.cpa"), "cuda")  # arch: the local GPU's
+    x = np.concatenate([ZOO[name].real_input((1, 3, size, size))] * 2)
+    checks = compare(load(str(tmp_path / "gpu.cpa")).run([x]), run_onnxruntime(onnx_path, {"input": x}), 1e-3, 1e-4)
+    assert all(c.ok for c in checks), checks
+    r = subprocess.run([sys.executable, "-m", "convpipe.cli", "verify", str(tmp_path / "gpu.cpa"), onnx_path,
+                        "--device", "cuda"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_resnet18_artifact_for_cuda(tmp_path_factory, arch):
-    """ResNet-18 compiles for CUDA end to end (our conv2d kernels + TVM's dlight for the rest); the artifact
-    carries a cubin for the requested arch whose conv2d kernels spill no registers."""
+    """ResNet-18 compiles for CUDA end to end (our conv2d kernels + TVM's dlight for the rest); the library embeds
+    a cubin for the requested arch (the one the manifest names) whose conv2d kernels spill no registers."""
+    import hashlib
     import json
 
     from convpipe.compiler.build import compile_model
@@ -178,12 +232,89 @@ def test_resnet18_artifact_for_cuda(tmp_path_factory, arch):
     res = compile_model(onnx_path, str(d / "r18.cpa"), "cuda", "auto", arch=arch)
     m = json.load(open(d / "r18.cpa" / "manifest.json"))
     assert m["target"]["isa"] == arch and m["device_code"]["arch"] == arch
-    assert (d / "r18.cpa" / "device.cubin").stat().st_size > 0
+    cubins = embedded_cubins((d / "r18.cpa" / "model.so").read_bytes())
+    assert [a for a, _ in cubins] == [arch]
+    assert [hashlib.sha256(b).hexdigest() for _, b in cubins] == m["device_code"]["binary_sha256"]
+    assert "__global__" in (d / "r18.cpa" / "device.cu").read_text()
     assert {layer["family"] for layer in res.manifest["conv2d"]} >= {"direct", "winograd"}
-    conv_kernels = [k for k in m["device_code"]["kernels"] if k["kernel"].startswith("conv2d_")]
+    conv_kernels = [k for k in m["device_code"]["kernels"] if "conv2d_" in k["kernel"]]
     assert len(conv_kernels) >= 11
     spilled = [k for k in conv_kernels if k["spill_stores"] or k["spill_loads"]]
     assert not spilled, spilled
+
+
+_LOAD_WITHOUT_COMPILER = """
+import sys
+from convpipe.compiler.cuda_device import ensure_module_factory
+print("factory:", ensure_module_factory())
+import tvm, tvm_ffi
+def refuse(source):
+    raise RuntimeError("a compiler was called at load time")
+tvm_ffi.register_global_func("tvm_callback_cuda_compile", refuse, override=True)
+def kinds(m):
+    return [m.kind] + [k for s in m.imports for k in kinds(s)]
+print("cuda modules:", kinds(tvm.runtime.load_module(sys.argv[1])).count("cuda"))
+"""
+
+_SOURCE_ONLY_LIBRARY = """
+import sys
+import tvm
+from tvm import te
+a = te.placeholder((64,), name="a")
+b = te.compute((64,), lambda i: a[i] * 2, name="b")
+sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+(i,) = sch.get_loops(sch.get_sblock("b"))
+bx, tx = sch.split(i, [None, 32])
+sch.bind(bx, "blockIdx.x")
+sch.bind(tx, "threadIdx.x")
+t = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+with t:
+    tvm.compile(sch.mod, target=t).export_library(sys.argv[1])
+"""
+
+
+def test_cuda_library_loads_without_a_compiler(tmp_path):
+    """The deployed CUDA library holds the binary: TVM's real CUDA loader (``ffi.Module.load_from_bytes.cuda``,
+    made available without a driver by the build-time stub) loads it while every compile callback raises. The
+    control -- a library whose CUDA module holds source, as TVM writes it where its CUDA runtime is not loaded --
+    fails under the same loader, so the check can fail."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.export import export_onnx
+
+    onnx_path = str(tmp_path / "m.onnx")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
+    export_onnx(net, (1, 3, 16, 16), onnx_path)
+    compile_model(onnx_path, str(tmp_path / "gpu.cpa"), "cuda", arch="sm_80")
+
+    def load(lib):
+        return subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_COMPILER, lib], capture_output=True, text=True)
+
+    r = load(str(tmp_path / "gpu.cpa" / "model.so"))
+    assert r.returncode == 0 and "cuda modules: 1" in r.stdout, r.stdout + r.stderr
+    src_lib = str(tmp_path / "source_only.so")
+    env = dict(os.environ, TVM_COMPILE_FORCE_FALLBACK="1")
+    subprocess.run([sys.executable, "-c", _SOURCE_ONLY_LIBRARY, src_lib], check=True, env=env)
+    r = load(src_lib)
+    assert r.returncode != 0 and "a compiler was called at load time" in r.stderr, r.stdout + r.stderr
+
+
+def test_cuda_arch_compatibility():
+    """A cubin runs on the same major version with an equal or higher minor; sm_XXa only on that GPU."""
+    from convpipe.runtime.module import cuda_arch_mismatch
+
+    assert cuda_arch_mismatch("sm_80", "8.0") is None
+    assert cuda_arch_mismatch("sm_80", "8.9") is None
+    assert cuda_arch_mismatch("sm_90", "9.0") is None
+    assert "recompile with --target cuda --arch sm_80" in cuda_arch_mismatch("sm_90", "8.0")
+    assert "this GPU is sm_90" in cuda_arch_mismatch("sm_80", "9.0")
+    assert cuda_arch_mismatch("sm_86", "8.0") is not None
+    assert cuda_arch_mismatch("sm_90a", "9.0") is None
+    assert cuda_arch_mismatch("sm_90a", "10.0") is not None
 
 
 @pytest.mark.skipif(_has_gpu(), reason="a CUDA GPU is present, so the no-GPU error cannot occur")
@@ -205,3 +336,62 @@ def test_cuda_artifact_without_gpu_is_a_clear_error(tmp_path):
     compile_model(onnx_path, str(tmp_path / "cpu.cpa"), "x86")
     with pytest.raises(ConvpipeError, match="asked to run on device 'cuda'"):
         load(str(tmp_path / "cpu.cpa"), device="cuda")
+
+
+@pytest.fixture
+def x86_rpc_server():
+    """A TVM RPC server on this host (``python -m tvm.exec.rpc_server``): a remote without a CUDA GPU."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+         str(port + 1)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(_has_gpu(), reason="a CUDA GPU is present here, so the RPC server would have one")
+def test_remote_without_gpu(tmp_path, x86_rpc_server):
+    """``--remote`` with a CUDA artifact on a server without a GPU fails before any upload, naming the cause; the
+    same server runs an x86 artifact (``--device cpu``) and ``verify`` passes through it."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.export import export_onnx
+
+    onnx_path = str(tmp_path / "m.onnx")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    export_onnx(net, (1, 3, 12, 12), onnx_path)
+    compile_model(onnx_path, str(tmp_path / "gpu.cpa"), "cuda", arch="sm_90")
+    compile_model(onnx_path, str(tmp_path / "cpu.cpa"), "x86")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "convpipe.cli", *args], capture_output=True, text=True, timeout=300)
+
+    r = cli("run", str(tmp_path / "gpu.cpa"), "--remote", x86_rpc_server, "--timeout", "20")
+    assert r.returncode != 0 and "RPC server has no usable CUDA GPU" in r.stderr, r.stdout + r.stderr
+    r = cli("verify", str(tmp_path / "cpu.cpa"), onnx_path, "--remote", x86_rpc_server, "--timeout", "20")
+    assert r.returncode == 0 and "all outputs match onnxruntime" in r.stdout, r.stdout + r.stderr
+    r = cli("run", str(tmp_path / "cpu.cpa"), "--remote", x86_rpc_server, "--device", "cuda", "--timeout", "20")
+    assert r.returncode != 0 and "no usable CUDA GPU" in r.stderr, r.stdout + r.stderr
