@@ -11,7 +11,8 @@ sets it on every function a rule schedules.
 - CUDA: TVM's default CUDA pipeline (``relax/backend/cuda/pipeline.py``) with
   :class:`convpipe.schedules.cuda.ConvEpilogueCUDA` first among its dlight rules (:func:`cuda_schedule_passes`).
 
-Constant folding before conv2d lowering (:func:`pre_lowering`) is common to both."""
+Constant folding and the decomposition of inference BatchNorm before conv2d lowering (:func:`pre_lowering`) are
+common to both."""
 
 from __future__ import annotations
 
@@ -25,8 +26,15 @@ from convpipe.schedules import TargetInfo
 
 
 def pre_lowering(mod: tvm.IRModule) -> tvm.IRModule:
-    """Fold constant subgraphs (e.g. the transpose of a Gemm weight) before our conv2d lowering."""
-    return relax.transform.FoldConstant()(mod)
+    """Before conv2d lowering: rewrite inference-mode ``nn.batch_norm`` (an ONNX BatchNormalization the exporter
+    could not fold into a conv, e.g. one after a ReLU) into element-wise ops on constants
+    (``DecomposeOpsForInference``; ``CanonicalizeBindings`` unpacks the tuple it leaves, which would otherwise
+    stop FuseOps), so FuseOps groups them into the preceding conv2d's epilogue; then fold constant subgraphs
+    (BatchNorm's ``sqrt(var + eps)``, the transpose of a Gemm weight, ...)."""
+    seq = tvm.transform.Sequential(
+        [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()]
+    )
+    return seq(mod)
 
 
 def relax_pipeline(target: TargetInfo) -> tvm.transform.Pass:
