@@ -270,13 +270,13 @@ def run_remote(
         ConvpipeError: upload/load/run failed on the server, or it has no CUDA GPU for ``device="cuda"``.
     """
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
 
     arrays = _as_list(inputs)
     dev = remote_device(session, device)
     rmod = upload(session, lib_path)
     try:
-        vm = relax.VirtualMachine(rmod, dev)
+        vm = VirtualMachine(rmod, dev)
         # set_input/invoke_stateful/get_outputs: a tuple result comes back element by element (a tuple
         # returned directly is a remote object the host cannot iterate)
         vm.set_input(func, *[tvm.runtime.tensor(a, dev) for a in arrays])
@@ -307,12 +307,12 @@ def time_remote(
     ARM performance.
     """
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
 
     arrays = _as_list(inputs)
     dev = remote_device(session, device)
     rmod = upload(session, lib_path)
-    vm = relax.VirtualMachine(rmod, dev)
+    vm = VirtualMachine(rmod, dev)
     vm.set_input(func, *[tvm.runtime.tensor(a, dev) for a in arrays])
     fn = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)
     return list(fn(func).results)

@@ -11,7 +11,7 @@ given, else (if unset) to ``os.cpu_count()`` -- TVM's own default counts one per
 read when the pool starts (the first run in the process).
 
 Thread safety: one :class:`Module` may be shared by several threads. The loaded library (kernels and constant
-weights) is shared; each thread gets its own ``relax.VirtualMachine`` (created on that thread's first
+weights) is shared; each thread gets its own Relax ``VirtualMachine`` (created on that thread's first
 :meth:`Module.run`), because a VM keeps per-call state (registers, allocated intermediate tensors).
 """
 
@@ -83,6 +83,9 @@ def check_target(manifest: dict, device: str) -> None:
     elif arch == "cuda":
         if device != "cuda":
             raise ConvpipeError(f"artifact built for CUDA {isa}, asked to run on device {device!r}")
+        why = load_cuda_runtime()
+        if why:
+            raise ConvpipeError(f"artifact built for CUDA {isa}, but no CUDA GPU is present ({why})")
         dev = tvm.cuda(0)
         if not dev.exist:
             raise ConvpipeError(f"artifact built for CUDA {isa}, but no CUDA GPU is present")
@@ -91,6 +94,32 @@ def check_target(manifest: dict, device: str) -> None:
             raise ConvpipeError(bad)
     else:
         raise ConvpipeError(f"artifact has unknown target arch {arch!r}")
+
+
+def load_cuda_runtime() -> str | None:
+    """Make sure TVM's CUDA runtime (``tvm/lib/libtvm_runtime_cuda.so``) is loaded; ``None`` when it is, else why
+    it cannot be (e.g. no CUDA driver ``libcuda.so.1``).
+
+    ``import tvm`` loads it itself, except in a runtime-only TVM (``TVM_USE_RUNTIME_LIB=1``, or a deployment
+    without ``libtvm_compiler.so``), which loads no device backends: this does what
+    ``tvm/backend/cuda/__init__.py: register_backend`` does."""
+    import tvm_ffi
+
+    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is not None:
+        return None
+    from pathlib import Path
+
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm", target_name="tvm_runtime_cuda",
+            extra_lib_paths=[Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent], mode="RTLD_LOCAL",
+        )
+    except (OSError, FileNotFoundError, RuntimeError) as e:
+        return f"TVM's CUDA runtime cannot be loaded: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+    return None
 
 
 def cuda_arch_mismatch(arch: str, compute_version: str) -> str | None:
@@ -186,9 +215,9 @@ class Module:
     def _vm(self):
         vm = getattr(self._local, "vm", None)
         if vm is None:
-            from tvm import relax
+            from tvm.runtime.vm import VirtualMachine
 
-            vm = self._local.vm = relax.VirtualMachine(self._lib, self._dev)
+            vm = self._local.vm = VirtualMachine(self._lib, self._dev)
         return vm
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -221,10 +250,10 @@ class Module:
         inputs already on the device). Uses a VM of its own: one that was given ``set_input`` only takes
         ``invoke_stateful`` calls afterwards, so the thread's VM for :meth:`run` must not be used."""
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine
 
         arrays = self.check_inputs(inputs)
-        vm = relax.VirtualMachine(self._lib, self._dev)
+        vm = VirtualMachine(self._lib, self._dev)
         args = [tvm.runtime.tensor(a, self._dev) for a in arrays]
         vm.set_input("main", *args)
         fn = vm.time_evaluator("invoke_stateful", self._dev, number=number, repeat=repeat)

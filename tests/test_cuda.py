@@ -244,16 +244,20 @@ def test_resnet18_artifact_for_cuda(tmp_path_factory, arch):
 
 
 _LOAD_WITHOUT_COMPILER = """
-import sys
-from convpipe.compiler.cuda_device import ensure_module_factory
-print("factory:", ensure_module_factory())
+import ctypes, sys
+ctypes.CDLL(sys.argv[2], mode=ctypes.RTLD_GLOBAL)  # the build-time stub plays the driver (no GPU here)
 import tvm, tvm_ffi
+assert tvm.base._RUNTIME_ONLY, "expected a runtime-only TVM"
+from convpipe.runtime.module import load_cuda_runtime
+assert load_cuda_runtime() is None
 def refuse(source):
     raise RuntimeError("a compiler was called at load time")
 tvm_ffi.register_global_func("tvm_callback_cuda_compile", refuse, override=True)
 def kinds(m):
     return [m.kind] + [k for s in m.imports for k in kinds(s)]
 print("cuda modules:", kinds(tvm.runtime.load_module(sys.argv[1])).count("cuda"))
+maps = open("/proc/self/maps").read()
+print("compiler library mapped:", "libtvm_compiler" in maps)
 """
 
 _SOURCE_ONLY_LIBRARY = """
@@ -274,10 +278,11 @@ with t:
 
 
 def test_cuda_library_loads_without_a_compiler(tmp_path):
-    """The deployed CUDA library holds the binary: TVM's real CUDA loader (``ffi.Module.load_from_bytes.cuda``,
-    made available without a driver by the build-time stub) loads it while every compile callback raises. The
-    control -- a library whose CUDA module holds source, as TVM writes it where its CUDA runtime is not loaded --
-    fails under the same loader, so the check can fail."""
+    """The deployed CUDA library holds the binary: a runtime-only TVM (``TVM_USE_RUNTIME_LIB=1``: no
+    libtvm_compiler.so, as a deployment would ship it) with the CUDA runtime loaded by convpipe's runtime (the
+    build-time stub standing in for the driver) loads it while every compile callback raises. The control -- a
+    library whose CUDA module holds source, as TVM writes it where its CUDA runtime is not loaded -- fails under
+    the same loader, so the check can fail."""
     import subprocess
     import sys
 
@@ -291,11 +296,16 @@ def test_cuda_library_loads_without_a_compiler(tmp_path):
     export_onnx(net, (1, 3, 16, 16), onnx_path)
     compile_model(onnx_path, str(tmp_path / "gpu.cpa"), "cuda", arch="sm_80")
 
+    from convpipe.compiler.cuda_device import stub_library
+
     def load(lib):
-        return subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_COMPILER, lib], capture_output=True, text=True)
+        env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+        return subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_COMPILER, lib, stub_library()],
+                              capture_output=True, text=True, env=env)
 
     r = load(str(tmp_path / "gpu.cpa" / "model.so"))
     assert r.returncode == 0 and "cuda modules: 1" in r.stdout, r.stdout + r.stderr
+    assert "compiler library mapped: False" in r.stdout, r.stdout
     src_lib = str(tmp_path / "source_only.so")
     env = dict(os.environ, TVM_COMPILE_FORCE_FALLBACK="1")
     subprocess.run([sys.executable, "-c", _SOURCE_ONLY_LIBRARY, src_lib], check=True, env=env)

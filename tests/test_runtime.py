@@ -174,6 +174,33 @@ def test_runtime_needs_only_tvm_and_numpy(artifact):
     assert "ran ['output0', 'output1'] []" in p.stdout
 
 
+RUNTIME_ONLY = r"""
+import sys
+import numpy as np
+import tvm
+assert tvm.base._RUNTIME_ONLY
+import convpipe.runtime as rt
+m = rt.load(sys.argv[1])
+np.savez(sys.argv[2], **m.run([np.linspace(-1, 1, 360, dtype="float32").reshape(1, 3, 10, 12)]))
+print("compiler library mapped:", "libtvm_compiler" in open("/proc/self/maps").read())
+"""
+
+
+def test_runtime_only_tvm(artifact, tmp_path):
+    """A deployment needs only TVM's runtime: with ``TVM_USE_RUNTIME_LIB=1`` (libtvm_compiler.so never loaded,
+    TVM's compiler Python packages unimportable) the artifact runs and gives the same outputs as in full TVM."""
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    out = str(tmp_path / "out.npz")
+    p = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, artifact[0], out], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "compiler library mapped: False" in p.stdout
+    ref = load(artifact[0]).run([np.linspace(-1, 1, 360, dtype="float32").reshape(1, 3, 10, 12)])
+    got = np.load(out)
+    for name, a in ref.items():
+        np.testing.assert_array_equal(got[name], a)
+
+
 def test_failed_compile_leaves_nothing(artifact, tmp_path):
     from onnx import TensorProto, helper, save
 
