@@ -119,22 +119,14 @@ def ensure_module_factory() -> str:
     if not _driver_present():
         _stub_handle = ctypes.CDLL(stub_library(), mode=ctypes.RTLD_GLOBAL)
         how = "stub"
-    from pathlib import Path
+    from convpipe.runtime.module import load_cuda_runtime
 
-    from tvm.base import _LOADED_LIBS
-    from tvm_ffi.libinfo import load_lib_ctypes
-
-    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    try:
-        # as tvm/backend/cuda/__init__.py: register_backend() does at import time
-        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
-            package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL"
-        )
-    except (OSError, FileNotFoundError, RuntimeError) as e:
+    why = load_cuda_runtime()
+    if why:
         raise ConvpipeError(
-            f"cannot load TVM's CUDA runtime (libtvm_runtime_cuda.so) to embed device code: {e}. It needs the "
-            "CUDA 13 runtime library libcudart.so.13 (CUDA toolkit, or pip nvidia-cuda-runtime)"
-        ) from None
+            f"cannot embed CUDA device code: {why}. TVM's CUDA runtime needs the CUDA 13 runtime library "
+            "libcudart.so.13 (CUDA toolkit, or pip nvidia-cuda-runtime)"
+        )
     if not factory_registered():
         raise ConvpipeError(f"libtvm_runtime_cuda.so loaded but registered no {_FACTORY!r}")
     return how

@@ -116,19 +116,6 @@ def _gpu():
     return dev if dev.exist else None
 
 
-#: FP32 FMA lanes per SM (CUDA C Programming Guide, "Arithmetic Instructions" throughput table)
-FP32_LANES_PER_SM = {(8, 0): 64, (8, 6): 128, (8, 7): 128, (8, 9): 128, (9, 0): 128}
-
-
-def fp32_peak_gflops(dev) -> float | None:
-    """The GPU's FP32 FMA peak: SMs x FP32 lanes per SM x 2 FLOP x max SM clock (GFLOP/s); None if unknown."""
-    major, minor = (int(v) for v in dev.compute_version.split("."))
-    lanes = FP32_LANES_PER_SM.get((major, minor))
-    if lanes is None:
-        return None
-    return dev.multi_processor_count * lanes * 2 * dev.max_clock_rate * 1e3 / 1e9
-
-
 def bench_cuda(name, work, arch, rounds, batches=(1, 32)):
     """Rows for ``name`` on CUDA: offline, the batch-1 build (registers, spills); on a GPU, per batch, verified
     against onnxruntime (CPU) and timed side by side with PyTorch (cuDNN, when this torch has CUDA) and
@@ -172,59 +159,16 @@ def bench_cuda(name, work, arch, rounds, batches=(1, 32)):
     return rows
 
 
-#: ResNet-18's 3x3 stride-1 layers (C = K >= 64): the compute-bound 3x3 layers of the issue's GPU target
-CUDA_LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
-
-
-def bench_cuda_layers(arch, batch=32):
-    """Per-layer rows on a GPU: our kernel (the ``auto`` choice) vs PyTorch's cuDNN conv2d (when this torch has
-    CUDA), batch ``batch``, GFLOP/s and % of the FP32 peak (:func:`fp32_peak_gflops`). Empty without a GPU."""
-    import tvm
-
-    from convpipe.compiler.cuda_device import cuda_build
-    from convpipe.compiler.select import choose
-    from convpipe.schedules import Conv2dWorkload, resolve_target, rules_for
-
-    dev = _gpu()
-    if dev is None:
+def bench_cuda_layers(arch, work):
+    """ResNet-18's 3x3 layers at batch 32 on the GPU, ours vs cuDNN and % of the FP32 peak: the kernels and the
+    timing of ``scripts/gpu_kit.py`` (one implementation). Empty without a GPU."""
+    if _gpu() is None:
         return []
-    target = resolve_target("cuda", arch=arch)
-    peak = fp32_peak_gflops(dev)
-    rows = []
-    for c, hw in CUDA_LAYERS:
-        wl = Conv2dWorkload(batch, c, hw, hw, c, 3, 3, 1, 1, 1, 1, 1, 1)
-        ch = choose(wl, target, rules_for("cuda"))
-        func = ch.rule.build(wl, target, ch.knobs).with_attr("global_symbol", "main")
-        with cuda_build(arch), target.target:
-            ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal(wl.data_shape).astype("float32")
-        w = rng.standard_normal(wl.weight_shape).astype("float32")
-        args = [tvm.runtime.tensor(x, dev), tvm.runtime.tensor(ch.rule.pack_weight(w, wl, ch.knobs), dev),
-                tvm.runtime.tensor(np.zeros(wl.out_shape, "float32"), dev)]
-        ours = float(np.median(ex.mod.time_evaluator("main", dev, number=20, repeat=5)(*args).results))
-        row = {"layer": f"{c}->{c} 3x3 @{hw}", "batch": batch, "family": ch.family, "knobs": ch.knobs,
-               "ours_ms": ours * 1e3, "gflops": wl.gflop / ours, "peak_gflops": peak,
-               "pct_peak": 100 * wl.gflop / ours / peak if peak else None}
-        try:
-            import torch
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from gpu_kit import build_layers, run_layers
 
-            if torch.cuda.is_available():
-                tx, tw = torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda()
-                torch.backends.cudnn.benchmark = True
-                for _ in range(5):
-                    torch.nn.functional.conv2d(tx, tw, padding=1)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(20):
-                    torch.nn.functional.conv2d(tx, tw, padding=1)
-                end.record()
-                torch.cuda.synchronize()
-                row["cudnn_ms"] = start.elapsed_time(end) / 20
-        except ImportError:
-            pass
-        rows.append(row)
-    return rows
+    build_layers(work, arch)
+    return run_layers(os.path.join(work, "layers"))
 
 
 def write_reports(rows, out, meta, cuda_layers=()):
@@ -338,7 +282,7 @@ def main(argv=None) -> int:
             for row in bench_cuda(name, work, arch, args.rounds):
                 rows.append(row)
                 print(json.dumps(row))
-        layers = bench_cuda_layers(arch)
+        layers = bench_cuda_layers(arch, work)
     import tvm
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": _host(), "threads": args.threads,

@@ -136,7 +136,7 @@ def build_layers(kit: str, arch: str, batch: int = 32) -> None:
         lib = f"conv_{c}_{hw}.so"
         with cuda_build(arch), target.target:
             tvm.compile(tvm.IRModule({"main": func}), target=target.target).export_library(os.path.join(d, lib))
-        meta.append({"layer": f"{c}->{c} 3x3 @{hw}", "lib": lib, "family": ch.family, "knobs": ch.knobs,
+        meta.append({"layer": f"{c}->{c} 3x3 @{hw}", "batch": batch, "lib": lib, "family": ch.family, "knobs": ch.knobs,
                      "data": list(wl.data_shape), "packed_weight": list(ch.rule.packed_weight_shape(wl, ch.knobs)),
                      "weight": list(wl.weight_shape), "out": list(wl.out_shape), "gflop": wl.gflop})
     with open(os.path.join(d, "layers.json"), "w") as f:

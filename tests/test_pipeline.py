@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from tvm import relax
 
 from convpipe.compiler.build import compile_model, prepare
 from convpipe.compiler.export import export_onnx
