@@ -405,3 +405,8 @@ def test_remote_without_gpu(tmp_path, x86_rpc_server):
     assert r.returncode == 0 and "all outputs match onnxruntime" in r.stdout, r.stdout + r.stderr
     r = cli("run", str(tmp_path / "cpu.cpa"), "--remote", x86_rpc_server, "--device", "cuda", "--timeout", "20")
     assert r.returncode != 0 and "no usable CUDA GPU" in r.stderr, r.stdout + r.stderr
+    r = cli("tune", onnx_path, "--target", "cuda", "--arch", "sm_90", "--db", str(tmp_path / "db.json"))
+    assert r.returncode != 0 and "tuning for CUDA measures on a GPU: none is present here" in r.stderr, r.stderr
+    r = cli("tune", onnx_path, "--target", "cuda", "--arch", "sm_90", "--db", str(tmp_path / "db.json"),
+            "--remote", x86_rpc_server, "--budget-s", "30")
+    assert r.returncode != 0 and "no usable CUDA GPU" in r.stdout + r.stderr, r.stdout + r.stderr
