@@ -374,9 +374,9 @@ def make_measure(
     """A ``measure(rule, wl, target, knobs) -> seconds`` for ``compiler.tune.tune_workloads`` that times each
     candidate kernel on the board: build, cross-compile (``cc``), upload, median of the board-side
     ``time_evaluator``. For a CUDA target the candidate's device code is compiled by nvcc for the target's arch
-    (embedded in the library) and timed on the server's GPU 0 (a remote GPU host is x86-64). One RPC session is opened now (errors as :func:`connect`; or pass an open ``session``)
-    and reused -- a TVM RPC server serves one session at a time; a temporary
-    directory holds the libraries. On an emulated board the ranking is only indicative (QEMU's costs are not a
+    (embedded in the library) and timed on the server's GPU 0 (a remote GPU host is x86-64). One RPC session is
+    opened now (errors as :func:`connect`; or pass an open ``session``) and reused -- a TVM RPC server serves
+    one session at a time; a temporary directory holds the libraries. On an emulated board the ranking is only indicative (QEMU's costs are not a
     Cortex-A72's).
     """
     import tempfile

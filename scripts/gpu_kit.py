@@ -79,8 +79,11 @@ def build_site(site: str, python: str) -> None:
         for whl in glob.glob(os.path.join(d, "*.whl")):
             with zipfile.ZipFile(whl) as z:
                 z.extractall(site)
+        src = os.path.join(d, "convpipe-src")  # build from a copy: setuptools leaves build/ beside the sources
+        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", ".cache", "out", ".gpukit", "build",
+                                                                  "*.egg-info", "__pycache__", "docs"))
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", site, REPO], check=True)
+                        "--target", site, src], check=True)
     os.remove(os.path.join(site, "tvm", "lib", "libtvm_compiler.so"))
     # C++ headers and sources (CUTLASS, DLPack, runtime sources) serve only compilation
     for sub in (("tvm", "3rdparty"), ("tvm", "src"), ("tvm_ffi", "3rdparty"), ("tvm_ffi", "include"), ("tvm_ffi", "src")):
