@@ -242,6 +242,12 @@ def cmd_inspect(args) -> int:
     for kind in ("inputs", "outputs"):
         con.print(f"{kind}: " + ", ".join(f"{i['name']} {i['dtype']}{list(i['shape'])}" for i in m[kind]))
     con.print(f"activation layout between convs: {m.get('layout', 'NCHW')} (model inputs and outputs as in the ONNX)")
+    if "device_code" in m:
+        dc, ks = m["device_code"], m["device_code"]["kernels"]
+        spills = sum(k["spill_stores"] + k["spill_loads"] for k in ks)
+        con.print(f"device code: {dc['arch']} {dc['format']} ({dc['binary_bytes'] / 1024:.0f} KiB) embedded in "
+                  f"{dc['embedded_in']}; {len(ks)} kernel{'s' if len(ks) != 1 else ''}, max {max(k['registers'] for k in ks)} registers/thread, "
+                  f"max {max(k['smem_bytes'] for k in ks)} B shared memory, {spills} B spilled; source {dc['source']}")
     con.print(_layer_table(m["conv2d"], "conv2d layers"))
     return 0
 

@@ -303,6 +303,9 @@ def test_cuda_library_loads_without_a_compiler(tmp_path):
         return subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_COMPILER, lib, stub_library()],
                               capture_output=True, text=True, env=env)
 
+    info = subprocess.run([sys.executable, "-m", "convpipe.cli", "inspect", str(tmp_path / "gpu.cpa")],
+                          capture_output=True, text=True)
+    assert info.returncode == 0 and "device code: sm_80 cubin" in info.stdout and "0 B spilled" in info.stdout, info
     r = load(str(tmp_path / "gpu.cpa" / "model.so"))
     assert r.returncode == 0 and "cuda modules: 1" in r.stdout, r.stdout + r.stderr
     assert "compiler library mapped: False" in r.stdout, r.stdout
