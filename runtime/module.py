@@ -112,14 +112,45 @@ def load_cuda_runtime() -> str | None:
     from tvm.base import _LOADED_LIBS
     from tvm_ffi.libinfo import load_lib_ctypes
 
-    try:
+    def load():
         _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
             package="tvm", target_name="tvm_runtime_cuda",
             extra_lib_paths=[Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent], mode="RTLD_LOCAL",
         )
+
+    try:
+        load()
     except (OSError, FileNotFoundError, RuntimeError) as e:
-        return f"TVM's CUDA runtime cannot be loaded: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else str(e)
+        if "libcudart" not in msg or not _preload_cudart():
+            return f"TVM's CUDA runtime cannot be loaded: {msg}"
+        try:
+            load()
+        except (OSError, FileNotFoundError, RuntimeError) as e2:
+            return f"TVM's CUDA runtime cannot be loaded: {str(e2).strip().splitlines()[-1]}"
     return None
+
+
+def _preload_cudart() -> bool:
+    """Load ``libcudart.so.13`` (which ``libtvm_runtime_cuda.so`` links) from a CUDA toolkit (``$CUDA_HOME``,
+    ``$CUDA_PATH``, ``/usr/local/cuda``) or a pip ``nvidia-cuda-runtime`` package when the dynamic loader's path
+    does not have it; True if one was loaded."""
+    import ctypes
+    import glob
+    import sys
+
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    candidates = [os.path.join(r, sub, "libcudart.so.13") for r in roots if r for sub in ("lib64", "lib")]
+    for p in sys.path:
+        candidates += sorted(glob.glob(os.path.join(p, "nvidia", "*", "lib", "libcudart.so.13")))
+    for c in candidates:
+        if os.path.isfile(c):
+            try:
+                ctypes.CDLL(c, mode=ctypes.RTLD_GLOBAL)
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def cuda_arch_mismatch(arch: str, compute_version: str) -> str | None:

@@ -7,7 +7,8 @@ runtime-only TVM (``TVM_USE_RUNTIME_LIB=1`` or no ``libtvm_compiler.so``), so th
 toolchain are needed only where we compile. The kit holds:
 
 - ``site/``: the pinned ``apache-tvm`` without ``libtvm_compiler.so`` (runtime only, ~6.5 MB compressed),
-  ``apache-tvm-ffi`` for the GPU host's Python (``--python``, default 3.12) and the ``convpipe`` package;
+  ``apache-tvm-ffi`` and TVM's other requirements but NumPy for the GPU host's Python (``--python``, default
+  3.12), and the ``convpipe`` package;
 - ``models/NAME_bB/``: the CUDA artifact of each requested model at batch B, a real input (``input.npy``) and
   onnxruntime's outputs for it computed here on the CPU (``reference.npz``); with ``--with-onnx`` also the ONNX
   file, for onnxruntime's CUDA provider where the GPU host has it;
@@ -68,11 +69,16 @@ def _pinned(name: str) -> str:
 
 
 def build_site(site: str, python: str) -> None:
-    """Runtime-only TVM + tvm-ffi for ``python`` (e.g. ``3.12``) + convpipe, unpacked into ``site``."""
+    """Runtime-only TVM + tvm-ffi (+ typing_extensions, ml_dtypes) for ``python`` (e.g. ``3.12``) + convpipe,
+    unpacked into ``site``; the host brings NumPy."""
     tag = python.replace(".", "")
     with tempfile.TemporaryDirectory() as d:
         plat = [f"--platform=manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28)] + ["--platform=manylinux2014_x86_64"]
-        for spec in (f"apache-tvm=={_pinned('apache-tvm')}", f"apache-tvm-ffi=={_pinned('apache-tvm-ffi')}"):
+        from importlib.metadata import version
+
+        # TVM's and tvm-ffi's own requirements besides NumPy, at the versions this environment runs
+        deps = [f"{n}=={version(n)}" for n in ("typing_extensions", "ml_dtypes")]
+        for spec in (f"apache-tvm=={_pinned('apache-tvm')}", f"apache-tvm-ffi=={_pinned('apache-tvm-ffi')}", *deps):
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                             f"--python-version={python}", "--implementation=cp", f"--abi=cp{tag}", "--abi=none",
                             *plat, "-d", d, spec], check=True)
