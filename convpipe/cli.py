@@ -247,7 +247,9 @@ def cmd_inspect(args) -> int:
         spills = sum(k["spill_stores"] + k["spill_loads"] for k in ks)
         con.print(f"device code: {dc['arch']} {dc['format']} ({dc['binary_bytes'] / 1024:.0f} KiB) embedded in "
                   f"{dc['embedded_in']}; {len(ks)} kernel{'s' if len(ks) != 1 else ''}, max {max(k['registers'] for k in ks)} registers/thread, "
-                  f"max {max(k['smem_bytes'] for k in ks)} B shared memory, {spills} B spilled; source {dc['source']}")
+                  f"max {max(k['smem_bytes'] for k in ks)} B shared memory, {spills} B spilled, theoretical "
+                  f"occupancy {min(k.get('occupancy', 0) for k in ks):.0%} to {max(k.get('occupancy', 0) for k in ks):.0%}; "
+                  f"source {dc['source']}")
     con.print(_layer_table(m["conv2d"], "conv2d layers"))
     return 0
 

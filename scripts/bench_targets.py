@@ -142,7 +142,8 @@ def bench_cuda(name, work, arch, rounds, batches=(1, 32)):
             "model": name, "target": "cuda", "isa": arch, "input": list(shape), "compile_s": compile_s,
             "kernels": len(kernels), "conv_kernels": len(conv),
             "max_registers": max((k["registers"] for k in conv), default=0),
-            "spills": sum(k["spill_stores"] + k["spill_loads"] for k in conv), "ms": {},
+            "spills": sum(k["spill_stores"] + k["spill_loads"] for k in conv),
+            "min_occupancy": min((k.get("occupancy", 0) for k in conv), default=0), "ms": {},
         }
         if gpu:
             from convpipe.compiler.verify import compare, run_onnxruntime
@@ -185,7 +186,8 @@ def write_reports(rows, out, meta, cuda_layers=()):
         note = r.get("note", "")
         if r["target"] == "cuda":
             note = (note + f"; {r['kernels']} kernels ({r['conv_kernels']} in conv2d functions), "
-                           f"max {r['max_registers']} regs, {r['spills']} B spills").strip("; ")
+                           f"max {r['max_registers']} regs, {r['spills']} B spills, "
+                           f"min occupancy {r.get('min_occupancy', 0):.0%}").strip("; ")
         lines.append(
             f"| {r['model']} | {r['target']}/{r['isa']} | {r.get('where', '')} | {'x'.join(map(str, r['input'][2:]))} | "
             f"{ {True: 'yes', False: 'NO', None: '—'}[r.get('verified')] } | {fmt(ours)} | {fmt(ort)} | {fmt(pt)} | "

@@ -241,6 +241,7 @@ def test_resnet18_artifact_for_cuda(tmp_path_factory, arch):
     assert len(conv_kernels) >= 11
     spilled = [k for k in conv_kernels if k["spill_stores"] or k["spill_loads"]]
     assert not spilled, spilled
+    assert all(k["threads"] > 0 and 0 < k["occupancy"] <= 1 for k in m["device_code"]["kernels"]), m["device_code"]
 
 
 _LOAD_WITHOUT_COMPILER = """
@@ -314,6 +315,17 @@ def test_cuda_library_loads_without_a_compiler(tmp_path):
     subprocess.run([sys.executable, "-c", _SOURCE_ONLY_LIBRARY, src_lib], check=True, env=env)
     r = load(src_lib)
     assert r.returncode != 0 and "a compiler was called at load time" in r.stderr, r.stdout + r.stderr
+
+
+def test_occupancy():
+    """Theoretical occupancy by the CUDA Occupancy Calculator's rules (hand-computed cases)."""
+    assert C.occupancy("sm_90", 256, 32, 0) == 1.0  # thread-limited: 8 blocks x 256 = 2048
+    assert C.occupancy("sm_90", 256, 128, 0) == 0.25  # 128 regs x 256 threads: 2 blocks per SM
+    assert C.occupancy("sm_80", 128, 64, 40000) == 0.25  # shared memory: 164 KiB / (40000 + 1024) B = 4 blocks
+    assert C.occupancy("sm_86", 256, 32, 0) == 1.0  # 1536 threads per SM
+    assert C.occupancy("sm_90", 1024, 65, 0) == 0.0  # 72 regs/thread rounded: 1024 threads do not fit
+    with pytest.raises(ValueError, match="unknown arch"):
+        C.occupancy("sm_70", 256, 32, 0)
 
 
 def test_cuda_arch_compatibility():

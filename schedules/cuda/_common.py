@@ -179,10 +179,44 @@ class PtxasReport:
     spill_stores: int
     spill_loads: int
     stack_bytes: int
+    threads: int = 0  #: threads per block (the kernel's ``__launch_bounds__``), 0 if unknown
+    occupancy: float = 0.0  #: theoretical occupancy (:func:`occupancy`), 0.0 if unknown
 
     @property
     def spills(self) -> int:
         return self.spill_stores + self.spill_loads
+
+
+#: Per-SM limits: 32-bit registers, resident threads, resident blocks, shared memory usable by blocks (bytes).
+#: CUDA C Programming Guide, "Technical Specifications per Compute Capability" (table 21 in CUDA 13.0).
+SM_LIMITS = {
+    "sm_80": (65536, 2048, 32, 164 * 1024),
+    "sm_86": (65536, 1536, 16, 100 * 1024),
+    "sm_89": (65536, 1536, 24, 100 * 1024),
+    "sm_90": (65536, 2048, 32, 228 * 1024),
+}
+
+
+def occupancy(arch: str, threads: int, registers: int, smem_bytes: int) -> float:
+    """Theoretical occupancy (resident warps / the SM's maximum, 0..1) of a kernel with ``threads`` per block,
+    ``registers`` per thread and ``smem_bytes`` of static shared memory per block, by the rules of NVIDIA's
+    CUDA Occupancy Calculator: registers allocated per warp in units of 256, 1 KiB of shared memory reserved per
+    block by the system (sm_80 and later), and the per-SM limits of :data:`SM_LIMITS`.
+
+    Raises:
+        ValueError: an arch not in :data:`SM_LIMITS`, or ``threads`` < 1.
+    """
+    if arch.rstrip("a") not in SM_LIMITS:
+        raise ValueError(f"occupancy: unknown arch {arch!r} (known: {sorted(SM_LIMITS)})")
+    if threads < 1:
+        raise ValueError(f"occupancy: {threads} threads per block")
+    regs_sm, threads_sm, blocks_sm, smem_sm = SM_LIMITS[arch.rstrip("a")]
+    warps = ceil_div(threads, 32)
+    regs_per_warp = ceil_div(max(registers, 1) * 32, 256) * 256
+    by_regs = (regs_sm // regs_per_warp) // warps
+    by_smem = smem_sm // (smem_bytes + 1024) if smem_bytes else blocks_sm
+    blocks = min(by_regs, by_smem, blocks_sm, threads_sm // (warps * 32))
+    return blocks * warps * 32 / threads_sm
 
 
 def cuda_source(func, target) -> str:
@@ -200,6 +234,7 @@ def cuda_source(func, target) -> str:
 
 _FN_RE = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
 _SPILL_RE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_BOUNDS_RE = re.compile(r"__launch_bounds__\((\d+)\)\s+(\w+)\(")
 _USED_RE = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 
 
@@ -242,6 +277,11 @@ def compile_cubin(source: str, arch: str) -> tuple[bytes, list[PtxasReport]]:
             cur = None
     if not reports:
         raise RuntimeError(f"could not parse ptxas output:\n{out}")
+    bounds = {name: int(n) for n, name in _BOUNDS_RE.findall(source)}
+    for rep in reports:
+        rep.threads = bounds.get(rep.kernel, 0)
+        if rep.threads and arch.rstrip("a") in SM_LIMITS:
+            rep.occupancy = occupancy(arch, rep.threads, rep.registers, rep.smem_bytes)
     return cubin, reports
 
 
