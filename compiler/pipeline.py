@@ -42,23 +42,29 @@ def relax_pipeline(target: TargetInfo) -> tvm.transform.Pass:
     return cuda_pipeline(target) if target.arch == "cuda" else cpu_pipeline(target)
 
 
-def cpu_pipeline(target: TargetInfo) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with convpipe's schedules after FuseTIR (epilogue fusion, dense head, injective)."""
+def _in_target_scope(target: TargetInfo, passes) -> tvm.transform.Pass:
+    """A module pass running ``passes(t)`` (``t`` the TVM target) in sequence inside ``with t`` (dlight rules and
+    legalisations read the current target)."""
     t = target.target
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with t:
-            seq = tvm.transform.Sequential(
-                cpu.library_dispatch_passes(t)
-                + cpu.legalize_passes(t)
-                + [dlight.ApplyDefaultSchedule(*_cpu_rules())]
-                + cpu.dataflow_lower_passes(t)
-                + cpu.finalize_passes(t)
-            )
-            return seq(mod)
+            return tvm.transform.Sequential(passes(t))(mod)
 
     return _pipeline
+
+
+def cpu_pipeline(target: TargetInfo) -> tvm.transform.Pass:
+    """TVM's CPU pipeline with convpipe's schedules after FuseTIR (epilogue fusion, dense head, injective)."""
+    return _in_target_scope(
+        target,
+        lambda t: cpu.library_dispatch_passes(t)
+        + cpu.legalize_passes(t)
+        + [dlight.ApplyDefaultSchedule(*_cpu_rules())]
+        + cpu.dataflow_lower_passes(t)
+        + cpu.finalize_passes(t),
+    )
 
 
 def _cpu_rules():
@@ -90,14 +96,6 @@ def cuda_pipeline(target: TargetInfo) -> tvm.transform.Pass:
     """TVM's CUDA pipeline (``relax/backend/cuda/pipeline.py``: ``get_default_pipeline``) with convpipe's
     epilogue fusion among its dlight rules (:func:`cuda_schedule_passes`), then its dataflow lowering and
     finalisation passes unchanged."""
-    t = target.target
-
-    @tvm.transform.module_pass(opt_level=0)
-    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        with t:
-            seq = tvm.transform.Sequential(
-                cuda_schedule_passes(target) + cuda.dataflow_lower_passes(t) + cuda.finalize_passes(t)
-            )
-            return seq(mod)
-
-    return _pipeline
+    return _in_target_scope(
+        target, lambda t: cuda_schedule_passes(target) + cuda.dataflow_lower_passes(t) + cuda.finalize_passes(t)
+    )

@@ -98,10 +98,11 @@ def measure_local(rule, wl: Conv2dWorkload, target: TargetInfo, knobs: dict, min
 
     func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
     if target.arch == "cuda":
-        dev = tvm.cuda(0)
-        if not dev.exist:
+        from convpipe.runtime.module import cuda_gpu_missing
+
+        if cuda_gpu_missing():
             raise ConvpipeError("tuning for CUDA needs a local GPU, or a remote one: give --remote HOST:PORT")
-        build = cuda_build(target.isa)
+        dev, build = tvm.cuda(0), cuda_build(target.isa)
     else:
         dev, build = tvm.cpu(), contextlib.nullcontext()
     with build, target.target:

@@ -373,11 +373,9 @@ def cmd_tune(args) -> int:
         if target.arch == "cuda":
             remote.remote_device(measure.session, "cuda")  # fail now, not once per candidate
     elif target.arch == "cuda":
-        import tvm
+        from convpipe.runtime.module import cuda_gpu_missing
 
-        from convpipe.runtime.module import load_cuda_runtime
-
-        if load_cuda_runtime() or not tvm.cuda(0).exist:
+        if cuda_gpu_missing():
             raise ConvpipeError("tuning for CUDA measures on a GPU: none is present here; give --remote HOST:PORT (a GPU host's TVM RPC server)")
     elif target.arch == "arm":
         raise ConvpipeError(f"tuning for {target.arch} needs the board: give --remote HOST:PORT or --tracker HOST:PORT --key KEY")

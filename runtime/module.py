@@ -83,17 +83,28 @@ def check_target(manifest: dict, device: str) -> None:
     elif arch == "cuda":
         if device != "cuda":
             raise ConvpipeError(f"artifact built for CUDA {isa}, asked to run on device {device!r}")
-        why = load_cuda_runtime()
+        why = cuda_gpu_missing()
         if why:
             raise ConvpipeError(f"artifact built for CUDA {isa}, but no CUDA GPU is present ({why})")
-        dev = tvm.cuda(0)
-        if not dev.exist:
-            raise ConvpipeError(f"artifact built for CUDA {isa}, but no CUDA GPU is present")
-        bad = cuda_arch_mismatch(isa, dev.compute_version)
+        bad = cuda_arch_mismatch(isa, tvm.cuda(0).compute_version)
         if bad:
             raise ConvpipeError(bad)
     else:
         raise ConvpipeError(f"artifact has unknown target arch {arch!r}")
+
+
+def cuda_gpu_missing() -> str | None:
+    """Why this process cannot run CUDA kernels (TVM's CUDA runtime cannot be loaded, see
+    :func:`load_cuda_runtime`, or it sees no GPU 0), or ``None`` when it can."""
+    why = load_cuda_runtime()
+    if why:
+        return why
+    import tvm
+
+    try:
+        return None if tvm.cuda(0).exist else "TVM's CUDA runtime sees no GPU"
+    except Exception as e:  # noqa: BLE001 -- a broken driver raises instead of answering
+        return f"TVM's CUDA runtime failed: {e}"
 
 
 def load_cuda_runtime() -> str | None:

@@ -110,10 +110,12 @@ def bench_arm(name, work, session, where, emulated):
 
 
 def _gpu():
+    """GPU 0 when this process can run CUDA kernels, else None."""
     import tvm
 
-    dev = tvm.cuda(0)
-    return dev if dev.exist else None
+    from convpipe.runtime.module import cuda_gpu_missing
+
+    return None if cuda_gpu_missing() else tvm.cuda(0)
 
 
 def bench_cuda(name, work, arch, rounds, batches=(1, 32)):
@@ -197,13 +199,10 @@ def write_reports(rows, out, meta, cuda_layers=()):
     lines.append("\nvs ORT / vs PyTorch: the engine's latency over convpipe's (> 1: convpipe faster), measured side by side "
                  "(on CUDA: PyTorch = cuDNN, ORT = its CUDA provider, each call synchronised).")
     if cuda_layers:
-        lines += ["\n## CUDA 3x3 layers (ResNet-18, stride 1)\n",
-                  "| layer | batch | family | ours ms | cuDNN ms | GFLOP/s | % FP32 peak |", "|---|---|---|---|---|---|---|"]
-        for r in cuda_layers:
-            cud = f"{r['cudnn_ms']:.3f}" if r.get("cudnn_ms") else "—"
-            pct = f"{r['pct_peak']:.0f}%" if r.get("pct_peak") else "—"
-            lines.append(f"| {r['layer']} | {r['batch']} | {r['family']} | {r['ours_ms']:.3f} | {cud} | {r['gflops']:.0f} | {pct} |")
-        lines.append(f"\nFP32 peak: {cuda_layers[0]['peak_gflops']} GFLOP/s (SMs x FP32 lanes x 2 x max clock).")
+        sys.path.insert(0, os.path.join(REPO, "scripts"))
+        from gpu_kit import layer_table
+
+        lines += ["\n## CUDA 3x3 layers (ResNet-18, stride 1)\n"] + layer_table(cuda_layers)
     with open(os.path.join(out, "bench_targets.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     import matplotlib

@@ -288,6 +288,18 @@ def run_layers(d: str) -> list[dict]:
     return rows
 
 
+def layer_table(layers: list[dict]) -> list[str]:
+    """Markdown lines of :func:`run_layers`' rows: ours vs cuDNN, GFLOP/s, % of the FP32 peak."""
+    lines = [f"| layer (batch {layers[0]['batch']}) | family | ours ms | cuDNN ms | GFLOP/s (direct-conv FLOPs) | "
+             "% FP32 peak |", "|---|---|---|---|---|---|"]
+    for r in layers:
+        cud = f"{r['cudnn_ms']:.3f}" if r.get("cudnn_ms") else "—"
+        pct = f"{r['pct_peak']:.0f}%" if r.get("pct_peak") else "—"
+        lines.append(f"| {r['layer']} | {r['family']} | {r['ours_ms']:.3f} | {cud} | {r['gflops']:.0f} | {pct} |")
+    lines.append(f"\nFP32 peak {layers[0]['peak_gflops']} GFLOP/s = SMs x FP32 lanes/SM x 2 x max clock.")
+    return lines
+
+
 def report(models: list[dict], layers: list[dict]) -> str:
     lines = ["| model | batch | device | verified | convpipe ms | PyTorch ms | ORT ms | PyTorch / convpipe |",
              "|---|---|---|---|---|---|---|---|"]
@@ -299,13 +311,7 @@ def report(models: list[dict], layers: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['batch']} | {r['device']} | {'yes' if r['verified'] else 'NO'} | "
                      f"{f(ms['convpipe'])} | {f(ms.get('pytorch'))} | {f(ort_ms)} | {ratio} |")
     if layers:
-        lines += ["", "| layer (batch 32) | family | ours ms | cuDNN ms | GFLOP/s (direct-conv FLOPs) | % FP32 peak |",
-                  "|---|---|---|---|---|---|"]
-        for r in layers:
-            cud = f"{r['cudnn_ms']:.3f}" if r.get("cudnn_ms") else "—"
-            pct = f"{r['pct_peak']:.0f}%" if r.get("pct_peak") else "—"
-            lines.append(f"| {r['layer']} | {r['family']} | {r['ours_ms']:.3f} | {cud} | {r['gflops']:.0f} | {pct} |")
-        lines.append(f"\nFP32 peak {layers[0]['peak_gflops']} GFLOP/s = SMs x FP32 lanes/SM x 2 x max clock.")
+        lines += [""] + layer_table(layers)
     return "\n".join(lines)
 
 

@@ -95,3 +95,10 @@ def x86():
     from convpipe.schedules import resolve_target
 
     return resolve_target("x86")
+
+
+def has_cuda_gpu() -> bool:
+    """Whether this process can run CUDA kernels (the GPU tests' skip condition)."""
+    from convpipe.runtime.module import cuda_gpu_missing
+
+    return cuda_gpu_missing() is None

@@ -7,7 +7,7 @@ Offline (every run, no GPU):
   (identical tiling, shared/local staging, inlining and predicates, serial thread loops), compiled for llvm and
   run against PyTorch. What this cannot see (barrier placement, races) is covered by the GPU tests.
 
-On a GPU (``gpu`` marker; skipped with reason "no CUDA GPU" when ``tvm.cuda(0).exist`` is False): every family
+On a GPU (``gpu`` marker; skipped with reason "no CUDA GPU" when this process cannot run CUDA kernels, ``conftest.has_cuda_gpu``): every family
 runs on the device and matches ``torch.nn.functional.conv2d`` on the CPU.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tvm
 
-from conftest import assert_close, torch_conv
+from conftest import assert_close, has_cuda_gpu, torch_conv
 from convpipe.schedules import Conv2dWorkload, resolve_target
 from convpipe.schedules.cuda import RULES
 from convpipe.schedules.cuda import _common as C
@@ -138,15 +138,8 @@ def test_schedule_replay_on_cpu(family, wl, targets):
     assert_close(out.numpy(), torch_conv(x, w, wl), REL[family], f"{family} {kn}")
 
 
-def _has_gpu() -> bool:
-    try:
-        return bool(tvm.cuda(0).exist)
-    except Exception:  # noqa: BLE001 -- a runtime built without CUDA
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_gpu(), reason="no CUDA GPU")
+@pytest.mark.skipif(not has_cuda_gpu(), reason="no CUDA GPU")
 @pytest.mark.parametrize("family,wl", _cases(SHAPES))
 def test_gpu_matches_torch(family, wl):
     dev = tvm.cuda(0)
@@ -189,7 +182,7 @@ def embedded_cubins(lib: bytes) -> list[tuple[str, bytes]]:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_gpu(), reason="no CUDA GPU")
+@pytest.mark.skipif(not has_cuda_gpu(), reason="no CUDA GPU")
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "pnet"])
 def test_gpu_models_match_onnxruntime(tmp_path, name):
     """Real models compiled for the local GPU's arch (epilogues fused), run on it through the artifact runtime and
@@ -342,7 +335,7 @@ def test_cuda_arch_compatibility():
     assert cuda_arch_mismatch("sm_90a", "10.0") is not None
 
 
-@pytest.mark.skipif(_has_gpu(), reason="a CUDA GPU is present, so the no-GPU error cannot occur")
+@pytest.mark.skipif(has_cuda_gpu(), reason="a CUDA GPU is present, so the no-GPU error cannot occur")
 def test_cuda_artifact_without_gpu_is_a_clear_error(tmp_path):
     """Loading a CUDA artifact where no GPU is present fails with a clear error, and so does running an x86
     artifact on --device cuda."""
@@ -393,7 +386,7 @@ def x86_rpc_server():
         proc.wait()
 
 
-@pytest.mark.skipif(_has_gpu(), reason="a CUDA GPU is present here, so the RPC server would have one")
+@pytest.mark.skipif(has_cuda_gpu(), reason="a CUDA GPU is present here, so the RPC server would have one")
 def test_remote_without_gpu(tmp_path, x86_rpc_server):
     """``--remote`` with a CUDA artifact on a server without a GPU fails before any upload, naming the cause; the
     same server runs an x86 artifact (``--device cpu``) and ``verify`` passes through it."""

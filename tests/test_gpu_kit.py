@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import has_cuda_gpu
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIT = os.path.join(REPO, "scripts", "gpu_kit.py")
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -35,16 +37,7 @@ def test_x86_kit_runs_runtime_only(tmp_path):
     assert "| pnet | 2 | cpu | yes |" in (tmp_path / "res" / "results.md").read_text()
 
 
-def _has_gpu() -> bool:
-    import tvm
-
-    try:
-        return bool(tvm.cuda(0).exist)
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.mark.skipif(_has_gpu(), reason="a CUDA GPU is present, so the kit would run")
+@pytest.mark.skipif(has_cuda_gpu(), reason="a CUDA GPU is present, so the kit would run")
 def test_cuda_kit_is_refused_without_gpu(tmp_path):
     kit = str(tmp_path / "kit")
     r = _kit("build", "--models", "pnet:1", "--layers", "--python", PY, "--out", kit)
