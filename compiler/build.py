@@ -15,12 +15,13 @@ import tvm
 
 import convpipe
 from convpipe.errors import ConvpipeError
-from convpipe.runtime.artifact import FORMAT, LIBRARY, MANIFEST, atomic_directory, sha256_file
+from convpipe.runtime.artifact import FORMAT, LIBRARY, MANIFEST, sha256_file
 from convpipe.schedules import TargetError, TargetInfo, resolve_target
 
 from .cuda_device import DeviceCode, cuda_build
 from .importer import ImportedModel, import_onnx, to_relax
 from .lower import LayerRecord, lower_conv2d
+from .output import atomic_directory
 from .layout import convert_layout
 from .pipeline import pre_lowering, relax_pipeline
 
