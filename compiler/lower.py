@@ -131,13 +131,22 @@ def lower_conv2d(
         The lowered module and one :class:`LayerRecord` per conv2d, in program order.
 
     Raises:
-        ConvpipeError: a conv2d whose weight is not a constant, or with unsupported layout/dtype.
+        ConvpipeError: a conv2d whose weight is not a constant, or with unsupported layout/dtype; an invalid
+            record of a strict ``db`` (see :class:`convpipe.compiler.tune.TuningDatabase`).
     """
     rules = rules_for(target.arch)
     records: list[LayerRecord] = []
     kernels: dict[tuple, relax.GlobalVar] = {}
+    errors: list[ConvpipeError] = []  # raised inside LegalizeOps: TVM's FFI turns them into RuntimeError
 
     def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        try:
+            return _legalize_conv2d(bb, call)
+        except ConvpipeError as e:
+            errors.append(e)
+            raise
+
+    def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         wl = workload_of(call)
         weight = call.args[1]
         if not isinstance(weight, tvm.ir.expr.Constant):
@@ -166,6 +175,16 @@ def lower_conv2d(
             gv, [call.args[0], relax.const(packed)], relax.TensorType(list(wl.out_tensor_shape), "float32")
         )
 
+    if db is not None:  # check every layer's record first: a strict database fails here, before TVM's pass runs
+        from .layout import conv2d_calls
+
+        for call in conv2d_calls(mod):
+            db.lookup(workload_of(call), target)
     with target.target:
-        lowered = relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": legalize_conv2d})(mod)
+        try:
+            lowered = relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": legalize_conv2d})(mod)
+        except Exception:
+            if errors:  # re-raise ours as it was (the user-facing message, no traceback)
+                raise errors[0] from None
+            raise
     return lowered, records

@@ -68,12 +68,17 @@ def choose(
 ) -> Choice:
     """Pick family and knobs for ``wl`` (see the module docstring for the policy).
 
+    ``db`` (a :class:`convpipe.compiler.tune.TuningDatabase`) returns only records it has validated against the
+    rule's knob space; an invalid record is skipped there with a warning (and ``wl`` gets the choice below), or
+    raises when the database is strict.
+
     Raises:
         ValueError: ``requested`` is not ``auto`` or one of ``rules``' families.
+        ConvpipeError: ``db`` is strict and its record for ``wl`` is invalid.
     """
     if db is not None:
         rec = db.lookup(wl, target)
-        if rec is not None and rec["family"] in rules and rules[rec["family"]].supports(wl, target):
+        if rec is not None and rec["family"] in rules:
             return Choice(rec["family"], dict(rec["knobs"]), f"tuned: {rec['gflops']:.1f} GFLOP/s", rules[rec["family"]])
     if requested == "auto":
         fam, reason = auto_family(wl, rules, target)

@@ -10,6 +10,13 @@ Database file (JSON)::
     {"format": 1, "records": {"<target key>": {"<workload key>": {
         "family": "winograd", "knobs": {"tile": 4, ...}, "ms": 0.41, "gflops": 563.0,
         "workload": {...}, "candidates": 12, "measured": "2026-11-21T05:00:00+00:00"}}}}
+
+Records are trusted only after checking (:func:`record_problem`): ``family`` names a rule of the target that
+supports the workload, ``knobs`` lie in that rule's knob space for the workload and target
+(:meth:`convpipe.schedules.rule.Conv2dRule.validate_knobs`), ``gflops`` (and ``ms`` when present) are positive
+numbers. An invalid record is ignored with one warning on the ``convpipe.tune`` logger (one line: database file,
+workload key, reason) -- the layer then gets its default choice, and ``tune`` measures it again -- or, with
+``TuningDatabase(path, strict=True)``, raises :class:`ConvpipeError`.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
+import math
 import os
 import tempfile
 import time
@@ -30,6 +39,9 @@ from convpipe.schedules import Conv2dWorkload, TargetInfo, rules_for
 
 FORMAT = 1
 
+#: Where invalid records are reported (one line each; unconfigured, Python prints the bare message to stderr).
+log = logging.getLogger("convpipe.tune")
+
 
 def target_key(target: TargetInfo) -> str:
     """Records are only reused on the same target: arch, ISA, core count and the TVM target config."""
@@ -37,31 +49,107 @@ def target_key(target: TargetInfo) -> str:
     return f"{target.arch}/{target.isa}/{target.num_cores}/{cfg}"
 
 
+def _positive_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def record_problem(record: object, wl: Conv2dWorkload, target: TargetInfo) -> str | None:
+    """``None`` when ``record`` (as read from a database) may be used for ``wl`` on ``target``, else a one-line
+    reason: not a JSON object; ``family``, ``knobs`` or ``gflops`` missing; a family that is not one of the
+    target's rules or does not support ``wl``; ``gflops`` (or ``ms``, when present) not a positive number;
+    knobs outside the rule's knob space (:meth:`~convpipe.schedules.rule.Conv2dRule.validate_knobs`: names
+    the knob, expected vs got)."""
+    if not isinstance(record, dict):
+        return f"the record is not a JSON object (got {type(record).__name__} {record!r:.60})"
+    for name in ("family", "knobs", "gflops"):
+        if name not in record:
+            return f"the record has no {name!r}"
+    rules = rules_for(target.arch)
+    fam = record["family"]
+    if not isinstance(fam, str) or fam not in rules:
+        return f"family {fam!r:.40} is not a {target.arch} schedule (expected one of {', '.join(rules)})"
+    why = rules[fam].unsupported_reason(wl, target)
+    if why is not None:
+        return f"family {fam!r} cannot compute this workload: {why}"
+    for name in ("gflops", "ms"):
+        if name in record and not _positive_number(record[name]):
+            return f"{name!r} must be a positive number, got {record[name]!r:.40}"
+    why = rules[fam].validate_knobs(wl, target, record["knobs"])
+    return None if why is None else f"{fam}: {why}"
+
+
 class TuningDatabase:
     """A JSON file of the best measured (family, knobs) per (workload, target).
 
+    Args:
+        path: the JSON file (absent: an empty database, created by :meth:`save`).
+        strict: an invalid record (see :func:`record_problem`) or a malformed target entry raises
+            :class:`ConvpipeError` instead of being skipped with a warning.
+
     Raises:
-        ConvpipeError: the file exists but is not a convpipe tuning database.
+        ConvpipeError: the file exists but is not a convpipe tuning database (unreadable, not JSON, wrong
+            ``format``, ``records`` not an object); with ``strict``, also a target entry of ``records`` that is
+            not an object of records.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, strict: bool = False):
         self.path = path
+        self.strict = strict
         self.records: dict[str, dict[str, dict]] = {}
+        self._checked: dict[tuple[str, str], dict | None] = {}  # (target key, workload key) -> usable record
         if os.path.exists(path):
             try:
                 with open(path) as f:
                     data = json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise ConvpipeError(f"{path}: not a readable tuning database: {e}") from None
             if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("records"), dict):
                 raise ConvpipeError(f"{path}: not a convpipe tuning database (format {FORMAT})")
-            self.records = data["records"]
+            records = data["records"]
+            for tkey, entry in list(records.items()):
+                if not isinstance(entry, dict):
+                    self._invalid(
+                        f"target entry {tkey!r:.120} is not an object of records (got {type(entry).__name__})", "dropped"
+                    )
+                    del records[tkey]
+            self.records = records
+
+    def _invalid(self, what: str, action: str) -> None:
+        """Report one invalid entry: a warning line (``action``: what happens instead), or, strict, raise."""
+        if self.strict:
+            raise ConvpipeError(f"{self.path}: {what}")
+        log.warning("%s: %s; %s", self.path, what, action)
 
     def lookup(self, wl: Conv2dWorkload, target: TargetInfo) -> dict | None:
-        return self.records.get(target_key(target), {}).get(wl.key())
+        """The record of ``wl`` on ``target`` when there is one and it is valid (:func:`record_problem`), else
+        ``None``. The record returned is a copy with ``ms`` derived from ``gflops`` when absent and
+        ``candidates`` 0 when absent. Each invalid record is reported once per database object (one warning).
+
+        Raises:
+            ConvpipeError: ``strict`` and the record is invalid (names the file, the workload key and the reason).
+        """
+        tkey, wkey = target_key(target), wl.key()
+        if (tkey, wkey) in self._checked:
+            return self._checked[(tkey, wkey)]
+        entry = self.records.get(tkey, {})
+        record = None
+        if wkey in entry:
+            raw = entry[wkey]
+            why = record_problem(raw, wl, target)
+            if why is None:
+                record = {"candidates": 0, **raw, "knobs": dict(raw["knobs"])}
+                record.setdefault("ms", wl.flops / (raw["gflops"] * 1e9) * 1e3)
+            else:
+                where = f"{target.arch}/{target.isa}"
+                self._invalid(f"tuning record for {wkey} on {where} is invalid: {why}", "ignored")
+        self._checked[(tkey, wkey)] = record
+        return record
 
     def store(self, wl: Conv2dWorkload, target: TargetInfo, record: dict) -> None:
-        self.records.setdefault(target_key(target), {})[wl.key()] = record
+        """Add or replace the record of ``wl`` on ``target`` (checked again by the next :meth:`lookup`)."""
+        tkey, wkey = target_key(target), wl.key()
+        self.records.setdefault(tkey, {})[wkey] = record
+        self._checked.pop((tkey, wkey), None)
 
     def save(self) -> None:
         """Write atomically (temporary file, then rename)."""

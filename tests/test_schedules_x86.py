@@ -3,9 +3,11 @@ family that supports the case, against ``torch.nn.functional.conv2d`` (float64) 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from conftest import assert_close, ort_conv, run_kernel, torch_conv
 from convpipe.schedules import Conv2dWorkload, resolve_target, rules_for
@@ -142,6 +144,142 @@ def test_candidate_knobs_are_correct(family):
         if rule.supports(wl, target):
             for knobs in rule.candidate_knobs(wl, target)[:4]:
                 _check(family, wl, knobs)
+
+
+# ---- the knob space (issue 14, item 4): what a tuning-database record may hold ----------------------------------
+KNOB_TARGETS = {
+    "avx512": lambda: resolve_target('{"kind": "llvm", "mcpu": "skylake-avx512"}'),
+    "avx2": lambda: resolve_target('{"kind": "llvm", "mcpu": "haswell"}'),
+    "neon": lambda: resolve_target("arm"),
+    "cuda": lambda: resolve_target("cuda", arch="sm_90"),
+}
+
+
+@st.composite
+def any_workload(draw):
+    """A workload of any family, NCHW or NCHW[x]c (the strategies above)."""
+    family = draw(st.sampled_from(sorted(RULES)))
+    return draw(st.one_of(workloads(family), blocked_workloads(family)))
+
+
+@pytest.mark.parametrize("tname", sorted(KNOB_TARGETS))
+def test_default_and_candidate_knobs_lie_in_the_knob_space(tname):
+    """Every ``default_knobs()`` and ``candidate_knobs()`` result of every family passes ``validate_knobs`` (what a
+    tuning database record is checked against), on x86 (AVX-512, AVX2), ARM NEON and CUDA, for many workloads."""
+    target = KNOB_TARGETS[tname]()
+    rules = rules_for(target.arch)
+
+    @settings(max_examples=400, deadline=None)
+    @given(any_workload())
+    def prop(wl):
+        for family, rule in rules.items():
+            if not rule.supports(wl, target):
+                continue
+            default = rule.default_knobs(wl, target)
+            assert rule.validate_knobs(wl, target, default) is None, (family, default, wl.describe())
+            cands = rule.candidate_knobs(wl, target)
+            assert cands[0] == default
+            for kn in cands:
+                why = rule.validate_knobs(wl, target, kn)
+                assert why is None, f"{tname} {family} candidate {kn} for {wl.describe()}: {why}"
+
+    prop()
+    # and the real layers, including large spatial sizes
+    for wl in REAL_LAYERS + [Conv2dWorkload(1, 64, 224, 224, 64, 3, 3, 1, 1, 1, 1, 1, 1),
+                             Conv2dWorkload(1, 32, 112, 112, 32, 3, 3, 1, 1, 1, 1, 1, 1, groups=32).with_layout(16)]:
+        for family, rule in rules.items():
+            if rule.supports(wl, target):
+                for kn in rule.candidate_knobs(wl, target):
+                    assert rule.validate_knobs(wl, target, kn) is None, (family, kn, wl.describe())
+
+
+def test_knob_space_rejects_with_a_reason():
+    """``validate_knobs`` names the knob and expected vs got; ``build`` refuses the same knobs (ValueError)."""
+    target = resolve_target("x86")
+    wl = Conv2dWorkload(1, 8, 12, 12, 16, 3, 3, 1, 1, 1, 1, 1, 1)
+    direct = RULES["direct"]
+    ok = direct.default_knobs(wl, target)
+    cases = {
+        "ow_tile": {**ok, "ow_tile": 0},
+        "oc_block": {**ok, "oc_block": -1},
+        "ic_block": {**ok, "ic_block": "8"},
+        "oc_tile": {**ok, "oc_tile": 3},
+        "bogus": {**ok, "bogus": 1},
+    }
+    for needle, kn in cases.items():
+        why = direct.validate_knobs(wl, target, kn)
+        assert why and needle in why, (kn, why)
+        with pytest.raises(ValueError, match=needle):
+            direct.build(wl, target, kn)
+    assert "missing" in direct.validate_knobs(wl, target, {"oc_block": 16})
+    assert direct.validate_knobs(wl, target, {"oc_block": 16, "ow_tile": 12}) is None  # optional knobs default
+    assert "12" in direct.validate_knobs(wl, target, {**ok, "ow_tile": 10**9})  # at most OW = 12
+    assert "register" in direct.validate_knobs(wl, target, {**ok, "ow_tile": 12, "oc_block": 1, "oc_tile": 16})
+    assert "tile" in RULES["winograd"].validate_knobs(wl, target, {"tile": 3, "k_block": 16, "p_block": 4})
+    assert "object" in RULES["im2col"].validate_knobs(wl, target, [1, 2])
+
+
+#: Representative small workloads per family for :func:`test_every_candidate_is_correct`: NCHW and NCHW[x]c, stride,
+#: asymmetric padding, a non-square kernel, batch 2, groups, channel counts that do not fill a vector, C > lanes with
+#: a zero-padded input-channel block, ``ceil(K / oc_block)`` = 3 and 4 (oc_tile 3 and 4).
+EVERY_CANDIDATE = [
+    ("direct", Conv2dWorkload(1, 17, 7, 7, 20, 3, 3, 1, 1, 1, 1, 1, 1)),
+    ("direct", Conv2dWorkload(1, 34, 5, 6, 48, 3, 1, 1, 1, 1, 0, 1, 0)),
+    ("direct", Conv2dWorkload(1, 20, 4, 5, 64, 1, 1)),
+    ("direct", Conv2dWorkload(2, 3, 9, 11, 8, 5, 3, 2, 1, 2, 1, 0, 1)),
+    ("direct", Conv2dWorkload(1, 16, 6, 6, 32, 1, 1).with_layout(8)),
+    ("direct", Conv2dWorkload(1, 3, 9, 9, 16, 3, 3, 2, 2, 1, 1, 1, 1, out_block=8)),
+    ("im2col", Conv2dWorkload(1, 8, 7, 9, 12, 3, 3, 2, 2, 1, 1, 1, 1, groups=2)),
+    ("im2col", Conv2dWorkload(1, 16, 5, 6, 24, 1, 1)),
+    ("im2col", Conv2dWorkload(1, 8, 6, 21, 16, 3, 3, 1, 1, 1, 1, 1, 1).with_layout(8)),
+    ("winograd", Conv2dWorkload(1, 8, 6, 7, 12, 3, 3, 1, 1, 1, 1, 1, 1)),
+    ("winograd", Conv2dWorkload(1, 16, 10, 10, 16, 3, 3, 1, 1, 1, 1, 1, 1).with_layout(16)),
+    ("depthwise", Conv2dWorkload(1, 8, 10, 16, 8, 3, 3, 1, 1, 1, 1, 1, 1, groups=8)),
+    ("depthwise", Conv2dWorkload(1, 6, 12, 14, 12, 3, 3, 1, 1, 0, 1, 2, 1, groups=6)),
+    ("depthwise", Conv2dWorkload(1, 16, 9, 14, 16, 3, 3, 2, 2, 1, 1, 1, 1, groups=16).with_layout(16)),
+]
+
+
+@pytest.mark.parametrize("family,wl", EVERY_CANDIDATE, ids=[f"{f}-{wl.key()}" for f, wl in EVERY_CANDIDATE])
+def test_every_candidate_is_correct(family, wl):
+    """Every knob setting the tuner may measure -- all of ``candidate_knobs()``, not only the first four --
+    builds and computes the conv (against torch and onnxruntime)."""
+    target = resolve_target("x86")
+    cands = RULES[family].candidate_knobs(wl, target)
+    assert len(cands) >= 2, cands
+    for knobs in cands:
+        _check(family, wl, knobs)
+
+
+@pytest.mark.parametrize("mcpu", ["skylake-avx512", "haswell"])
+@pytest.mark.parametrize("wl", [
+    Conv2dWorkload(1, 17, 7, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1),  # spatial padding and channel padding
+    Conv2dWorkload(1, 34, 5, 6, 24, 1, 1),  # no spatial padding: data_pack exists for the channel blocks alone
+], ids=lambda wl: wl.key())
+def test_direct_zero_padded_ic_block(mcpu, wl):
+    """C > vector lanes and C not a multiple of ``ic_block``: ``data_pack`` copies the input into
+    ``ceil(C / ic_block)`` blocks and zero-fills the channels past C (its ``ch < C`` guard), and the packed weight
+    has zero rows for them. The tuner's own candidates take this path (``_ic_block``: C has no divisor in
+    4..lanes, so ``ic_block = lanes``)."""
+    from convpipe.schedules import compute
+
+    target = resolve_target(json.dumps({"kind": "llvm", "mcpu": mcpu}))
+    lanes, c = target.vector_lanes, wl.in_channels
+    assert c > lanes
+    rule = RULES["direct"]
+    padded = [k for k in rule.candidate_knobs(wl, target) if c % k["ic_block"]]
+    assert padded, rule.candidate_knobs(wl, target)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(wl.data_shape).astype("float32")
+    w = rng.standard_normal(wl.weight_shape).astype("float32")
+    for knobs in padded:
+        ib = knobs["ic_block"]
+        geo = compute.direct_blocked_geometry(wl, knobs["oc_block"], ib, knobs["ow_tile"])
+        assert geo["needs_pack"] and geo["c_outer"] * ib > c, (knobs, geo)
+        packed = rule.pack_weight(w, wl, knobs)
+        assert packed.shape[1] * ib > c and not packed[:, -1, :, :, c % ib:, :].any()  # zero padded channels
+        got = run_kernel(rule, wl, target, knobs, x, w)
+        assert_close(got, torch_conv(x, w, wl), TOL["direct"], f"{mcpu} direct {knobs} on {wl.describe()}")
 
 
 def test_avx2_target_builds_and_matches():

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from ..cpu import DepthwiseCpu
 from ..cpu._util import largest_divisor, vector_registers
-
-
-def _vectors(width: int, lanes: int) -> int:
-    return -(-width // lanes)
+from ..cpu._util import vectors as _vectors
 
 
 def _vector_block(n: int, lanes: int, cap_vectors: int = 2) -> int:

@@ -86,9 +86,26 @@ def channel_block(channels: int, lanes: int, max_waste: float = 0.125) -> int:
     return lanes
 
 
+def vectors(width: int, lanes: int) -> int:
+    """Vector registers holding ``width`` fp32 values (``ceil(width / lanes)``)."""
+    return -(-width // lanes)
+
+
+def register_tile_reason(accumulators: int, target: TargetInfo, what: str) -> str | None:
+    """``None`` when a register tile of ``accumulators`` vector accumulators fits the target's vector register
+    file (:func:`vector_registers`), else why not. Every CPU rule bounds its unrolled register tile by this: the
+    defaults use at most half the file, tuning candidates at most all of it; a larger tile only spills and
+    grows the unrolled code."""
+    regs = vector_registers(target)
+    if accumulators > regs:
+        return f"register tile {what} = {accumulators} exceeds the {regs} vector registers of {target.isa}"
+    return None
+
+
 class CpuRule(Conv2dRule):
     """Base of the shared CPU rules: subclasses per target set ``arch`` (and may override the knob heuristics)."""
 
     def read_knobs(self, knobs: Knobs) -> Knobs:
-        """``knobs`` as ints (tuning databases store JSON numbers)."""
-        return {k: int(v) for k, v in knobs.items()}
+        """``knobs`` as ints with the :attr:`optional_knobs` filled in (for :meth:`pack_weight` and
+        :meth:`packed_weight_shape`, which take knobs :meth:`build` has validated)."""
+        return self.complete_knobs({k: int(v) for k, v in knobs.items()})

@@ -26,7 +26,7 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, divisors, has_block, largest_divisor, vector_registers
+from ._util import CpuRule, divisors, has_block, largest_divisor, register_tile_reason, vector_registers, vectors
 
 
 class DepthwiseCpu(CpuRule):
@@ -44,6 +44,26 @@ class DepthwiseCpu(CpuRule):
     """
 
     family = "depthwise"
+
+    def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
+        """NCHW: ``x_vec``: 0 (the LLVM-vectorised schedule) or a divisor of OW; ``y_block``: a divisor of OH;
+        with ``x_vec > 0`` the register tile ``y_block * ceil(x_vec / lanes)`` fits the register file.
+        NCHW[x]c: ``x_tile``: a divisor of OW whose register tile ``x_tile * ceil(x / lanes)`` fits the register
+        file (or 1, one pixel of a block wider than the whole file). See :meth:`knob_constraints`."""
+        if wl.data_block:
+            return {"x_tile": tuple(divisors(wl.out_w))}
+        return {"x_vec": (0, *divisors(wl.out_w)), "y_block": tuple(divisors(wl.out_h))}
+
+    def knob_constraints(self, wl, target, knobs):
+        lanes = target.vector_lanes
+        if wl.data_block:
+            if knobs["x_tile"] == 1:
+                return None
+            return register_tile_reason(knobs["x_tile"] * vectors(wl.data_block, lanes), target, "x_tile x ceil(x / lanes)")
+        if knobs["x_vec"] == 0:
+            return None
+        acc = knobs["y_block"] * vectors(knobs["x_vec"], lanes)
+        return register_tile_reason(acc, target, "y_block x ceil(x_vec / lanes)")
 
     def default_knobs(self, wl, target):
         if wl.data_block:
@@ -69,7 +89,12 @@ class DepthwiseCpu(CpuRule):
         d = self.default_knobs(wl, target)
         if wl.data_block:
             regs = -(-wl.data_block // target.vector_lanes)
-            caps = (vector_registers(target) // (8 * regs), vector_registers(target) // (2 * regs), 28)
+            # the last: nearly the whole register file (28 pixels of one vector each on AVX-512 and NEON)
+            caps = (
+                vector_registers(target) // (8 * regs),
+                vector_registers(target) // (2 * regs),
+                (vector_registers(target) - 4) // regs,
+            )
             out = [d]
             for cap in caps:
                 c = {"x_tile": self._x_tile(wl, target, max(cap, 1))}
@@ -97,14 +122,12 @@ class DepthwiseCpu(CpuRule):
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
-        kn = self.read_knobs(knobs)
+        kn = self.check_knobs(wl, target, knobs)
         if wl.data_block:
             return self._build_blocked(wl, kn)
         xv, yb = kn["x_vec"], kn["y_block"]
         if xv == 0:
             return self._build_auto(wl)
-        if xv < 1 or yb < 1 or wl.out_w % xv or wl.out_h % yb:
-            raise ValueError(f"{self.arch}/depthwise knobs {knobs} must divide the output {wl.out_h}x{wl.out_w}")
         sch = s_tir.Schedule(compute.create_prim_func(compute.depthwise(wl)))
         out = sch.get_sblock("out")
         n, k, y, x, rh, rw = sch.get_loops(out)
@@ -138,9 +161,7 @@ class DepthwiseCpu(CpuRule):
 
     @classmethod
     def _build_blocked(cls, wl: Conv2dWorkload, kn: Knobs) -> tvm.tirx.PrimFunc:
-        xt = kn.get("x_tile", 0)
-        if xt < 1 or wl.out_w % xt:
-            raise ValueError(f"depthwise NCHW[x]c knob x_tile={xt} must divide OW={wl.out_w}")
+        xt = kn["x_tile"]  # validated by build: a divisor of OW
         sch = s_tir.Schedule(compute.create_prim_func(compute.depthwise_blocked(wl)))
         out = sch.get_sblock("out")
         n, co, y, x, ci, rh, rw = sch.get_loops(out)

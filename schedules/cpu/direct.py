@@ -22,6 +22,7 @@ from ..workload import Conv2dWorkload
 from ._util import (
     CpuRule,
     begin_schedule,
+    register_tile_reason,
     best_tile,
     channel_block,
     largest_divisor,
@@ -54,6 +55,29 @@ class DirectCpu(CpuRule):
     """
 
     family = "direct"
+    optional_knobs = {"ic_block": 1, "oc_tile": 1}
+
+    def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
+        """``oc_block``: 1 .. max(lanes, the output layout's block) (one vector, or one NCHW[x]c block of
+        channels); ``ic_block``: 1 .. C (it blocks the input channels); ``ow_tile``: 1 .. OW (it tiles the output
+        columns); ``oc_tile``: 1 .. K, and it must divide ``ceil(K / oc_block)`` (:meth:`knob_constraints`)."""
+        return {
+            "oc_block": range(1, max(target.vector_lanes, wl.out_block) + 1),
+            "ic_block": range(1, wl.in_channels + 1),
+            "ow_tile": range(1, wl.out_w + 1),
+            "oc_tile": range(1, wl.out_channels + 1),
+        }
+
+    def knob_constraints(self, wl, target, knobs):
+        """``oc_tile`` divides ``ceil(K / oc_block)`` (the register tile takes whole channel blocks) and the
+        register tile ``ow_tile * oc_tile`` (in vectors of ``oc_block``) fits the vector register file."""
+        k_outer = -(-wl.out_channels // knobs["oc_block"])
+        if k_outer % knobs["oc_tile"]:
+            return (
+                f"knob 'oc_tile': expected a divisor of ceil(K / oc_block) = {k_outer} "
+                f"(K={wl.out_channels}, oc_block={knobs['oc_block']}), got {knobs['oc_tile']}"
+            )
+        return register_tile_reason(knobs["ow_tile"] * knobs["oc_tile"], target, "ow_tile x oc_tile")
 
     def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
         return self._knobs(wl, target)
@@ -95,9 +119,6 @@ class DirectCpu(CpuRule):
                         cands.append(k)
         return cands
 
-    def read_knobs(self, knobs: Knobs) -> Knobs:
-        return {"ic_block": 1, "oc_tile": 1, **super().read_knobs(knobs)}
-
     def packed_weight_shape(self, wl, knobs):
         kn = self.read_knobs(knobs)
         return compute.direct_blocked_packed_shape(wl, kn["oc_block"], kn["ic_block"])
@@ -108,12 +129,10 @@ class DirectCpu(CpuRule):
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
-        kn = self.read_knobs(knobs)
+        kn = self.check_knobs(wl, target, knobs)
         ob, ib, owt, noc = kn["oc_block"], kn["ic_block"], kn["ow_tile"], kn["oc_tile"]
         lanes = target.vector_lanes
         geo = compute.direct_blocked_geometry(wl, ob, ib, owt)
-        if min(ob, ib, owt, noc) < 1 or geo["k_outer"] % noc:
-            raise ValueError(f"{self.arch}/direct knobs {knobs} invalid for {wl.describe()}")
         sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.direct_blocked(wl, ob, ib, owt))))
 
         if geo["needs_pack"]:

@@ -17,7 +17,15 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, begin_schedule, loops_below, vector_registers, vectorize_blocked_store
+from ._util import (
+    CpuRule,
+    begin_schedule,
+    loops_below,
+    register_tile_reason,
+    vector_registers,
+    vectorize_blocked_store,
+    vectors,
+)
 
 
 def _x_block(out_w: int, lanes: int) -> int:
@@ -40,6 +48,19 @@ class Im2colCpu(CpuRule):
     """
 
     family = "im2col"
+
+    def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
+        """``k_block``: 1 .. K/G (it tiles a group's output channels); ``x_block``: 1 .. max(OW, 2 x lanes) (it
+        tiles the output columns, or is up to two whole vectors); together a register tile of
+        ``k_block * ceil(x_block / lanes)`` vectors within the register file (:meth:`knob_constraints`)."""
+        return {
+            "k_block": range(1, wl.out_channels // wl.groups + 1),
+            "x_block": range(1, max(wl.out_w, 2 * target.vector_lanes) + 1),
+        }
+
+    def knob_constraints(self, wl, target, knobs):
+        acc = knobs["k_block"] * vectors(knobs["x_block"], target.vector_lanes)
+        return register_tile_reason(acc, target, "k_block x ceil(x_block / lanes)")
 
     def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
         return self._knobs(wl, target)
@@ -72,10 +93,9 @@ class Im2colCpu(CpuRule):
         return compute.im2col_blocked_pack_weight(weight, wl, self.read_knobs(knobs)["k_block"])
 
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        kn = self.read_knobs(knobs)
+        self.check(wl, target)
+        kn = self.check_knobs(wl, target, knobs)
         kb, xb = kn["k_block"], kn["x_block"]
-        if kb < 1 or xb < 1:
-            raise ValueError(f"{self.arch}/im2col knobs {knobs} invalid")
         lanes = target.vector_lanes
         sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.im2col_rows(wl, kb, xb))))
         col = sch.get_sblock("im2col")

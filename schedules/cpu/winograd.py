@@ -32,7 +32,7 @@ from .. import compute
 from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, begin_schedule, vector_registers, vectorize_blocked_store
+from ._util import CpuRule, begin_schedule, register_tile_reason, vector_registers, vectorize_blocked_store
 
 #: Documented bound on max |ours - float64| / max |float64| per tile size m (about 2x the worst measured value).
 #: Measured (random N(0,1) data/weights, 3x3 pad 1, 64ch 56x56 / 128ch 28x28 / 256ch 14x14 / 512ch 7x7):
@@ -64,6 +64,25 @@ class WinogradCpu(CpuRule):
     """
 
     family = "winograd"
+
+    #: The output tile sizes m of F(m x m, 3 x 3) this rule builds (those with a measured :data:`ERROR_BOUND`).
+    TILES = tuple(sorted(ERROR_BOUND))
+
+    def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
+        """``tile``: 2, 4 or 6 (:attr:`TILES`); ``k_block``: 1 .. 4 x lanes (up to four vectors of output channels;
+        K is zero-padded up to it); ``p_block``: 1 .. the number of vector registers; together a register tile of
+        ``p_block * k_block / kv`` accumulators (``kv`` the vector width along K, the largest power of two
+        <= lanes dividing ``k_block``) within the register file (:meth:`knob_constraints`)."""
+        return {
+            "tile": self.TILES,
+            "k_block": range(1, 4 * target.vector_lanes + 1),
+            "p_block": range(1, vector_registers(target) + 1),
+        }
+
+    def knob_constraints(self, wl, target, knobs):
+        kb = knobs["k_block"]
+        acc = knobs["p_block"] * (kb // _pow2_divisor(kb, target.vector_lanes))
+        return register_tile_reason(acc, target, "p_block x k_block / kv")
 
     def default_knobs(self, wl, target):
         """``tile``: F(4, 3) (error bound 1e-5), F(2, 3) when the output is at most 8 pixels on a side (F(4, 3)
@@ -108,11 +127,9 @@ class WinogradCpu(CpuRule):
     def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
         self.check(wl, target)
         lanes = target.vector_lanes
-        kn = self.read_knobs(knobs)
+        kn = self.check_knobs(wl, target, knobs)
         m = kn["tile"]
         kb, pb = kn["k_block"], kn["p_block"]
-        if m not in (2, 3, 4, 5, 6) or kb < 1 or pb < 1:
-            raise ValueError(f"invalid winograd knobs {knobs}")
         kv = _pow2_divisor(kb, lanes)  # vector width along K
         cv = _pow2_divisor(wl.in_channels, lanes)  # vector width along C (input transform)
         sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.winograd(wl, m, kb, pb))))

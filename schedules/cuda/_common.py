@@ -27,6 +27,15 @@ from ..workload import Conv2dWorkload
 #: CUDA limits we schedule against (sm_80 and sm_90 alike): threads per block, static shared memory per block.
 MAX_THREADS = 1024
 MAX_STATIC_SMEM = 48 * 1024
+#: Knob domains every CUDA rule shares: threads along one axis of a block, and a shared-memory slice (elements of
+#: the reduction per step: at most what fits the static shared memory as fp32).
+THREADS = range(1, MAX_THREADS + 1)
+SMEM_SLICE = range(1, MAX_STATIC_SMEM // 4 + 1)
+
+
+def divisor_domain(n: int, cap: int | None = None) -> tuple[int, ...]:
+    """The divisors of ``n`` (at most ``cap``), as a knob domain."""
+    return tuple(d for d in range(1, n + 1) if n % d == 0 and (cap is None or d <= cap))
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -308,18 +317,22 @@ class CudaRule(Conv2dRule):
     @staticmethod
     @abc.abstractmethod
     def _valid(wl: Conv2dWorkload, knobs: Knobs) -> str | None:
-        """``None`` when ``knobs`` fit ``wl``, else why not."""
+        """``None`` when ``knobs`` (complete, each an ``int``) fit ``wl``, else why not: the conditions between
+        knobs (threads per block, shared memory, register tile, tiles dividing the output)."""
+
+    def knob_constraints(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> str | None:
+        """:meth:`_valid` (the CUDA limits: :data:`MAX_THREADS`, :data:`MAX_STATIC_SMEM`, register tile)."""
+        return self._valid(wl, knobs)
 
     def start(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> s_tir.Schedule:
-        """A fresh schedule of :meth:`unscheduled` after checking the workload and the knobs.
+        """A fresh schedule of :meth:`unscheduled` after checking the workload and the knobs
+        (:meth:`~..rule.Conv2dRule.validate_knobs`).
 
         Raises:
             ValueError: unsupported workload or invalid knobs (names both).
         """
         self.check(wl, target)
-        bad = self._valid(wl, knobs)
-        if bad:
-            raise ValueError(f"cuda/{self.family}: invalid knobs {knobs} for {wl.describe()}: {bad}")
+        self.check_knobs(wl, target, knobs)
         return s_tir.Schedule(self.unscheduled(wl, knobs))
 
     @abc.abstractmethod

@@ -13,6 +13,7 @@ from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
 from . import _common as C
+from ._common import divisor_domain
 
 
 def _halo(t: int, stride: int, k: int, dil: int) -> int:
@@ -26,6 +27,12 @@ class DepthwiseCuda(C.CudaRule):
     """
 
     family = "depthwise"
+
+    def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
+        """``y_thr``/``y_reg``: divisors of OH, ``x_thr``/``x_reg``: divisors of OW (the block tile divides the
+        output); :meth:`_valid` bounds threads per block, shared memory and the register tile (32 outputs)."""
+        oh, ow = divisor_domain(wl.out_h), divisor_domain(wl.out_w)
+        return {"y_thr": oh, "y_reg": oh, "x_thr": ow, "x_reg": ow}
 
     def default_knobs(self, wl, target):
         x_reg = 2 if wl.out_w >= 32 and wl.out_w % 2 == 0 else 1

@@ -13,6 +13,7 @@ from ..rule import Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
 from . import _common as C
+from ._common import divisor_domain
 
 
 def _halo(t: int, stride: int, k: int, dil: int) -> int:
@@ -29,6 +30,22 @@ class DirectCuda(C.CudaRule):
     """
 
     family = "direct"
+
+    def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
+        """``oc_block``: a divisor of K up to 64 (the register-tile cap); ``y_thr``/``y_reg``: divisors of OH and
+        ``x_thr``/``x_reg`` divisors of OW (the block tile divides the output); ``k_thr``: 1 .. 1024 threads;
+        ``ic_tile``: 1 .. 12288 (a shared-memory slice). :meth:`_valid` then bounds threads per block (1024),
+        shared memory (48 KiB) and the register tile (64 accumulators)."""
+        oh, ow = divisor_domain(wl.out_h), divisor_domain(wl.out_w)
+        return {
+            "oc_block": divisor_domain(wl.out_channels, 64),
+            "k_thr": C.THREADS,
+            "y_thr": oh,
+            "y_reg": oh,
+            "x_thr": ow,
+            "x_reg": ow,
+            "ic_tile": C.SMEM_SLICE,
+        }
 
     def default_knobs(self, wl, target):
         k = wl.out_channels

@@ -26,6 +26,12 @@ class Im2colCuda(C.CudaRule):
 
     family = "im2col"
 
+    def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
+        """``k_thr``/``p_thr``: 1 .. 1024 threads; ``k_reg``/``p_reg``: 1 .. 64 (the register-tile cap);
+        ``r_tile``: 1 .. 12288 (a shared-memory slice). Splits need not divide the GEMM; :meth:`_valid` bounds
+        threads per block, shared memory and the register tile."""
+        return {"k_thr": C.THREADS, "k_reg": range(1, 65), "p_thr": C.THREADS, "p_reg": range(1, 65), "r_tile": C.SMEM_SLICE}
+
     def default_knobs(self, wl, target):
         kg = wl.out_channels // wl.groups
         p_len = wl.out_h * wl.out_w

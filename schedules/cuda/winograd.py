@@ -32,6 +32,20 @@ class WinogradCuda(C.CudaRule):
 
     family = "winograd"
 
+    def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
+        """``tile``: 2 or 4; ``k_thr``/``p_thr``/``tf_thr``: 1 .. 1024 threads; ``k_reg``/``p_reg``: 1 .. 64 (the
+        register-tile cap); ``c_tile``: 1 .. 12288 (a shared-memory slice). :meth:`_valid` bounds threads per
+        block, shared memory and the register tile."""
+        return {
+            "tile": (2, 4),
+            "k_thr": C.THREADS,
+            "k_reg": range(1, 65),
+            "p_thr": C.THREADS,
+            "p_reg": range(1, 65),
+            "c_tile": C.SMEM_SLICE,
+            "tf_thr": C.THREADS,
+        }
+
     def default_knobs(self, wl, target):
         m = 4 if min(wl.out_h, wl.out_w) >= 8 else 2
         n_h, n_w = -(-wl.out_h // m), -(-wl.out_w // m)
