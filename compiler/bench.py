@@ -71,6 +71,7 @@ def model_engines(
     threads: int,
     torch_model=None,
     device: str = "cpu",
+    expected_sha256: str | None = None,
 ):
     """Callables running one inference with convpipe (an artifact, or ``{engine name: artifact}`` for several
     builds), onnxruntime (``onnx_path``) and PyTorch eager, on ``device``.
@@ -79,6 +80,8 @@ def model_engines(
     (``Device.sync``) so host timers see the kernels' time; PyTorch (cuDNN) runs there too when this torch
     has CUDA, onnxruntime only through its CUDA execution provider when installed; an engine without CUDA is
     left out (the returned dict says which ran).
+
+    ``expected_sha256``: passed to :func:`convpipe.runtime.load` for every artifact (the library must have it).
 
     Raises:
         ConvpipeError: see :func:`convpipe.runtime.load` (e.g. a CUDA artifact where no GPU is present).
@@ -91,7 +94,7 @@ def model_engines(
 
     engines: dict[str, Callable[[], object]] = {}
     for name, path in ({"convpipe": artifact} if isinstance(artifact, str) else artifact).items():
-        module = load(path, device=device)
+        module = load(path, device=device, expected_sha256=expected_sha256)
         vm, dev = module._vm(), module._dev
         args = [tvm.runtime.tensor(a, dev) for a in module.check_inputs(inputs)]
         if device == "cuda":

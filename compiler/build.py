@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from convpipe.schedules import TargetError, TargetInfo, resolve_target
 from .cuda_device import DeviceCode, cuda_build
 from .importer import ImportedModel, import_onnx, to_relax
 from .lower import LayerRecord, lower_conv2d
-from .output import atomic_directory
+from .output import atomic_directory, check_output_dir
 from .layout import convert_layout
 from .pipeline import pre_lowering, relax_pipeline
 
@@ -61,14 +62,16 @@ def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "au
     return ex, layers, code
 
 
-def export_library(ex, path: str, target: TargetInfo) -> None:
-    """Write the executable as a shared library, cross-compiling for aarch64 when the target is ARM."""
+def export_library(ex, path: str, target: TargetInfo, workspace: str | None = None) -> None:
+    """Write the executable as a shared library, cross-compiling for aarch64 when the target is ARM.
+    ``workspace``: the directory for the intermediate object files (default: TVM makes one under ``$TMPDIR``,
+    which a killed run leaves behind; ``compile_model`` passes one inside the artifact's temporary directory)."""
     if target.arch == "arm":
         from convpipe.remote import export_for_board
 
-        export_for_board(ex, path)
+        export_for_board(ex, path, workspace=workspace)
     else:
-        ex.export_library(path)
+        ex.export_library(path, workspace_dir=workspace)
 
 
 def write_cuda_source(code: DeviceCode, directory: str) -> dict:
@@ -103,6 +106,7 @@ def compile_model(
     db=None,
     arch: str | None = None,
     layout: str = "auto",
+    max_memory: int | None = None,
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (see :mod:`convpipe.runtime.artifact`).
 
@@ -116,26 +120,34 @@ def compile_model(
         arch: CUDA arch for ``target="cuda"``.
         layout: ``"auto"`` (NCHW[x]c through the network on CPU targets, :mod:`.layout`), ``"nchw"`` or
             ``"nchw{x}c"``.
+        max_memory: bytes one tensor of the model (input, output or intermediate, at the pinned shapes) may
+            take; default: this machine's physical memory (:func:`.importer.check_tensor_sizes`).
 
     Raises:
-        ConvpipeError: bad model, bad target, or a failure while building; nothing is written then.
+        ConvpipeError: bad model, bad target, an output path that must not be written (see
+            :func:`.output.check_output_dir`: an existing directory is replaced only when it is a convpipe
+            artifact), tensors over ``max_memory``, or a failure while building; nothing is written then.
     """
+    check_output_dir(output, (onnx_path,))
     times = {}
     t0 = time.perf_counter()
     try:
         tinfo = target if isinstance(target, TargetInfo) else resolve_target(target, arch)
     except TargetError as e:
         raise ConvpipeError(str(e)) from None
-    imported = import_onnx(onnx_path, input_shapes)
+    imported = import_onnx(onnx_path, input_shapes, max_memory=max_memory)
     times["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ex, layers, device_code = build_relax(imported, tinfo, schedule, db, layout)
     block = max((layer.workload.out_block for layer in layers), default=0)
     times["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, (onnx_path,)) as tmp:
         lib = os.path.join(tmp, LIBRARY)
-        export_library(ex, lib, tinfo)
+        workspace = os.path.join(tmp, ".build")
+        os.mkdir(workspace)
+        export_library(ex, lib, tinfo, workspace)
+        shutil.rmtree(workspace)
         manifest = {
             "format": FORMAT,
             "convpipe_version": convpipe.__version__,

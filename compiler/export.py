@@ -9,7 +9,6 @@ is checked with ``onnx.checker`` and shape inference; Conv ``auto_pad`` is rewri
 from __future__ import annotations
 
 import io
-import os
 import warnings
 
 import numpy as np
@@ -32,14 +31,16 @@ def export_onnx(
 
     Output names: ``output_names`` if given, else ``output`` for a single output and ``output0``, ``output1``,
     ... otherwise. ``source`` (a zoo name or ``package.module:factory``) is recorded in the model's
-    ``metadata_props`` as ``convpipe.source`` with ``convpipe.input_shape``, so ``convpipe bench`` can rebuild the
-    PyTorch model for its side-by-side timing. The file is written atomically (temporary file, then rename).
+    ``metadata_props`` as ``convpipe.source`` with ``convpipe.input_shape``, for information only: no command
+    reads code to run from a file (``convpipe bench --torch-model`` names the PyTorch model explicitly). The file
+    is written atomically (:func:`.output.write_file_atomically`).
 
     Returns:
         The output names.
 
     Raises:
-        ConvpipeError: the exporter failed (the message carries its reason) or the result fails the checker.
+        ConvpipeError: the exporter failed (the message carries its reason), the result fails the checker, or
+            ``path`` cannot be written.
     """
     import onnx
     import torch
@@ -81,11 +82,9 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
         raise ConvpipeError(f"exported ONNX fails the checker: {e}") from None
-    tmp = f"{path}.tmp-{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(proto.SerializeToString())
-    os.replace(tmp, path)
+    from .output import write_file_atomically
+
+    write_file_atomically(path, proto.SerializeToString())
     return names
 
 

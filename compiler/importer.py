@@ -223,21 +223,91 @@ def _static_info(vis, where: str, path: str) -> list[TensorInfo]:
     return out
 
 
-def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = None, simplify: bool = True) -> ImportedModel:
+_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (``sysconf``); 0 where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def format_bytes(n: float) -> str:
+    """``3.2e9`` -> ``"3.0 GiB"`` (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def check_tensor_sizes(model: onnx.ModelProto, path: str, limit: int | None = None) -> None:
+    """Refuse a model one of whose tensors with a known static shape (graph inputs, outputs, inferred
+    intermediates, initializers) needs more than ``limit`` bytes (default: :func:`machine_memory`): such a model
+    cannot run here, and finding out at run time costs a traceback from the allocator.
+
+    Raises:
+        ConvpipeError: names the file, the tensor, its shape and dtype, its size and the limit.
+    """
+    limit = limit if limit is not None else machine_memory()
+    if limit <= 0:
+        return
+    kinds = [("input", model.graph.input), ("output", model.graph.output), ("tensor", model.graph.value_info)]
+    for kind, vis in kinds:
+        for vi in vis:
+            tt = vi.type.tensor_type
+            dims = tt.shape.dim
+            if not dims or not all(d.HasField("dim_value") for d in dims):
+                continue
+            shape = [d.dim_value for d in dims]
+            nbytes = int(np.prod(shape, dtype=object)) * _ITEMSIZE.get(_ONNX_DTYPES.get(tt.elem_type, ""), 4)
+            if nbytes > limit:
+                raise ConvpipeError(
+                    f"{path}: {kind} {vi.name!r} of shape {shape} needs {format_bytes(nbytes)}, over the limit of "
+                    f"{format_bytes(limit)} (this machine's memory unless --max-memory says otherwise): pin smaller "
+                    "shapes with --input-shape, or raise the limit with --max-memory"
+                )
+
+
+def _check_conv_dtypes(model: onnx.ModelProto, path: str) -> None:
+    """Refuse a Conv node whose data or weight is not float32, naming the file and the node."""
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "Conv":
+            continue
+        for role, name in zip(("data", "weight", "bias"), node.input):
+            et = types.get(name)
+            if et is not None and et != onnx.TensorProto.FLOAT:
+                raise ConvpipeError(
+                    f"{path}: node {node.name or i!r} (Conv) has a {onnx.TensorProto.DataType.Name(et).lower()} "
+                    f"{role} {name!r}: convpipe compiles float32 convolutions only (convert the model to float32)"
+                )
+
+
+def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = None, simplify: bool = True,
+                max_memory: int | None = None) -> ImportedModel:
     """Load, check, pin, infer, make Conv pads explicit and simplify an ONNX model.
 
     Args:
         path: the ``.onnx`` file.
         input_shapes: dims to pin, by input name (``""`` for the only input).
         simplify: run onnxslim (constant folding, shape-chain folding, dead-node removal).
+        max_memory: bytes a single tensor may take (see :func:`check_tensor_sizes`).
 
     Raises:
-        ConvpipeError: see :func:`load_onnx`, :func:`pin_input_shapes`; an op TVM cannot import (names the op
-            and node); shapes that do not resolve statically.
+        ConvpipeError: see :func:`load_onnx`, :func:`pin_input_shapes`, :func:`check_tensor_sizes`; an op TVM
+            cannot import (names the op and node); a Conv that is not float32 (names the node); shapes that do
+            not resolve statically.
     """
     model = load_onnx(path)
     pin_input_shapes(model, input_shapes or {}, path)
+    check_tensor_sizes(model, path, max_memory)  # before inference and folding, which would allocate
     model = _infer(model, path)
+    check_tensor_sizes(model, path, max_memory)
     if simplify:
         import onnxslim
 
@@ -250,6 +320,7 @@ def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = Non
         model = _infer(model, path)
     make_conv_pads_explicit(model)
     _check_supported_ops(model, path)
+    _check_conv_dtypes(model, path)
     inputs = _static_info(_graph_inputs(model), "input", path)
     outputs = _static_info(model.graph.output, "output", path)
     return ImportedModel(model, inputs, outputs, path)

@@ -39,18 +39,64 @@ def onnxruntime_session(onnx_path: str, threads: int | None = None, spinning: bo
         raise ConvpipeError(f"{onnx_path}: onnxruntime cannot load it: {e}") from None
 
 
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+              "tensor(bool)": "bool"}
+
+
+def io_mismatch(sess, inputs: dict[str, np.ndarray]) -> list[str]:
+    """What differs between an onnxruntime session's graph inputs and the ``inputs`` about to be fed (the
+    artifact's inputs): names missing or extra, rank, static dims (symbolic dims match any size), dtype. Empty
+    when they agree."""
+    problems = []
+    want = {i.name: i for i in sess.get_inputs()}
+    for name in sorted(set(want) - set(inputs)):
+        problems.append(f"the ONNX has input {name!r}, the artifact does not")
+    for name in sorted(set(inputs) - set(want)):
+        problems.append(f"the artifact has input {name!r}, the ONNX does not")
+    for name in [n for n in inputs if n in want]:
+        a, info = inputs[name], want[name]
+        dims = list(info.shape)
+        if len(dims) != a.ndim or any(isinstance(d, int) and d != s for d, s in zip(dims, a.shape)):
+            problems.append(f"input {name!r}: the ONNX has shape {dims}, the artifact {list(a.shape)}")
+        dtype = _ORT_TYPES.get(info.type)
+        if dtype is not None and dtype != str(a.dtype):
+            problems.append(f"input {name!r}: the ONNX has dtype {dtype}, the artifact {a.dtype}")
+    return problems
+
+
 def run_onnxruntime(onnx_path: str, inputs: dict[str, np.ndarray], threads: int | None = None) -> dict[str, np.ndarray]:
+    """Run ``onnx_path`` on onnxruntime's CPU provider; returns ``{output name: array}`` in graph order.
+
+    Raises:
+        ConvpipeError: onnxruntime cannot load the file; its inputs differ from ``inputs`` (names, ranks, static
+            dims, dtypes: every difference is listed); onnxruntime fails while running it.
+    """
     sess = onnxruntime_session(onnx_path, threads)
+    problems = io_mismatch(sess, inputs)
+    if problems:
+        raise ConvpipeError(f"{onnx_path}: not the model the artifact was compiled from: " + "; ".join(problems))
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, inputs)))
+    try:
+        return dict(zip(names, sess.run(names, inputs)))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise ConvpipeError(f"{onnx_path}: onnxruntime failed to run it: {msg}") from None
 
 
 def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], rtol: float, atol: float) -> list[OutputCheck]:
-    """Per-output comparison in ``ref``'s order.
+    """Per-output comparison in ``ref``'s order, elementwise ``|ours - ref| <= atol + rtol * |ref|``.
+
+    Non-finite values match only themselves, position by position: NaN where ``ref`` has NaN, the same
+    infinity where ``ref`` has one (``inf - inf`` would be NaN and fail). ``max_abs`` and ``max_rel`` are taken
+    over the positions where both are finite; a non-finite mismatch makes them ``inf``.
 
     Raises:
-        ConvpipeError: an output of ``ref`` is missing from ``ours`` or has another shape.
+        ConvpipeError: ``ref`` has no outputs (nothing would be compared), or an output of ``ref`` is missing
+            from ``ours`` or has another shape.
     """
+    if not ref:
+        raise ConvpipeError("the reference produced no outputs: nothing to compare")
     checks = []
     for name, r in ref.items():
         if name not in ours:
@@ -58,11 +104,16 @@ def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], rtol: float
         o = ours[name]
         if o.shape != r.shape:
             raise ConvpipeError(f"output {name!r}: artifact gives shape {list(o.shape)}, onnxruntime {list(r.shape)}")
-        o64, r64 = o.astype(np.float64), r.astype(np.float64)
-        diff = np.abs(o64 - r64)
+        o64, r64 = np.asarray(o, np.float64), np.asarray(r, np.float64)
+        finite = np.isfinite(o64) & np.isfinite(r64)
+        same_nonfinite = ~finite & ((np.isnan(o64) & np.isnan(r64)) | (o64 == r64))
+        diff = np.where(finite, np.abs(o64 - r64), 0.0)
         max_abs = float(diff.max()) if diff.size else 0.0
-        scale = float(np.abs(r64).max()) if r64.size else 0.0
+        scale = float(np.abs(np.where(finite, r64, 0.0)).max()) if r64.size else 0.0
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-        ok = bool(np.all(diff <= atol + rtol * np.abs(r64))) and bool(np.all(np.isfinite(o64) == np.isfinite(r64)))
+        nonfinite_ok = bool(np.all(finite | same_nonfinite))
+        if not nonfinite_ok:
+            max_abs = max_rel = float("inf")
+        ok = nonfinite_ok and bool(np.all(diff <= atol + rtol * np.abs(np.where(finite, r64, 0.0))))
         checks.append(OutputCheck(name, tuple(o.shape), max_abs, max_rel, ok))
     return checks

@@ -1,8 +1,13 @@
 """The ``convpipe`` command line: export, compile, run, verify, inspect, bench, tune, demo.
 
 User errors (bad files, inputs, artifacts, targets) print one ``convpipe: error: ...`` line and exit 2; ``verify``
-exits 1 when an output does not match. Heavy modules (torch, onnx, TVM) are imported by the subcommand that
-needs them.
+exits 1 when an output does not match; SIGINT exits 130 and SIGTERM 143, after removing what the command had
+half-written; an unexpected internal error prints one line and exits 3 (``--traceback`` shows it whole). Heavy
+modules (torch, onnx, TVM) are imported by the subcommand that needs them.
+
+Security: no file a command reads (an ONNX model's metadata, an artifact's manifest, a tuning database) chooses
+code to run; only command-line arguments name Python factories (``export MODEL``, ``bench --torch-model``).
+Loading an artifact runs its native code: see ``--expect-sha256``.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from convpipe.errors import ConvpipeError
@@ -29,11 +35,15 @@ def _console():
 
     from rich.console import Console
 
-    return Console(highlight=False, width=max(shutil.get_terminal_size((160, 40)).columns, 150))
+    # markup off: paths and names from the user (``art[v2].cpa``) are printed as they are; styles are explicit
+    return Console(highlight=False, markup=False, width=max(shutil.get_terminal_size((160, 40)).columns, 150))
 
 
 def _load_inputs(specs: list[str] | None, infos) -> dict:
-    """``NAME=file.npy`` (or a bare ``file.npy`` for a one-input model) -> ``{name: array}``."""
+    """``NAME=file.npy`` (or a bare ``file.npy`` for a one-input model) -> ``{name: array}``.
+
+    Raises:
+        ConvpipeError: an input named twice, a bare path for a multi-input model, a missing or non-.npy file."""
     import numpy as np
 
     out = {}
@@ -44,6 +54,8 @@ def _load_inputs(specs: list[str] | None, infos) -> dict:
             if len(names) != 1:
                 raise ConvpipeError(f"--input {spec!r}: the model has inputs {names}; write NAME=file.npy")
             name, path = names[0], spec
+        if name in out:
+            raise ConvpipeError(f"--input {name}: given more than once")
         if not os.path.isfile(path):
             raise ConvpipeError(f"--input {name}: {path}: no such file")
         try:
@@ -60,6 +72,7 @@ class _Runner:
         from convpipe.runtime import io_info, load, read_manifest
 
         self.remote = getattr(args, "remote", None) or getattr(args, "tracker", None)
+        expected_sha256 = getattr(args, "expect_sha256", None)
         if self.remote:
             import tvm
 
@@ -67,7 +80,7 @@ class _Runner:
             from convpipe.runtime import verify_library
 
             self.manifest = read_manifest(args.artifact)
-            self.lib = verify_library(args.artifact, self.manifest)
+            self.lib = verify_library(args.artifact, self.manifest, expected_sha256=expected_sha256)
             if self.manifest["tvm_version"] != tvm.__version__:
                 raise ConvpipeError(f"artifact built with TVM {self.manifest['tvm_version']}, this host has {tvm.__version__}")
             self.inputs, self.outputs = io_info(self.manifest, "inputs"), io_info(self.manifest, "outputs")
@@ -75,7 +88,7 @@ class _Runner:
             self.session = remote.connect(args.remote, args.tracker, args.key, timeout_s=args.timeout)
             remote.remote_device(self.session, self.device)  # fail now, before any upload, if it has no GPU
         else:
-            self.module = load(args.artifact, device=getattr(args, "device", None))
+            self.module = load(args.artifact, device=getattr(args, "device", None), expected_sha256=expected_sha256)
             self.manifest, self.inputs, self.outputs = self.module.manifest, self.module.inputs, self.module.outputs
 
     def run(self, inputs: dict) -> dict:
@@ -94,7 +107,26 @@ def _add_remote_args(s) -> None:
     s.add_argument("--tracker", metavar="HOST:PORT", help="run on a board taken from a TVM RPC tracker")
     s.add_argument("--key", help="device key for --tracker")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the board (default 30)")
+    _add_sha_arg(s)
 
+
+def _add_sha_arg(s) -> None:
+    s.add_argument("--expect-sha256", metavar="HEX",
+                   help="refuse the artifact unless its library's sha256 is this one (loading an artifact runs its "
+                        "native code; the sha256 in its manifest only detects corruption)")
+
+
+def _parse_size(text: str) -> int:
+    """``"64G"``, ``"512MiB"``, ``"1e9"`` -> bytes (argparse type for ``--max-memory``)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        n = float(t[:-1] if scale > 1 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 64G, 512M or 1000000000") from None
+    if not n > 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive size")
+    return int(n)
 
 def _layer_table(layers: list[dict], title: str):
     from rich.table import Table
@@ -129,12 +161,14 @@ def _layer_table(layers: list[dict], title: str):
 
 def _print_checks(console, checks, rtol, atol) -> bool:
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"verify vs onnxruntime (CPU)  rtol={rtol:g} atol={atol:g}", title_justify="left")
     for col in ("output", "shape", "max abs err", "max rel err", "match"):
         t.add_column(col)
     for c in checks:
-        t.add_row(c.name, str(list(c.shape)), f"{c.max_abs:.3e}", f"{c.max_rel:.3e}", "[green]yes[/]" if c.ok else "[red]NO[/]")
+        t.add_row(c.name, str(list(c.shape)), f"{c.max_abs:.3e}", f"{c.max_rel:.3e}",
+                  Text("yes", style="green") if c.ok else Text("NO", style="red"))
     console.print(t)
     return all(c.ok for c in checks)
 
@@ -147,10 +181,8 @@ def _bench_table(res: dict, title: str):
     for col in ("engine", "median ms", "min ms", "max ms", f"{base} speed-up"):
         t.add_column(col, justify="right" if col != "engine" else "left")
     ours = res[base]["median_ms"]
-    from rich.markup import escape
-
     for name, r in res.items():
-        t.add_row(escape(name), f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
+        t.add_row(name, f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
     t.caption = f"speed-up = engine median / {base} median (> 1: {base} faster)"
     return t
 
@@ -180,10 +212,10 @@ def cmd_compile(args) -> int:
     if args.db:
         from convpipe.compiler.tune import TuningDatabase
 
-        db = TuningDatabase(args.db)
+        db = TuningDatabase(args.db, strict=args.strict)
     res = compile_model(
         args.model, args.output, args.target, args.schedule, parse_input_shapes(args.input_shape), db, args.arch,
-        args.layout,
+        args.layout, max_memory=args.max_memory,
     )
     con = _console()
     if not args.quiet:
@@ -204,7 +236,10 @@ def cmd_run(args) -> int:
         inputs = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in module.inputs], args.seed)
     outputs = module.run(inputs)
     if args.output:
-        np.savez(args.output, **outputs)
+        try:
+            np.savez(args.output, **outputs)
+        except OSError as e:
+            raise ConvpipeError(f"-o {args.output}: cannot write it: {e.strerror or e}") from None
     for name, a in outputs.items():
         print(f"{name}: shape={list(a.shape)} dtype={a.dtype} mean={a.mean():.6g} max={a.max():.6g}")
     if args.output:
@@ -224,7 +259,7 @@ def cmd_verify(args) -> int:
     ref = run_onnxruntime(args.model, inputs)
     con = _console()
     ok = _print_checks(con, compare(ours, ref, args.rtol, args.atol), args.rtol, args.atol)
-    con.print("[green]verify: all outputs match onnxruntime[/]" if ok else "[red]verify: MISMATCH[/]")
+    con.print("verify: all outputs match onnxruntime" if ok else "verify: MISMATCH", style="green" if ok else "red")
     return 0 if ok else 1
 
 
@@ -262,7 +297,10 @@ def _artifact_device(artifact: str | dict[str, str]) -> str:
 
 
 def _bench(artifact: str | dict[str, str], onnx_path: str | None, threads: int, rounds: int, inputs=None,
-           device: str | None = None) -> dict:
+           device: str | None = None, torch_model: str | None = None, expected_sha256: str | None = None) -> dict:
+    """Time the artifact(s) against onnxruntime (``onnx_path``, else the artifact's recorded source when that
+    file exists) and PyTorch (only when ``torch_model``, a zoo name or ``package.module:factory`` from the command
+    line, is given: a file's contents never name code to run)."""
     from convpipe.compiler.bench import model_engines, set_threads, side_by_side
     from convpipe.compiler.importer import TensorInfo, random_inputs
     from convpipe.runtime import read_manifest
@@ -273,21 +311,14 @@ def _bench(artifact: str | dict[str, str], onnx_path: str | None, threads: int, 
         onnx_path = m["source_onnx"]["file"]
     if inputs is None:
         inputs = random_inputs([TensorInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in m["inputs"]])
-    torch_model = _torch_model_of(onnx_path) if onnx_path else None
+    module = None
+    if torch_model:
+        from convpipe.compiler.zoo import get_model
+
+        module = get_model(torch_model)[0]
     device = device or _artifact_device(artifact)
-    return side_by_side(model_engines(artifact, onnx_path, inputs, threads, torch_model, device), rounds=rounds)
-
-
-def _torch_model_of(onnx_path: str):
-    """Rebuild the PyTorch model an ONNX file was exported from (``convpipe.source`` metadata), or None."""
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(onnx_path, load_external_data=False).metadata_props}
-    if "convpipe.source" not in props:
-        return None
-    from convpipe.compiler.zoo import get_model
-
-    return get_model(props["convpipe.source"])[0]
+    engines = model_engines(artifact, onnx_path, inputs, threads, module, device, expected_sha256=expected_sha256)
+    return side_by_side(engines, rounds=rounds)
 
 
 def cmd_bench(args) -> int:
@@ -319,7 +350,7 @@ def cmd_bench(args) -> int:
                 path = os.path.join(tmp.name, f"{sched}-{layout}.cpa")
                 artifact[f"convpipe[{tag}]" if tag else "convpipe"] = path
                 compile_model(onnx_path, path, args.target, sched, parse_input_shapes(args.input_shape),
-                              arch=args.arch, layout=layout)
+                              arch=args.arch, layout=layout, max_memory=args.max_memory)
     elif len(schedules) > 1 or args.schedule != "auto" or args.layout != "auto" or args.target != "x86" or args.arch:
         raise ConvpipeError("--schedule/--layout/--target/--arch apply when benchmarking an .onnx (an artifact's are fixed)")
     else:
@@ -340,7 +371,8 @@ def cmd_bench(args) -> int:
                   f"repeats of {max(1, args.rounds)} runs (time_evaluator on the board). An emulated board "
                   "(scripts/arm_board.sh) is ~20x slower than hardware: its timings are not ARM performance.")
         return 0
-    res = _bench(artifact, onnx_path, args.threads, args.rounds, device=args.device)
+    res = _bench(artifact, onnx_path, args.threads, args.rounds, device=args.device, torch_model=args.torch_model,
+                 expected_sha256=args.expect_sha256)
     where = f"device={args.device or _artifact_device(artifact)}"
     con.print(_bench_table(res, f"bench {args.model}  {where}  threads={args.threads}  batch latency, median of {args.rounds} interleaved rounds"))
     return 0
@@ -363,7 +395,7 @@ def cmd_tune(args) -> int:
         set_threads(args.threads)
     imported = import_onnx(args.model, parse_input_shapes(args.input_shape))
     workloads = model_workloads(imported, target, args.layout)
-    db = TuningDatabase(args.db)
+    db = TuningDatabase(args.db, strict=args.strict)
     con = _console()
     measure = None
     if args.remote or args.tracker:
@@ -413,8 +445,15 @@ def cmd_demo(args) -> int:
 # ------------------------------------------------------------------------------------------------------------
 # parser
 # ------------------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one ``convpipe: error:`` line (exit 2) like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"convpipe: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="convpipe", description=__doc__.splitlines()[0])
+    p = _Parser(prog="convpipe", description=__doc__.splitlines()[0])
     from convpipe import __version__
 
     p.add_argument("--version", action="version", version=f"convpipe {__version__}")
@@ -437,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="pin an input's dims (repeatable)")
     s.add_argument("--db", help="tuning database (JSON) whose measured choices take precedence")
     s.add_argument("--layout", default="auto", help=LAYOUT_HELP)
+    s.add_argument("--strict", action="store_true",
+                   help="with --db: an invalid tuning record is an error (default: skipped with a warning)")
+    s.add_argument("--max-memory", type=_parse_size, metavar="SIZE",
+                   help="largest tensor the model may need, e.g. 64G (default: this machine's memory)")
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     s.set_defaults(func=cmd_compile)
 
@@ -476,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     s.add_argument("--target", default="x86", help="when given an .onnx: compile for x86 (default) or cuda")
     s.add_argument("--arch", help="CUDA arch for --target cuda (default: the local GPU's)")
+    s.add_argument("--max-memory", type=_parse_size, metavar="SIZE",
+                   help="when given an .onnx: largest tensor the model may need (default: this machine's memory)")
+    s.add_argument("--torch-model", metavar="MODEL",
+                   help="also time this PyTorch model (a zoo name or package.module:factory, as for export)")
     _add_remote_args(s)
     s.set_defaults(func=cmd_bench)
 
@@ -489,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layout", default="auto", help=LAYOUT_HELP)
     s.add_argument("--threads", type=int, help="CPU threads for the measured kernels (default: all cores)")
     s.add_argument("--retune", action="store_true", help="re-measure workloads already in the database")
+    s.add_argument("--strict", action="store_true",
+                   help="an invalid record in the database is an error (default: re-measured, with a warning)")
     s.add_argument("--remote", metavar="HOST:PORT", help="measure on a TVM RPC server (the board)")
     s.add_argument("--tracker", metavar="HOST:PORT", help="measure on a board from a TVM RPC tracker")
     s.add_argument("--key", help="device key for --tracker")
@@ -502,24 +551,79 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` clauses remove half-written output."""
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(signum)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _warnings_as_lines() -> None:
+    """convpipe's library warnings (logger ``convpipe``, e.g. a skipped tuning record) as one
+    ``convpipe: warning: ...`` line each on stderr, whatever logging setup TVM makes meanwhile."""
+    import logging
+
+    class StderrLines(logging.StreamHandler):
+        @property
+        def stream(self):  # the current sys.stderr, not the one at creation (tests capture it per test)
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value):
+            pass
+
+    log = logging.getLogger("convpipe")
+    if not any(type(h).__name__ == "StderrLines" for h in log.handlers):
+        h = StderrLines()
+        h.setFormatter(logging.Formatter("convpipe: warning: %(message)s"))
+        log.addHandler(h)
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _warnings_as_lines()
     if args.command in ("bench", "demo"):
         # before any thread pool starts: see convpipe.compiler.bench
         from convpipe.compiler.bench import set_threads
 
         set_threads(args.threads)
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
         return args.func(args)
     except ConvpipeError as e:
         if args.traceback:
             raise
-        print(f"convpipe: error: {e}", file=sys.stderr)
+        print(f"convpipe: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("convpipe: interrupted", file=sys.stderr)
+        print("convpipe: interrupted (SIGINT); partial output removed", file=sys.stderr)
         return 130
+    except Terminated:
+        print("convpipe: terminated (SIGTERM); partial output removed", file=sys.stderr)
+        return 143
+    except MemoryError:
+        print(f"convpipe: error: {args.command}: out of memory", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 -- a bug of ours: one line for the user, the traceback on request
+        if args.traceback:
+            raise
+        print(f"convpipe: internal error in {args.command}: {_one_line(e)} (rerun with --traceback and report it)",
+              file=sys.stderr)
+        return 3
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

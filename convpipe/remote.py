@@ -190,10 +190,11 @@ def cross_compiler(cc: str = AARCH64_CC):
     return tvm.support.cc.cross_compiler(cc)
 
 
-def export_for_board(executable, path: str | os.PathLike, cc: str = AARCH64_CC) -> str:
-    """Write a ``tvm.compile`` result for an aarch64 target as a shared library the board can load."""
+def export_for_board(executable, path: str | os.PathLike, cc: str = AARCH64_CC, workspace: str | None = None) -> str:
+    """Write a ``tvm.compile`` result for an aarch64 target as a shared library the board can load
+    (``workspace``: directory for the intermediate objects, default a temporary one of TVM's)."""
     path = os.fspath(path)
-    executable.export_library(path, fcompile=cross_compiler(cc))
+    executable.export_library(path, fcompile=cross_compiler(cc), workspace_dir=workspace)
     return path
 
 

@@ -75,15 +75,24 @@ def test_verify_mismatch_exits_1(work, tmp_path):
     assert p.returncode == 1 and "MISMATCH" in p.stdout
 
 
+@pytest.fixture(scope="module")
+def every_family_onnx(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("families") / "every_family.onnx")
+    run("export", "cli_models:every_family_cnn", "-o", path, "--input-shape", "1,3,12,12")
+    return path
+
+
 @pytest.mark.parametrize("schedule", ["direct", "im2col", "winograd", "depthwise"])
-def test_every_schedule_flag(work, tmp_path, schedule):
-    _, onnx_path, _ = work
+def test_every_schedule_flag(every_family_onnx, tmp_path, schedule):
+    onnx_path = every_family_onnx
     art = str(tmp_path / f"{schedule}.cpa")
     run("compile", onnx_path, "-o", art, "--schedule", schedule, "-q")
     layers = json.load(open(os.path.join(art, "manifest.json")))["conv2d"]
-    assert len(layers) == 3
+    assert len(layers) == 4
     for layer in layers:  # the requested family wherever it applies, the documented fallback elsewhere
         assert layer["family"] == schedule or layer["reason"].startswith("fallback")
+    assert any(layer["family"] == schedule and layer["reason"] == "requested" for layer in layers), \
+        f"no layer used the requested family {schedule}: {[(la['family'], la['reason']) for la in layers]}"
     run("verify", art, onnx_path)
 
 
@@ -110,7 +119,7 @@ def test_inspect(work):
 def test_bench_artifact_and_onnx(work):
     _, onnx_path, art = work
     for target in (art, onnx_path):
-        p = run("bench", target, "--threads", "1", "--rounds", "2")
+        p = run("bench", target, "--threads", "1", "--rounds", "2", "--torch-model", "cli_models:small_cnn")
         for engine in ("convpipe", "onnxruntime", "pytorch"):
             assert engine in p.stdout
         assert "speed-up" in p.stdout
