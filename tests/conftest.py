@@ -1,5 +1,6 @@
 """Shared test helpers: reference convolutions (PyTorch, onnxruntime), building one conv2d kernel alone, and the
-hypothesis profiles (``ci`` is the default; ``HYPOTHESIS_PROFILE=thorough`` runs more examples)."""
+hypothesis profiles (``ci`` is the default and deterministic; ``HYPOTHESIS_PROFILE=thorough`` runs more, random
+examples)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+#: ``ci`` (the default): the same examples on every run and every machine -- ``derandomize`` seeds the search from
+#: the test itself, and ``database=None`` keeps failures saved in a local ``.hypothesis/`` from being replayed, so
+#: a checkout runs exactly what a fresh clone runs. A failure prints its example and a ``@reproduce_failure`` blob.
 settings.register_profile(
-    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True,
+    derandomize=True, database=None,
 )
-settings.register_profile("thorough", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: ``thorough``: more examples, randomised (new ones every run), failures saved to and replayed from ``.hypothesis/``
+settings.register_profile(
+    "thorough", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
