@@ -226,7 +226,7 @@ def test_failure_while_writing_leaves_nothing(artifact, tmp_path, monkeypatch):
     """A failure after the library is half-written (here: a simulated disk error) leaves no artifact."""
     import convpipe.compiler.build as build
 
-    def broken_export(ex, path, target):
+    def broken_export(ex, path, target, *rest):  # build.export_library may take a workspace too
         open(path, "wb").write(b"partial")
         raise OSError("simulated: no space left on device")
 
