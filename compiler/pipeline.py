@@ -11,6 +11,10 @@ sets it on every function a rule schedules.
 - CUDA: TVM's default CUDA pipeline (``relax/backend/cuda/pipeline.py``) with
   :class:`convpipe.schedules.cuda.ConvEpilogueCUDA` first among its dlight rules (:func:`cuda_schedule_passes`).
 
+Both then make every float ``max``/``min`` NaN-propagating (:func:`convpipe.compiler.nan_minmax.PropagateNaN`,
+right after the schedule stage, before codegen): TVM's codegens drop a NaN operand of ``max``/``min``, so a NaN
+reaching a ReLU/Clip would come out as 0 where onnxruntime gives NaN.
+
 Constant folding and the decomposition of inference BatchNorm before conv2d lowering (:func:`pre_lowering`) are
 common to both."""
 
@@ -56,12 +60,15 @@ def _in_target_scope(target: TargetInfo, passes) -> tvm.transform.Pass:
 
 
 def cpu_pipeline(target: TargetInfo) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with convpipe's schedules after FuseTIR (epilogue fusion, dense head, injective)."""
+    """TVM's CPU pipeline with convpipe's schedules after FuseTIR (epilogue fusion, dense head, injective), then
+    NaN-propagating ``max``/``min`` (:func:`convpipe.compiler.nan_minmax.PropagateNaN`)."""
+    from .nan_minmax import PropagateNaN
+
     return _in_target_scope(
         target,
         lambda t: cpu.library_dispatch_passes(t)
         + cpu.legalize_passes(t)
-        + [dlight.ApplyDefaultSchedule(*_cpu_rules())]
+        + [dlight.ApplyDefaultSchedule(*_cpu_rules()), PropagateNaN()]
         + cpu.dataflow_lower_passes(t)
         + cpu.finalize_passes(t),
     )
@@ -94,8 +101,13 @@ def cuda_schedule_passes(target: TargetInfo) -> list[tvm.transform.Pass]:
 
 def cuda_pipeline(target: TargetInfo) -> tvm.transform.Pass:
     """TVM's CUDA pipeline (``relax/backend/cuda/pipeline.py``: ``get_default_pipeline``) with convpipe's
-    epilogue fusion among its dlight rules (:func:`cuda_schedule_passes`), then its dataflow lowering and
-    finalisation passes unchanged."""
+    epilogue fusion among its dlight rules (:func:`cuda_schedule_passes`), NaN-propagating ``max``/``min``
+    (:func:`convpipe.compiler.nan_minmax.PropagateNaN`), then its dataflow lowering and finalisation passes
+    unchanged."""
+    from .nan_minmax import PropagateNaN
+
     return _in_target_scope(
-        target, lambda t: cuda_schedule_passes(target) + cuda.dataflow_lower_passes(t) + cuda.finalize_passes(t)
+        target,
+        lambda t: cuda_schedule_passes(target) + [PropagateNaN()] + cuda.dataflow_lower_passes(t)
+        + cuda.finalize_passes(t),
     )
