@@ -314,9 +314,11 @@ def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = Non
         try:
             model = onnxslim.slim(model)
         except Exception as e:  # keep the unsimplified graph; the importer may still take it
-            import warnings
+            import logging
 
-            warnings.warn(f"{path}: onnxslim failed ({e}); importing the graph unsimplified", stacklevel=2)
+            msg = " ".join(str(e).split())[:300]
+            logging.getLogger("convpipe.importer").warning(f"{path}: onnxslim failed ({msg}); importing the graph "
+                                                           "unsimplified")
         model = _infer(model, path)
     make_conv_pads_explicit(model)
     _check_supported_ops(model, path)

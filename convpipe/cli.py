@@ -139,18 +139,18 @@ def _layer_table(layers: list[dict], title: str):
         t.add_column(col, justify="right" if col in ("#", "K", "groups", "GFLOP") else "left")
     total = 0.0
     for layer in layers:
-        w = layer["workload"]
+        w = Conv2dWorkload.from_dict(layer["workload"])  # the manifest may omit fields that have defaults
         total += layer["gflop"]
         t.add_row(
             str(layer["index"]),
-            f"{w['batch']},{w['in_channels']},{w['in_h']},{w['in_w']}",
-            str(w["out_channels"]),
-            f"{w['kernel_h']}x{w['kernel_w']}",
-            f"{w['stride_h']}x{w['stride_w']}",
-            f"{w['pad_top']},{w['pad_left']},{w['pad_bottom']},{w['pad_right']}",
-            f"{w['dilation_h']}x{w['dilation_w']}",
-            str(w["groups"]),
-            Conv2dWorkload.from_dict(w).layout,
+            f"{w.batch},{w.in_channels},{w.in_h},{w.in_w}",
+            str(w.out_channels),
+            f"{w.kernel_h}x{w.kernel_w}",
+            f"{w.stride_h}x{w.stride_w}",
+            f"{w.pad_top},{w.pad_left},{w.pad_bottom},{w.pad_right}",
+            f"{w.dilation_h}x{w.dilation_w}",
+            str(w.groups),
+            w.layout,
             layer["family"],
             " ".join(f"{k}={v}" for k, v in layer["knobs"].items()) or "-",
             f"{layer['gflop']:.4f}",

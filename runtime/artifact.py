@@ -53,6 +53,8 @@ MAX_MANIFEST_BYTES = 64 << 20
 #: Element types an input or output may have (NumPy names): those the compiler's ONNX importer accepts.
 DTYPES = ("float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool")
 ARCHES = ("x86", "arm", "cuda")
+#: Largest element count of one input or output (2**48: far beyond any memory, small enough for NumPy).
+MAX_ELEMENTS = 1 << 48
 #: ``conv2d[i].workload`` keys: required, then optional (``Conv2dWorkload``'s fields; a test keeps them equal).
 WORKLOAD_REQUIRED = ("batch", "in_channels", "in_h", "in_w", "out_channels", "kernel_h", "kernel_w")
 WORKLOAD_OPTIONAL = ("stride_h", "stride_w", "pad_top", "pad_left", "pad_bottom", "pad_right", "dilation_h",
@@ -204,6 +206,12 @@ def _shape(v, path, problems) -> None:
     for i, d in enumerate(v):
         if not _is_int(d) or d < 1:
             problems.append(f"{path}[{i}]: expected a positive int, got {_value(d)}")
+        elif d > MAX_ELEMENTS:
+            problems.append(f"{path}[{i}]: expected at most {MAX_ELEMENTS}, got {_value(d)}")
+    if len(v) > 32:
+        problems.append(f"{path}: expected at most 32 dims, got {len(v)}")
+    elif all(_is_int(d) and 1 <= d <= MAX_ELEMENTS for d in v) and math.prod(v) > MAX_ELEMENTS:
+        problems.append(f"{path}: expected at most {MAX_ELEMENTS} elements in all, got {math.prod(v)}")
 
 
 def _tensors(v, path, problems) -> None:

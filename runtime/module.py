@@ -345,8 +345,9 @@ class Module:
             ``{output name: np.ndarray}`` in graph output order, shapes and dtypes as :attr:`outputs`.
 
         Raises:
-            ConvpipeError: bad inputs (see :func:`check_inputs`); the library returned outputs whose count, shapes
-                or dtypes differ from the manifest's (see :func:`check_outputs`).
+            ConvpipeError: bad inputs (see :func:`check_inputs`); the library failed on inputs the manifest
+                accepts, or returned outputs whose count, shapes or dtypes differ from the manifest's (see
+                :func:`check_outputs`): the manifest does not describe this library.
         """
         arrays = self.check_inputs(inputs)
         if _runs_here():
@@ -356,7 +357,12 @@ class Module:
     def _run_here(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         import tvm
 
-        res = self._vm()["main"](*[tvm.runtime.tensor(a, self._dev) for a in arrays])
+        try:
+            res = self._vm()["main"](*[tvm.runtime.tensor(a, self._dev) for a in arrays])
+        except Exception as e:  # noqa: BLE001 -- inputs passed the manifest's checks, so the artifact disagrees with itself
+            msg = " ".join(str(e).split())[:400] or type(e).__name__
+            raise ConvpipeError(f"{self.path}: the library failed on inputs that match the manifest (was the "
+                                f"manifest edited?): {msg}") from None
         out = [t.numpy() for t in flatten_outputs(res)]
         check_outputs(self.outputs, out)
         return {o.name: a for o, a in zip(self.outputs, out)}

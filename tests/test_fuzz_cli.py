@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from convpipe import cli
 
-EXAMPLES = int(os.environ.get("CONVPIPE_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("CONVPIPE_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -88,7 +88,8 @@ def onnx_mutations(draw):
     from onnx import TensorProto
 
     kinds = st.sampled_from(["dim", "attr", "elem_type", "rename", "drop_node", "dup_node", "drop_init", "init_dims",
-                             "op_type", "opset", "raw_data", "output_dim"])
+                             "op_type", "opset", "raw_data", "output_dim", "sane_hw", "sane_attr", "sane_attr",
+                             "rename_all"])
     muts = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(kinds)
@@ -102,6 +103,39 @@ def onnx_mutations(draw):
                 else:
                     dim.dim_param = "N"  # a dynamic dim nobody pins
             muts.append((f"input dim {axis}={v}", set_dim))
+        elif kind == "sane_hw":  # another valid input size (the graph's other shapes are re-inferred)
+            axis, v = draw(st.integers(2, 3)), draw(st.integers(1, 24))
+            muts.append((f"input dim {axis}={v}", lambda m, a=axis, v=v: setattr(
+                m.graph.input[0].type.tensor_type.shape.dim[a], "dim_value", v)))
+        elif kind == "sane_attr":  # a plausible Conv/MaxPool geometry
+            node = draw(st.sampled_from([0, 2]))
+            name = draw(st.sampled_from(["pads", "strides", "dilations"]))
+            ints = (draw(st.lists(st.integers(0, 2), min_size=4, max_size=4)) if name == "pads"
+                    else draw(st.lists(st.integers(1, 3), min_size=2, max_size=2)))
+
+            def set_sane(m, node=node, name=name, ints=ints):
+                from onnx import helper
+
+                n = m.graph.node[node]
+                keep = [a for a in n.attribute if a.name != name]
+                del n.attribute[:]
+                n.attribute.extend(keep + [helper.make_attribute(name, ints)])
+            muts.append((f"node {node} {name}={ints}", set_sane))
+        elif kind == "rename_all":  # a tensor renamed consistently, to a name no C identifier would take
+            old = draw(st.sampled_from(["input", "c", "r", "output", "w"]))
+            new = draw(st.sampled_from(["gpu_0/data_0", "x y", "a:b", "[v2]", "1st", "int", "a\"b", "ü"]))
+
+            def rename_all(m, old=old, new=new):
+                for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+                    if vi.name == old:
+                        vi.name = new
+                for t in m.graph.initializer:
+                    if t.name == old:
+                        t.name = new
+                for n in m.graph.node:
+                    n.input[:] = [new if x == old else x for x in n.input]
+                    n.output[:] = [new if x == old else x for x in n.output]
+            muts.append((f"rename {old!r} to {new!r} everywhere", rename_all))
         elif kind == "output_dim":
             axis, v = draw(st.integers(0, 3)), draw(_VALUES.filter(lambda v: v >= 0))
             muts.append((f"output dim {axis}={v}", lambda m, a=axis, v=v: setattr(
