@@ -286,6 +286,7 @@ def test_cuda_library_loads_without_a_compiler(tmp_path):
     from convpipe.compiler.export import export_onnx
 
     onnx_path = str(tmp_path / "m.onnx")
+    torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
     export_onnx(net, (1, 3, 16, 16), onnx_path)
     compile_model(onnx_path, str(tmp_path / "gpu.cpa"), "cuda", arch="sm_80")
@@ -347,6 +348,7 @@ def test_cuda_artifact_without_gpu_is_a_clear_error(tmp_path):
     from convpipe.runtime import load
 
     onnx_path = str(tmp_path / "m.onnx")
+    torch.manual_seed(0)
     export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval(), (1, 3, 16, 16), onnx_path)
     compile_model(onnx_path, str(tmp_path / "gpu.cpa"), "cuda", arch="sm_90")
     with pytest.raises(ConvpipeError, match="built for CUDA sm_90, but no CUDA GPU is present"):
@@ -399,6 +401,7 @@ def test_remote_without_gpu(tmp_path, x86_rpc_server):
     from convpipe.compiler.export import export_onnx
 
     onnx_path = str(tmp_path / "m.onnx")
+    torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
     export_onnx(net, (1, 3, 12, 12), onnx_path)
     compile_model(onnx_path, str(tmp_path / "gpu.cpa"), "cuda", arch="sm_90")
