@@ -4,6 +4,10 @@
   ``shufflenet_v2_x1_0``, ...) with ``weights=None``, their BatchNorm running statistics recalibrated on real
   photos (skimage's bundled images) so activations are not ~0 and an atol comparison means something;
 - facenet-pytorch's MTCNN ``pnet``, ``rnet``, ``onet``, which ship real trained weights;
+- any torchvision classification or segmentation architecture as ``torchvision/NAME`` and any timm architecture
+  as ``timm/NAME`` (``weights=None`` / ``pretrained=False``, weights seeded from the name, BatchNorm statistics
+  recalibrated on photos at the requested input size; segmentation models return their outputs as a tuple):
+  the real-model corpus (``scripts/corpus.py``);
 - ``package.module:factory`` returning an ``nn.Module``.
 
 torchvision 0.28's wheel is a CUDA build: ``import torchvision`` fails on ``torchvision::nms`` unless
@@ -16,6 +20,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -153,8 +158,79 @@ ZOO: dict[str, ZooEntry] = {
 }
 
 
-def get_model(spec: str):
-    """``(nn.Module in eval mode, default input shape or None, ZooEntry or None)`` for a zoo name or
+#: Prefixes of hub-style specs (``timm/resnet18``) and the input shape their BatchNorm is calibrated at by default.
+HUB_SOURCES = ("torchvision", "timm")
+HUB_DEFAULT_SHAPE = (1, 3, 224, 224)
+
+
+def hub_model(spec: str, input_shape: tuple[int, ...] | None = None):
+    """``torchvision/NAME`` or ``timm/NAME`` -> an ``nn.Module`` in eval mode, weights seeded with
+    ``crc32(NAME)`` (reproducible whatever ``PYTHONHASHSEED``), BatchNorm statistics recalibrated on photos
+    (:func:`calibrate_batchnorm`) at ``input_shape`` (NCHW, default 1x3x224x224). torchvision segmentation models
+    are built with ``weights_backbone=None`` too and return ``tuple(output dict values)`` (``out``, ``aux``).
+
+    Raises:
+        ConvpipeError: unknown source or architecture (names the closest matches), or the builder failed.
+    """
+    import torch
+
+    source, _, name = spec.partition("/")
+    if source not in HUB_SOURCES or not name:
+        raise ConvpipeError(f"model {spec!r}: expected torchvision/NAME or timm/NAME")
+    shape = tuple(input_shape or HUB_DEFAULT_SHAPE)
+    with torch.random.fork_rng():
+        torch.manual_seed(zlib.crc32(name.encode()))
+        try:
+            model = _build_hub(source, name)
+        except ConvpipeError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- a third-party builder's error, named
+            raise ConvpipeError(f"model {spec!r}: {source} could not build it: {type(e).__name__}: {e}") from None
+    calibrate_batchnorm(model, shape)
+    return model.eval()
+
+
+def _tuple_outputs(inner):
+    """``inner`` (returning a dict, as torchvision's segmentation models do) wrapped to return the dict's values
+    as a tuple, which the ONNX exporter takes as graph outputs in order."""
+    import torch
+
+    class TupleOutputs(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.inner = m
+
+        def forward(self, x):
+            return tuple(self.inner(x).values())
+
+    return TupleOutputs(inner)
+
+
+def _build_hub(source: str, name: str):
+    import difflib
+
+    if source == "torchvision":
+        tv = import_torchvision()
+        seg = tv.models.list_models(module=tv.models.segmentation)
+        names = tv.models.list_models(module=tv.models) + seg
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3)
+            raise ConvpipeError(f"model 'torchvision/{name}': unknown; close matches: {close}")
+        if name in seg:
+            return _tuple_outputs(tv.models.get_model(name, weights=None, weights_backbone=None))
+        return tv.models.get_model(name, weights=None)
+    import_torchvision()  # timm imports torchvision
+    import timm
+
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ConvpipeError(f"model 'timm/{name}': unknown; close matches: {close}")
+    return timm.create_model(name, pretrained=False)
+
+
+def get_model(spec: str, input_shape: tuple[int, ...] | None = None):
+    """``(nn.Module in eval mode, default input shape or None, ZooEntry or None)`` for a zoo name,
+    ``torchvision/NAME`` / ``timm/NAME`` (:func:`hub_model`, BatchNorm calibrated at ``input_shape``) or
     ``package.module:factory``.
 
     Raises:
@@ -162,11 +238,14 @@ def get_model(spec: str):
     """
     import torch
 
+    if spec.partition("/")[0] in HUB_SOURCES and ":" not in spec:
+        return hub_model(spec, input_shape), HUB_DEFAULT_SHAPE, None
     if spec in ZOO:
         entry = ZOO[spec]
         return entry.build().eval(), entry.input_shape, entry
     if ":" not in spec:
-        raise ConvpipeError(f"unknown model {spec!r}: expected one of {sorted(ZOO)} or package.module:factory")
+        raise ConvpipeError(f"unknown model {spec!r}: expected one of {sorted(ZOO)}, torchvision/NAME, timm/NAME or "
+                            "package.module:factory")
     mod_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(mod_name)

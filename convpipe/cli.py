@@ -195,8 +195,9 @@ def cmd_export(args) -> int:
     from convpipe.compiler.importer import parse_shape
     from convpipe.compiler.zoo import get_model
 
-    model, default_shape, _ = get_model(args.model)
-    shape = parse_shape(args.input_shape) if args.input_shape else default_shape
+    given = parse_shape(args.input_shape) if args.input_shape else None
+    model, default_shape, _ = get_model(args.model, given)
+    shape = given or default_shape
     if shape is None:
         raise ConvpipeError(f"model {args.model!r} has no default input shape: give --input-shape N,C,H,W")
     names = export_onnx(model, shape, args.output, opset=args.opset, source=args.model)
@@ -461,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("export", help="export a PyTorch model to ONNX")
-    s.add_argument("model", metavar="MODEL", help="zoo name (resnet18, resnet50, mobilenet_v2, pnet, rnet, onet, ...) or package.module:factory")
+    s.add_argument("model", metavar="MODEL", help="zoo name (resnet18, resnet50, mobilenet_v2, pnet, rnet, onet, ...), torchvision/NAME, "
+                        "timm/NAME or package.module:factory")
     s.add_argument("-o", "--output", required=True, help="output .onnx path")
     s.add_argument("--input-shape", help="N,C,H,W (default: the zoo model's)")
     s.add_argument("--opset", type=int, default=17)
