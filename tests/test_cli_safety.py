@@ -163,9 +163,10 @@ def test_compile_refuses_tensors_larger_than_memory(tiny, tmp_path):
 
 
 # ---- 7. killed compiles ----------------------------------------------------------------------------------------
-def test_sigterm_during_export_removes_partial_output(tiny, tmp_path, monkeypatch):
-    """A real SIGTERM delivered while the library is being written: exit 143, nothing left beside the output,
-    nothing left in $TMPDIR, an existing artifact untouched."""
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_export_removes_partial_output(tiny, tmp_path, monkeypatch, signum, code):
+    """A real SIGTERM/SIGINT delivered while the library is being written: exit 143/130, nothing left beside the
+    output, nothing left in $TMPDIR, an existing artifact untouched."""
     import tempfile
 
     from convpipe import cli
@@ -182,10 +183,10 @@ def test_sigterm_during_export_removes_partial_output(tiny, tmp_path, monkeypatc
 
     def export_then_terminated(*args, **kwargs):
         real_export(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread by the CLI's handler
+        os.kill(os.getpid(), signum)  # handled in the main thread: the CLI's SIGTERM handler, Python's SIGINT one
 
     monkeypatch.setattr(build, "export_library", export_then_terminated)
-    assert cli.main(["compile", onnx_path, "-o", str(art), "-q"]) == 143
+    assert cli.main(["compile", onnx_path, "-o", str(art), "-q"]) == code
     assert os.listdir(tmp_path / "out") == ["t.cpa"], "no temporary directory left"
     assert tree(art) == old, "the existing artifact is untouched"
     left = [n for n in os.listdir(tmp_path / "tmpdir") if n != ".ses"]  # .ses: onnxruntime's session-id file
