@@ -23,7 +23,7 @@ from .cuda_device import DeviceCode, cuda_build
 from .importer import ImportedModel, import_onnx, to_relax
 from .lower import LayerRecord, lower_conv2d
 from .output import atomic_directory, check_output_dir
-from .layout import convert_layout
+from .layout import Fallback, convert_layout_checked, one_line
 from .pipeline import pre_lowering, relax_pipeline
 
 
@@ -37,28 +37,61 @@ class CompileResult:
     seconds: dict = field(default_factory=dict)
 
 
-def prepare(imported: ImportedModel, target: TargetInfo, layout: str = "auto") -> tuple[tvm.IRModule, int]:
+def prepare(imported: ImportedModel, target: TargetInfo, layout: str = "auto",
+            fallbacks: list[Fallback] | None = None) -> tuple[tvm.IRModule, int]:
     """Relax module ready for conv2d lowering: imported, constants folded, converted to the network's layout
-    (:func:`.layout.convert_layout`). Returns ``(module, x)``, ``x`` the NCHW[x]c block (0: NCHW)."""
-    return convert_layout(pre_lowering(to_relax(imported)), target, layout)
+    (:func:`.layout.convert_layout_checked`). Returns ``(module, x)``, ``x`` the NCHW[x]c block (0: NCHW); the
+    layout fallbacks taken are appended to ``fallbacks`` when given."""
+    mod, block, taken = convert_layout_checked(pre_lowering(to_relax(imported)), target, layout)
+    if fallbacks is not None:
+        fallbacks.extend(taken)
+    return mod, block
 
 
-def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "auto", db=None, layout: str = "auto"):
+def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "auto", db=None, layout: str = "auto",
+                fallbacks: list[Fallback] | None = None):
     """Import + layout + lower + ``tvm.compile``: returns ``(executable, layer records, device code)``.
 
     For CUDA the kernels are compiled by nvcc for ``target.isa`` during ``tvm.compile`` and embedded in the
     executable as a binary (:func:`.cuda_device.cuda_build`); the third element is that
     :class:`.cuda_device.DeviceCode` (``None`` on CPU targets).
 
+    Fallbacks (appended to ``fallbacks`` when given, :class:`.layout.Fallback`): ops the blocked layout could
+    not be carried into run on NCHW (:func:`.layout.convert_layout_checked`); when the blocked build still fails
+    with a TVM error after ConvertLayout, the whole model is rebuilt in NCHW; an epilogue consumer that cannot be
+    inlined into its conv kernel stays a kernel of its own (:func:`convpipe.schedules.epilogue.fuse_epilogue`).
+
     Raises:
         ConvpipeError: import or lowering failed (see :mod:`.importer`, :mod:`.layout`, :mod:`.lower`), or the
             CUDA device code could not be compiled.
     """
-    mod, _ = prepare(imported, target, layout)
+    taken: list[Fallback] = []
+    mod, block = prepare(imported, target, layout, taken)
+    try:
+        ex, layers, code = _lower_and_compile(mod, target, schedule, db, taken)
+    except ConvpipeError:
+        raise
+    except Exception as e:  # a TVM error in the blocked build: the whole model in NCHW instead
+        if not block:
+            raise
+        taken = [Fallback("layout", "model", "NCHW for the whole model",
+                          f"the NCHW{block}c build failed after ConvertLayout: {one_line(e)}")]
+        mod, _ = prepare(imported, target, "nchw")
+        ex, layers, code = _lower_and_compile(mod, target, schedule, db, taken)
+    if fallbacks is not None:
+        fallbacks.extend(taken)
+    return ex, layers, code
+
+
+def _lower_and_compile(mod, target: TargetInfo, schedule: str, db, taken: list[Fallback]):
+    """Lower the convs of a prepared module and ``tvm.compile`` it; epilogue fallbacks go to ``taken``."""
+    from convpipe.schedules.epilogue import epilogue_fallbacks
+
     lowered, layers = lower_conv2d(mod, target, schedule, db)
     device = contextlib.nullcontext() if target.arch != "cuda" else cuda_build(target.isa)
-    with device as code, target.target:
+    with device as code, target.target, epilogue_fallbacks() as epi:
         ex = tvm.compile(lowered, target=target.target, relax_pipeline=relax_pipeline(target))
+    taken.extend(Fallback(**f) for f in epi)
     return ex, layers, code
 
 
@@ -138,7 +171,8 @@ def compile_model(
     imported = import_onnx(onnx_path, input_shapes, max_memory=max_memory)
     times["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ex, layers, device_code = build_relax(imported, tinfo, schedule, db, layout)
+    fallbacks: list[Fallback] = []
+    ex, layers, device_code = build_relax(imported, tinfo, schedule, db, layout, fallbacks)
     block = max((layer.workload.out_block for layer in layers), default=0)
     times["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -160,6 +194,7 @@ def compile_model(
             "schedule": schedule,
             "layout": f"NCHW{block}c" if block else "NCHW",
             "conv2d": [layer.to_dict() for layer in layers],
+            "fallbacks": [f.to_dict() for f in fallbacks],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         if device_code is not None:

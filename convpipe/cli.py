@@ -287,6 +287,13 @@ def cmd_inspect(args) -> int:
                   f"occupancy {min(k.get('occupancy', 0) for k in ks):.0%} to {max(k.get('occupancy', 0) for k in ks):.0%}; "
                   f"source {dc['source']}")
     con.print(_layer_table(m["conv2d"], "conv2d layers"))
+    fallbacks = m.get("fallbacks", [])
+    if fallbacks:
+        con.print(f"fallbacks ({len(fallbacks)}): where the compiler took a simpler path instead of failing")
+        for f in fallbacks:
+            con.print(f"  [{f['stage']}] {f['op']}: {f['fallback']} -- {f['why']}")
+    elif "fallbacks" in m:
+        con.print("fallbacks: none")
     return 0
 
 

@@ -14,8 +14,15 @@
                   "kernel": "conv2d_direct_0", "gflop": 0.118}, ...],
       "schedule": "auto", "layout": "NCHW16c", "created": "2026-11-21T05:00:00Z",
       "device_code": {"arch": "sm_90", "format": "cubin", "embedded_in": "model.so", "binary_sha256": ["..."],
-                      "binary_bytes": 412345, "source": "device.cu", "kernels": [...]}   # CUDA only
+                      "binary_bytes": 412345, "source": "device.cu", "kernels": [...]},  # CUDA only
+      "fallbacks": [{"stage": "layout", "op": "relax.split (lv3)",                      # optional
+                     "fallback": "NCHW input (converted back from the blocked layout)", "why": "..."}]
     }
+
+``fallbacks`` (optional; absent in older artifacts): where the compiler took a simpler, still correct path instead
+of failing -- ``stage`` ``"layout"`` (an op the blocked NCHW[x]c layout could not be carried into ran on NCHW,
+or ``op`` ``"model"``: the whole model in NCHW) or ``"epilogue"`` (a consumer left as its own kernel instead of
+being inlined into the conv kernel); ``op``, ``fallback`` and ``why`` are free text for people.
 
 :func:`read_manifest` checks a manifest against this schema (:func:`manifest_problems`) and refuses it with one
 single-line :class:`ConvpipeError` naming every problem (key path, expected vs got), so no reader of a manifest
@@ -262,6 +269,11 @@ _DEVICE_CODE = _record(
      "kernels": _list(_KERNEL_REPORT, non_empty=True)},
     {"binary_sha256": _list(_sha256)},
 )
+#: ``fallbacks[i].stage`` values: where the compiler took a simpler path instead of failing
+FALLBACK_STAGES = ("layout", "epilogue")
+_FALLBACK = _record(
+    {"stage": _one_of(*FALLBACK_STAGES), "op": _string, "fallback": _string, "why": _text},
+)
 _MANIFEST = _record(
     {
         "format": _int(FORMAT),
@@ -275,7 +287,8 @@ _MANIFEST = _record(
         "outputs": _tensors,
         "conv2d": _list(_LAYER),
     },
-    {"schedule": _string, "layout": _layout, "created": _string, "device_code": _DEVICE_CODE},
+    {"schedule": _string, "layout": _layout, "created": _string, "device_code": _DEVICE_CODE,
+     "fallbacks": _list(_FALLBACK)},
 )
 
 

@@ -14,13 +14,17 @@ that writes the conv output with :data:`CONV_OUT`. After FuseTIR, the rule (a TV
 block and ``reverse_compute_inline``s each injective consumer into it, in order. When the output block is a
 reduction (it cannot take an inlined consumer), the first consumer is ``reverse_compute_at`` the innermost loop
 of the kernel that TVM accepts (right after each finished part of the output) and the rest are inlined into
-it. Fused functions without the annotation are not matched (they go to the next rule).
+it. Fused functions without the annotation are not matched (they go to the next rule). Each primitive is tried on
+a copy of the schedule first: where TVM fails inside it (rather than refusing with a ``ScheduleError``), the
+consumer stays a kernel of its own like any other leftover, and :func:`epilogue_fallbacks` records it.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
+import threading
 
 from tvm import s_tir, tirx
 from tvm.s_tir import SBlock
@@ -30,6 +34,54 @@ from tvm.target import Target
 
 #: Block annotation marking the block that writes a convpipe conv2d kernel's NCHW output.
 CONV_OUT = "convpipe.conv_out"
+
+_recording = threading.local()
+
+
+@contextlib.contextmanager
+def epilogue_fallbacks():
+    """Collect, while the block runs (in this thread), one record per epilogue consumer :func:`fuse_epilogue`
+    could not inline because TVM failed inside the primitive (not a plain refusal): a list of dicts
+    ``{"stage": "epilogue", "op", "fallback", "why"}`` (the manifest's ``fallbacks`` entries)."""
+    stack = _recording.__dict__.setdefault("stack", [])
+    found: list[dict] = []
+    stack.append(found)
+    try:
+        yield found
+    finally:
+        stack.remove(found)
+
+
+def _note_fallback(op: str, why: str) -> None:
+    for found in getattr(_recording, "stack", []):
+        found.append({"stage": "epilogue", "op": op, "fallback": "separate kernel (not inlined into the conv)",
+                      "why": why})
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = next((ln for ln in reversed(lines) if "Check failed" in ln or "Error" in ln), lines[-1] if lines else "")
+    msg = f"{type(e).__name__}: {msg}"
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def _try_inline(sch: s_tir.Schedule, consumer, producer) -> str:
+    """``reverse_compute_inline`` ``consumer`` when TVM accepts it: ``"done"``, ``"refused"`` (a
+    :class:`ScheduleError`: the primitive's own checks said no) or ``"failed"`` (TVM failed inside the
+    primitive, e.g. ``InternalError: Cannot dispatch a null expression`` for a consumer that broadcasts its
+    producer over a larger domain; recorded by :func:`epilogue_fallbacks`). The primitive runs on a copy first,
+    so a failure half-way through cannot leave ``sch`` modified."""
+    probe = sch.copy()
+    try:
+        probe.reverse_compute_inline(consumer)
+    except s_tir.ScheduleError:
+        return "refused"
+    except Exception as e:  # noqa: BLE001 -- TVM internal errors (InternalError, TVMError, ...)
+        _note_fallback(f"{sch.get(consumer).name_hint} (conv2d epilogue, after block {sch.get(producer).name_hint})",
+                       _one_line(e))
+        return "failed"
+    sch.reverse_compute_inline(consumer)
+    return "done"
 
 
 def block_names(func: tirx.PrimFunc) -> list[str]:
@@ -79,11 +131,12 @@ def fuse_epilogue(sch: s_tir.Schedule, out_block, kernel_scope_unchecked: bool =
             rest.extend(consumers)
             break
         if not kernel_scope_unchecked or consumer_covered(sch, consumers[0]):
-            try:
-                sch.reverse_compute_inline(consumers[0])
+            outcome = _try_inline(sch, consumers[0], producer)
+            if outcome == "done":
                 continue
-            except s_tir.ScheduleError:
-                pass
+            if outcome == "failed":  # leave it (and what follows) as kernels of their own
+                rest.extend(consumers)
+                break
         # the producer is a reduction (its output is final only after its reduction loops): compute the
         # consumer right after it, under the innermost loop that encloses a finished part of the output
         if kernel_scope_unchecked or not compute_after(sch, consumers[0], producer):
@@ -139,10 +192,11 @@ def compute_after(sch: s_tir.Schedule, consumer, producer) -> bool:
         except s_tir.ScheduleError:
             continue
         try:
-            sch.reverse_compute_at(consumer, loop, preserve_unit_loops=False)
-            return True
-        except s_tir.ScheduleError:
+            sch.copy().reverse_compute_at(consumer, loop, preserve_unit_loops=False)
+        except Exception:  # noqa: BLE001 -- ScheduleError, or a TVM failure inside the primitive
             return False
+        sch.reverse_compute_at(consumer, loop, preserve_unit_loops=False)
+        return True
     return False
 
 
