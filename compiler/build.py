@@ -24,7 +24,7 @@ from .importer import ImportedModel, import_onnx, to_relax
 from .lower import LayerRecord, lower_conv2d
 from .output import atomic_directory, check_output_dir
 from .layout import Fallback, convert_layout_checked, one_line
-from .pipeline import pre_lowering, relax_pipeline
+from .pipeline import pass_config, pre_lowering, relax_pipeline
 
 
 @dataclass
@@ -49,8 +49,11 @@ def prepare(imported: ImportedModel, target: TargetInfo, layout: str = "auto",
 
 
 def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "auto", db=None, layout: str = "auto",
-                fallbacks: list[Fallback] | None = None):
+                fast_math: bool = False, fallbacks: list[Fallback] | None = None):
     """Import + layout + lower + ``tvm.compile``: returns ``(executable, layer records, device code)``.
+
+    Math is IEEE-exact unless ``fast_math`` (:mod:`.pipeline`: TVM's ``FastMathTransform`` and fast-math intrinsic
+    rules; nvcc ``--use_fast_math``, :func:`.cuda_device.nvcc_flags`).
 
     For CUDA the kernels are compiled by nvcc for ``target.isa`` during ``tvm.compile`` and embedded in the
     executable as a binary (:func:`.cuda_device.cuda_build`); the third element is that
@@ -68,7 +71,7 @@ def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "au
     taken: list[Fallback] = []
     mod, block = prepare(imported, target, layout, taken)
     try:
-        ex, layers, code = _lower_and_compile(mod, target, schedule, db, taken)
+        ex, layers, code = _lower_and_compile(mod, target, schedule, db, fast_math, taken)
     except ConvpipeError:
         raise
     except Exception as e:  # a TVM error in the blocked build: the whole model in NCHW instead
@@ -77,20 +80,23 @@ def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "au
         taken = [Fallback("layout", "model", "NCHW for the whole model",
                           f"the NCHW{block}c build failed after ConvertLayout: {one_line(e)}")]
         mod, _ = prepare(imported, target, "nchw")
-        ex, layers, code = _lower_and_compile(mod, target, schedule, db, taken)
+        ex, layers, code = _lower_and_compile(mod, target, schedule, db, fast_math, taken)
     if fallbacks is not None:
         fallbacks.extend(taken)
     return ex, layers, code
 
 
-def _lower_and_compile(mod, target: TargetInfo, schedule: str, db, taken: list[Fallback]):
+def _lower_and_compile(mod, target: TargetInfo, schedule: str, db, fast_math: bool, taken: list[Fallback]):
     """Lower the convs of a prepared module and ``tvm.compile`` it; epilogue fallbacks go to ``taken``."""
     from convpipe.schedules.epilogue import epilogue_fallbacks
 
     lowered, layers = lower_conv2d(mod, target, schedule, db)
-    device = contextlib.nullcontext() if target.arch != "cuda" else cuda_build(target.isa)
-    with device as code, target.target, epilogue_fallbacks() as epi:
-        ex = tvm.compile(lowered, target=target.target, relax_pipeline=relax_pipeline(target))
+    device = contextlib.nullcontext() if target.arch != "cuda" else cuda_build(target.isa, fast_math)
+    ctx = tvm.transform.PassContext.current()  # the caller's, with the fast-math option stated
+    scope = tvm.transform.PassContext(ctx.opt_level, list(ctx.required_pass), list(ctx.disabled_pass),
+                                      list(ctx.instruments), {**dict(ctx.config.items()), **pass_config(fast_math)})
+    with device as code, target.target, scope, epilogue_fallbacks() as epi:
+        ex = tvm.compile(lowered, target=target.target, relax_pipeline=relax_pipeline(target, fast_math))
     taken.extend(Fallback(**f) for f in epi)
     return ex, layers, code
 
@@ -126,6 +132,7 @@ def write_cuda_source(code: DeviceCode, directory: str) -> dict:
         "binary_sha256": [hashlib.sha256(b).hexdigest() for b in code.binaries],
         "binary_bytes": sum(len(b) for b in code.binaries),
         "source": "device.cu",
+        "nvcc_flags": [f for f in code.flags if not f.startswith("--ptxas-options")],
         "kernels": [r.__dict__ for r in code.reports],
     }
 
@@ -140,6 +147,7 @@ def compile_model(
     arch: str | None = None,
     layout: str = "auto",
     max_memory: int | None = None,
+    fast_math: bool = False,
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (see :mod:`convpipe.runtime.artifact`).
 
@@ -155,6 +163,8 @@ def compile_model(
             ``"nchw{x}c"``.
         max_memory: bytes one tensor of the model (input, output or intermediate, at the pinned shapes) may
             take; default: this machine's physical memory (:func:`.importer.check_tensor_sizes`).
+        fast_math: allow approximate math (``--fast-math``): TVM's fast Softmax/Exp/Erf/Tanh and, for CUDA, nvcc
+            ``--use_fast_math``; off by default, where the non-conv ops match onnxruntime to ~1e-6.
 
     Raises:
         ConvpipeError: bad model, bad target, an output path that must not be written (see
@@ -172,7 +182,7 @@ def compile_model(
     times["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fallbacks: list[Fallback] = []
-    ex, layers, device_code = build_relax(imported, tinfo, schedule, db, layout, fallbacks)
+    ex, layers, device_code = build_relax(imported, tinfo, schedule, db, layout, fast_math, fallbacks)
     block = max((layer.workload.out_block for layer in layers), default=0)
     times["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -199,6 +209,8 @@ def compile_model(
         }
         if device_code is not None:
             manifest["device_code"] = write_cuda_source(device_code, tmp)
+        if fast_math:
+            manifest["fast_math"] = True
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
     times["export"] = time.perf_counter() - t0

@@ -15,8 +15,21 @@ autoload skips it silently and every CUDA artifact would carry source only. :fun
 sure the real module factory is registered -- loading, where no driver exists, a *stub* ``libcuda.so.1`` built
 here from :data:`STUB_SOURCE` (the nine driver entry points the runtime links, each returning
 ``CUDA_ERROR_NO_DEVICE``; nothing is ever launched at build time) -- and, for the duration of the build,
-replaces ``tvm_callback_cuda_compile`` by nvcc for the target's arch (:func:`convpipe.schedules.cuda._common.
-compile_cubin`, TVM's deployment flags), recording each kernel's ptxas figures for the manifest.
+replaces ``tvm_callback_cuda_compile`` by nvcc for the target's arch (:func:`compile_device_code`), recording each
+kernel's ptxas figures for the manifest.
+
+**No fast-math by default.** TVM's own nvcc and NVRTC paths (``tvm/support/nvcc.py``: ``_compile_cuda_nvcc`` and the
+NVRTC options) pass ``--use_fast_math``, which implies ``--ftz=true --prec-div=false --prec-sqrt=false`` and maps
+``expf``/``logf``/``tanhf``/``powf``/``sinf``/``cosf`` to the hardware approximations (``__expf``: ``ex2.approx.ftz``
+on ``x * log2(e)`` without range reduction, so its error grows with ``|x|``; ``tanh.approx.f32``;
+``lg2.approx.ftz``; ``div.approx.ftz``; ``sqrt.approx.ftz``) -- an attention model's Softmax/GELU/LayerNorm then
+deviates from onnxruntime by ~1e-4 of the output range. :func:`nvcc_flags` compiles IEEE-exact by default
+(``--fmad=true`` kept explicitly: FMA contraction is exact per operation and what the conv kernels are scheduled
+for) and adds ``--use_fast_math`` only when asked (``fast_math=True``). The CUDA C that TVM generates names the
+precise functions (``expf``, ``erff``, ``tanhf``: ``src/backend/cuda/codegen/intrin_rule_cuda.cc``, ``cuda.
+FLowerIntrinsic``) unless the ``tirx.enable_fast_math`` pass option selects its ``cuda.fastmath.FLowerIntrinsic``
+rules (``__expf``, ``__tanhf``, ...; ``src/tirx/transform/lower_intrin.cc``), which convpipe sets only with
+``fast_math`` too (:func:`convpipe.compiler.pipeline.pass_config`).
 """
 
 from __future__ import annotations
@@ -132,21 +145,88 @@ def ensure_module_factory() -> str:
     return how
 
 
+def nvcc_flags(arch: str, fast_math: bool = False) -> list[str]:
+    """nvcc options (after ``nvcc``, before ``-o``) for a cubin of TVM-generated CUDA for ``arch``: ``-O3``, the ptxas
+    options TVM uses (:data:`convpipe.schedules.cuda._common.TVM_PTXAS_FLAGS`: ``-v`` for the per-kernel figures)
+    and either IEEE-exact math (``--fmad=true --ftz=false --prec-div=true --prec-sqrt=true``, nvcc's defaults
+    spelled out) or, with ``fast_math``, ``--use_fast_math`` (what ``tvm/support/nvcc.py`` always passes)."""
+    from convpipe.schedules.cuda._common import TVM_PTXAS_FLAGS
+
+    math = ["--use_fast_math"] if fast_math else ["--fmad=true", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"]
+    return [f"-arch={arch}", "-O3", *math, *TVM_PTXAS_FLAGS]
+
+
+def parse_ptxas(output: str, source: str, arch: str) -> list:
+    """Per-kernel figures (:class:`convpipe.schedules.cuda._common.PtxasReport`: registers, shared memory, spills,
+    stack, threads from ``__launch_bounds__``, occupancy) from nvcc's ``-Xptxas -v`` ``output`` for ``source``.
+
+    Raises:
+        RuntimeError: no kernel figures in ``output``.
+    """
+    from convpipe.schedules.cuda import _common as C
+
+    reports, cur, stack = [], None, None
+    for line in output.splitlines():
+        if mm := C._FN_RE.search(line):
+            cur, stack = mm.group(1), None
+        elif (mm := C._SPILL_RE.search(line)) and cur:
+            stack = tuple(int(x) for x in mm.groups())
+        elif (mm := C._USED_RE.search(line)) and cur:
+            st = stack or (0, 0, 0)
+            reports.append(C.PtxasReport(cur, int(mm.group(1)), int(mm.group(2) or 0), st[1], st[2], st[0]))
+            cur = None
+    if not reports:
+        raise RuntimeError(f"could not parse ptxas output:\n{output}")
+    bounds = {name: int(n) for n, name in C._BOUNDS_RE.findall(source)}
+    for rep in reports:
+        rep.threads = bounds.get(rep.kernel, 0)
+        if rep.threads and arch.rstrip("a") in C.SM_LIMITS:
+            rep.occupancy = C.occupancy(arch, rep.threads, rep.registers, rep.smem_bytes)
+    return reports
+
+
+def compile_device_code(source: str, arch: str, fast_math: bool = False, fmt: str = "cubin") -> tuple[bytes, list]:
+    """``(binary, per-kernel ptxas figures)`` of CUDA ``source`` compiled by nvcc with :func:`nvcc_flags`;
+    ``fmt`` ``"cubin"`` (what artifacts embed) or ``"ptx"`` (for inspection: no ptxas figures, ``[]``).
+
+    Raises:
+        RuntimeError: nvcc failed (its command and output are in the message).
+    """
+    from convpipe.schedules.cuda._common import NVCC
+
+    flags = nvcc_flags(arch, fast_math)
+    if fmt == "ptx":
+        flags = [f for f in flags if not f.startswith("--ptxas-options")]
+    with tempfile.TemporaryDirectory() as d:
+        cu, out_path = os.path.join(d, "k.cu"), os.path.join(d, f"k.{fmt}")
+        with open(cu, "w") as f:
+            f.write(source)
+        cmd = [NVCC, f"--{fmt}", *flags, "-o", out_path, cu]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        binary = open(out_path, "rb").read() if r.returncode == 0 else b""
+    out = r.stdout + r.stderr
+    if r.returncode != 0:
+        raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{out}")
+    return binary, ([] if fmt == "ptx" else parse_ptxas(out, source, arch))
+
+
 @dataclass
 class DeviceCode:
     """What the nvcc callback compiled during one build: per CUDA module, its source and binary, and the ptxas
-    figures of every kernel (``PtxasReport``)."""
+    figures of every kernel (``PtxasReport``); ``flags``: the nvcc options used (:func:`nvcc_flags`)."""
 
     arch: str
+    flags: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     binaries: list[bytes] = field(default_factory=list)
     reports: list = field(default_factory=list)
 
 
 @contextmanager
-def cuda_build(arch: str):
+def cuda_build(arch: str, fast_math: bool = False):
     """Context for ``tvm.compile`` of a CUDA module whose device code must be embedded as a binary for ``arch``
-    (``"sm_80"``, ``"sm_90"``): yields a :class:`DeviceCode` filled while TVM's codegen calls back.
+    (``"sm_80"``, ``"sm_90"``): yields a :class:`DeviceCode` filled while TVM's codegen calls back. nvcc compiles
+    with :func:`nvcc_flags` (IEEE-exact math unless ``fast_math``).
 
     Raises:
         ConvpipeError: nvcc missing or failing (raised from inside ``tvm.compile``), or see
@@ -154,16 +234,16 @@ def cuda_build(arch: str):
     """
     import tvm_ffi
 
-    from convpipe.schedules.cuda._common import NVCC, compile_cubin, nvcc_available
+    from convpipe.schedules.cuda._common import NVCC, nvcc_available
 
     if not nvcc_available():
         raise ConvpipeError(f"--target cuda needs nvcc ({NVCC}; CUDA toolkit, or set CONVPIPE_NVCC) to compile device code")
     ensure_module_factory()
-    code = DeviceCode(arch)
+    code = DeviceCode(arch, nvcc_flags(arch, fast_math))
 
     def compile_callback(source: str) -> bytes:
         try:
-            binary, reports = compile_cubin(source, arch)
+            binary, reports = compile_device_code(source, arch, fast_math)
         except RuntimeError as e:
             raise ConvpipeError(f"nvcc failed on the generated CUDA code: {e}") from None
         code.sources.append(source)

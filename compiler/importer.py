@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -389,19 +390,100 @@ def _clip_as_relax_op():
         fe._get_convert_map = original
 
 
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: Names a graph input must not keep even though they are identifiers: C/C++ keywords (the CUDA C TVM writes is
+#: C++), the CUDA built-in variables and vector/scalar type names of TVM's CUDA preamble, and names of TVM's
+#: generated code (``main``, the ``T_``/``v_``/``p_`` prefixes checked separately).
+_RESERVED = frozenset("""
+    alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t char32_t class
+    compl concept const consteval constexpr constinit const_cast continue co_await co_return co_yield decltype
+    default delete do double dynamic_cast else enum explicit export extern false float for friend goto if inline
+    int long mutable namespace new noexcept not not_eq nullptr operator or or_eq private protected public register
+    reinterpret_cast requires restrict return short signed sizeof static static_assert static_cast struct switch
+    template this thread_local throw true try typedef typeid typename union unsigned using virtual void volatile
+    wchar_t while xor xor_eq threadIdx blockIdx blockDim gridDim warpSize half nv_bfloat16 uint ushort uchar
+    int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_t uint64_t size_t std main NULL
+""".split())
+
+
+def _needs_rename(name: str) -> bool:
+    return (not _IDENT.fullmatch(name) or name in _RESERVED or name.startswith(("T_", "v_", "p_"))
+            or len(name) > 64)
+
+
+def identifier_names(model: onnx.ModelProto) -> dict[str, str]:
+    """``{ONNX input name: identifier}`` for every graph input whose name cannot safely name a variable in the code
+    TVM generates: anything but ``[A-Za-z][A-Za-z0-9_]*`` (``gpu_0/data_0``, spaces, ``:``, ``.``, ``-``, a
+    leading digit, non-ASCII), C/C++ keywords and CUDA built-ins (:data:`_RESERVED`), and TVM's own prefixes.
+    The identifier is ``in{i}_`` plus the name's ASCII letters/digits/underscores (at most 40), made unique
+    against every tensor name in the graph.
+
+    Why: TVM's ONNX frontend names each Relax parameter after its graph input and only replaces ``.`` and
+    prefixes a name that does not start with a letter (``relax/frontend/onnx/onnx_frontend.py``:
+    ``_sanitize_name``); FuseTIR carries the name into the fused kernel's parameters, and the CUDA codegen writes
+    it verbatim (``float* __restrict__ gpu_0/data_0``: nvcc ``expected a ")"``)."""
+    taken = {vi.name for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)}
+    taken |= {t.name for t in model.graph.initializer}
+    taken |= {o for n in model.graph.node for o in n.output}
+    mapping: dict[str, str] = {}
+    for i, vi in enumerate(_graph_inputs(model)):
+        if not _needs_rename(vi.name):
+            continue
+        cleaned = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_]", "_", vi.name)).strip("_")[:40]
+        base = f"in{i}_{cleaned}" if cleaned else f"in{i}"
+        new, k = base, 1
+        while new in taken:
+            new, k = f"{base}_{k}", k + 1
+        taken.add(new)
+        mapping[vi.name] = new
+    return mapping
+
+
+def _rename_values(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename tensors in ``graph`` in place: its inputs, outputs, value_info and every node input (subgraphs of
+    If/Loop/Scan included, which may read an outer tensor by name)."""
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.name in mapping:
+            vi.name = mapping[vi.name]
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in mapping:
+                node.input[k] = mapping[name]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_values(sub, mapping)
+
+
+def with_identifier_names(imported: ImportedModel) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of the model whose graph inputs are renamed by :func:`identifier_names`, and that mapping (ONNX name
+    -> identifier; empty when every name is safe, and the model is then not copied). Only the code TVM generates
+    sees the identifiers: the manifest, ``run({name: x})`` and error messages keep the ONNX names, and the VM's
+    ``main`` takes its inputs positionally in graph-input order (:mod:`convpipe.runtime.module`), which renaming
+    does not change."""
+    mapping = identifier_names(imported.model)
+    if not mapping:
+        return imported.model, mapping
+    model = onnx.ModelProto()
+    model.CopyFrom(imported.model)
+    _rename_values(model.graph, mapping)
+    return model, mapping
+
+
 def to_relax(imported: ImportedModel):
-    """Convert to a Relax ``IRModule`` (weights become constants, so the compiler can pre-pack them).
+    """Convert to a Relax ``IRModule`` (weights become constants, so the compiler can pre-pack them). Graph inputs
+    whose names are not safe identifiers reach TVM renamed (:func:`with_identifier_names`).
 
     Raises:
         ConvpipeError: TVM's ONNX frontend failed (the message names the op it was converting).
     """
     from tvm.relax.frontend.onnx import from_onnx
 
-    shape_dict = {i.name: list(i.shape) for i in imported.inputs}
-    dtype_dict = {i.name: i.dtype for i in imported.inputs}
+    model, mapping = with_identifier_names(imported)
+    shape_dict = {mapping.get(i.name, i.name): list(i.shape) for i in imported.inputs}
+    dtype_dict = {mapping.get(i.name, i.name): i.dtype for i in imported.inputs}
     try:
         with _clip_as_relax_op():
-            return from_onnx(imported.model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+            return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise ConvpipeError(f"{imported.path}: TVM's ONNX frontend failed: {msg}") from None

@@ -16,7 +16,19 @@ right after the schedule stage, before codegen): TVM's codegens drop a NaN opera
 reaching a ReLU/Clip would come out as 0 where onnxruntime gives NaN.
 
 Constant folding and the decomposition of inference BatchNorm before conv2d lowering (:func:`pre_lowering`) are
-common to both."""
+common to both.
+
+**Exact math by default** (issue 10). Neither TVM's CPU nor its CUDA default pipeline applies
+``relax.transform.FastMathTransform`` (``relax/transform/fast_math.py``: Softmax/Exp/Erf/Tanh to topi's
+``fast_softmax``/``fast_exp``/``fast_erf``/``fast_tanh``), and ``LowerIntrin`` uses its ``*.fastmath.FLowerIntrinsic``
+rules only when the ``tirx.enable_fast_math`` pass option is set (``src/tirx/transform/lower_intrin.cc``; default
+off). On llvm, ``exp``/``log``/``pow``/``sqrt`` are LLVM intrinsics (libm), ``erf`` a libm call (``default.
+FLowerIntrinsic``, ``src/target/intrin_rule.cc``) and ``tanh`` the exp-based ``DispatchNumericalStableTanh``; LLVM
+fast-math flags are off unless the target asks (``src/target/llvm/llvm_instance.cc``; it sets FMA contraction,
+``AllowFPOpFusion::Fast``). The approximations convpipe used to ship came from nvcc's ``--use_fast_math``
+(:mod:`convpipe.compiler.cuda_device`). With ``fast_math=True`` (opt-in) both pipelines run
+``FastMathTransform`` first, :func:`pass_config` enables TVM's fast-math intrinsic rules and nvcc gets
+``--use_fast_math``."""
 
 from __future__ import annotations
 
@@ -41,9 +53,24 @@ def pre_lowering(mod: tvm.IRModule) -> tvm.IRModule:
     return seq(mod)
 
 
-def relax_pipeline(target: TargetInfo) -> tvm.transform.Pass:
-    """The ``relax_pipeline`` argument for ``tvm.compile``: :func:`cpu_pipeline` or :func:`cuda_pipeline`."""
-    return cuda_pipeline(target) if target.arch == "cuda" else cpu_pipeline(target)
+def relax_pipeline(target: TargetInfo, fast_math: bool = False) -> tvm.transform.Pass:
+    """The ``relax_pipeline`` argument for ``tvm.compile``: :func:`cpu_pipeline` or :func:`cuda_pipeline`
+    (``fast_math``: see :func:`fast_math_passes`)."""
+    return cuda_pipeline(target, fast_math) if target.arch == "cuda" else cpu_pipeline(target, fast_math)
+
+
+def fast_math_passes(fast_math: bool) -> list[tvm.transform.Pass]:
+    """``[relax.transform.FastMathTransform()]`` when ``fast_math`` (Softmax, Exp, Erf, Tanh become topi's
+    approximate ``fast_*`` computes; ``relax/transform/fast_math.py``), else ``[]``: exact by default."""
+    return [relax.transform.FastMathTransform()] if fast_math else []
+
+
+def pass_config(fast_math: bool = False) -> dict:
+    """``PassContext`` options for ``tvm.compile``: ``tirx.enable_fast_math`` (``src/tirx/transform/lower_intrin.cc``:
+    lowers ``exp``/``log``/``tanh``/``pow``/``sin``/``cos`` through ``<target>.fastmath.FLowerIntrinsic``, e.g.
+    ``__expf`` on CUDA, ``src/backend/cuda/codegen/intrin_rule_cuda.cc``) set to ``fast_math``; TVM's default is
+    off, and convpipe states it explicitly so an enclosing context cannot switch it on."""
+    return {"tirx.enable_fast_math": bool(fast_math)}
 
 
 def _in_target_scope(target: TargetInfo, passes) -> tvm.transform.Pass:
@@ -59,14 +86,15 @@ def _in_target_scope(target: TargetInfo, passes) -> tvm.transform.Pass:
     return _pipeline
 
 
-def cpu_pipeline(target: TargetInfo) -> tvm.transform.Pass:
+def cpu_pipeline(target: TargetInfo, fast_math: bool = False) -> tvm.transform.Pass:
     """TVM's CPU pipeline with convpipe's schedules after FuseTIR (epilogue fusion, dense head, injective), then
-    NaN-propagating ``max``/``min`` (:func:`convpipe.compiler.nan_minmax.PropagateNaN`)."""
+    NaN-propagating ``max``/``min`` (:func:`convpipe.compiler.nan_minmax.PropagateNaN`); ``fast_math``:
+    :func:`fast_math_passes` first."""
     from .nan_minmax import PropagateNaN
 
     return _in_target_scope(
         target,
-        lambda t: cpu.library_dispatch_passes(t)
+        lambda t: fast_math_passes(fast_math) + cpu.library_dispatch_passes(t)
         + cpu.legalize_passes(t)
         + [dlight.ApplyDefaultSchedule(*_cpu_rules()), PropagateNaN()]
         + cpu.dataflow_lower_passes(t)
@@ -81,13 +109,14 @@ def _cpu_rules():
     return [ConvEpilogueCPU(), DenseCPU(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), InjectiveCPU()]
 
 
-def cuda_schedule_passes(target: TargetInfo) -> list[tvm.transform.Pass]:
+def cuda_schedule_passes(target: TargetInfo, fast_math: bool = False) -> list[tvm.transform.Pass]:
     """TVM's CUDA passes up to and including the schedule stage: library dispatch, legalisation, op-pattern
     annotation, FoldConstant, FuseOps, FuseTIR (``cuda.legalize_passes`` without its final
     ``ApplyDefaultSchedule``), then ``ApplyDefaultSchedule`` with :class:`convpipe.schedules.cuda.ConvEpilogueCUDA`
     ahead of TVM's own dlight GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback) for the kernels that
     are not ours (pooling, classifier head, ...). Run them inside ``with target.target`` (the dlight rules read
-    the current target); the result's PrimFuncs are the fused, scheduled kernels."""
+    the current target); the result's PrimFuncs are the fused, scheduled kernels. ``fast_math``:
+    :func:`fast_math_passes` first."""
     from convpipe.schedules.cuda import ConvEpilogueCUDA
 
     t = target.target
@@ -96,18 +125,20 @@ def cuda_schedule_passes(target: TargetInfo) -> list[tvm.transform.Pass]:
     assert legalize[-1].info.name == "ApplyDefaultSchedule", [p.info.name for p in legalize]
     rules = [ConvEpilogueCUDA(), dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
              dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
-    return cuda.library_dispatch_passes(t) + legalize[:-1] + [dlight.ApplyDefaultSchedule(*rules)]
+    return (fast_math_passes(fast_math) + cuda.library_dispatch_passes(t) + legalize[:-1]
+            + [dlight.ApplyDefaultSchedule(*rules)])
 
 
-def cuda_pipeline(target: TargetInfo) -> tvm.transform.Pass:
+def cuda_pipeline(target: TargetInfo, fast_math: bool = False) -> tvm.transform.Pass:
     """TVM's CUDA pipeline (``relax/backend/cuda/pipeline.py``: ``get_default_pipeline``) with convpipe's
     epilogue fusion among its dlight rules (:func:`cuda_schedule_passes`), NaN-propagating ``max``/``min``
     (:func:`convpipe.compiler.nan_minmax.PropagateNaN`), then its dataflow lowering and finalisation passes
-    unchanged."""
+    unchanged. Device code is compiled by nvcc without ``--use_fast_math`` unless ``fast_math``
+    (:func:`convpipe.compiler.cuda_device.nvcc_flags`)."""
     from .nan_minmax import PropagateNaN
 
     return _in_target_scope(
         target,
-        lambda t: cuda_schedule_passes(target) + [PropagateNaN()] + cuda.dataflow_lower_passes(t)
+        lambda t: cuda_schedule_passes(target, fast_math) + [PropagateNaN()] + cuda.dataflow_lower_passes(t)
         + cuda.finalize_passes(t),
     )
