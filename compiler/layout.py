@@ -120,18 +120,17 @@ class Fallback:
 
 
 def one_line(e: BaseException | str, limit: int = 300) -> str:
-    """An exception (or text) as one line for a fallback record: TVM's message without its traceback."""
-    text = str(e)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # TVM errors end with "...Error: <message>" after a C++/Python traceback: keep the message lines
-    for i, ln in enumerate(lines):
-        if re.match(r"^(tvm\.)?\w*(Error|Exception)\b.*:", ln) and not ln.startswith("File"):
-            lines = lines[i:]
-            break
-    msg = " ".join(lines) or type(e).__name__ if isinstance(e, BaseException) else " ".join(lines)
-    if isinstance(e, BaseException) and not msg.startswith(type(e).__name__):
-        msg = f"{type(e).__name__}: {msg}"
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+    """An exception (or text) as one line for a fallback record: TVM's message without the traceback or the IR
+    dump a ``ScheduleError`` carries (its ``Error message:`` line, else a ``Check failed`` line, else the first
+    line), prefixed with the exception's type."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    pick = next((ln.split("Error message:", 1)[1].strip() for ln in lines if "Error message:" in ln), None)
+    if pick is None:
+        pick = next((ln for ln in lines if "Check failed" in ln), lines[0] if lines else "")
+    if isinstance(e, BaseException):
+        name = type(e).__name__
+        pick = pick if pick.startswith(name) else f"{name}: {pick}"
+    return pick if len(pick) <= limit else pick[: limit - 3] + "..."
 
 
 #: ops whose layout inference (``InferLayoutUnaryEwise``) carries any layout, blocked included, unchanged
@@ -427,13 +426,15 @@ def convert_layout_checked(
         except ConvpipeError:
             return False
 
-    def attempt(barrier_keys: set[int]) -> tvm.IRModule:
+    def attempt(barrier_keys: set[int], fold: bool = True) -> tvm.IRModule:
+        # fold=False: ConvertLayout alone, for the bisection (FoldConstant takes seconds on a real network)
         staged = _insert_barriers(src, barrier_keys) if barrier_keys else src
         with target.target:
             converted = relax.transform.ConvertLayout({}, layout_cb=layout_cb)(staged)
             if barrier_keys:
                 converted = _drop_barriers(converted)
-            converted = relax.transform.FoldConstant()(converted)
+            if fold:
+                converted = relax.transform.FoldConstant()(converted)
         relax.analysis.well_formed(converted)  # raises on the first violation
         for c in conv2d_calls(converted):
             workload_of(c)  # every conv in a layout lower.py takes
@@ -445,12 +446,19 @@ def convert_layout_checked(
                  for b in barriers]
     keys = {_var_key(b.var) for b in barriers}
     for _ in range(16):  # safety net: each round finds one more op at fault
+        fold = False
         try:
+            attempt(keys, fold=False)
+            fold = True  # ConvertLayout went through: the failure, if any, is in FoldConstant's legalisation
             return attempt(keys), block, fallbacks
         except Exception as e:  # TVM raises InternalError / ValueError / ScheduleError from inside the pass
             error = e
         rest = [c for c in candidates if _var_key(c.var) not in keys]
-        if not rest or not _succeeds(attempt, keys | {_var_key(c.var) for c in rest}):
+
+        def works(with_keys: set[int]) -> bool:
+            return _succeeds(lambda k: attempt(k, fold=fold), with_keys)
+
+        if not rest or not works(keys | {_var_key(c.var) for c in rest}):
             break
         # the shortest tail of the remaining candidates (in program order) whose barriers make it succeed: its
         # first op is one TVM cannot carry the layout into (barriers in front of earlier ops would also "work",
@@ -458,14 +466,15 @@ def convert_layout_checked(
         lo, hi = 0, len(rest) - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if _succeeds(attempt, keys | {_var_key(c.var) for c in rest[mid:]}):
+            if works(keys | {_var_key(c.var) for c in rest[mid:]}):
                 lo = mid
             else:
                 hi = mid - 1
         culprit = rest[lo]
         keys.add(_var_key(culprit.var))
+        stage = "FoldConstant after ConvertLayout" if fold else "ConvertLayout"
         fallbacks.append(Fallback("layout", _op_label(culprit), "NCHW input (converted back from the blocked layout)",
-                                  f"ConvertLayout failed with the blocked layout carried into it: {one_line(error)}"))
+                                  f"{stage} failed with NCHW{block}c carried into it: {one_line(error)}"))
     return mod, 0, [Fallback("layout", "model", "NCHW for the whole model",
                              f"ConvertLayout to NCHW{block}c failed: {one_line(error)}")]
 

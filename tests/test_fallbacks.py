@@ -234,6 +234,17 @@ def test_squeeze_excite_epilogue(tmp_path, layout):
     assert len(epi) == 1 and "multiply" in epi[0]["op"] and "null expression" in epi[0]["why"], res.manifest
 
 
+def test_squeeze_excite_epilogue_cuda(tmp_path):
+    """The same on CUDA (sm_90, built without a GPU): before, ``InternalError: ... Cannot dispatch a null
+    expression`` from the CUDA epilogue rule's inline; now the Mul is a bound kernel of its own (compile only
+    here: this machine has no GPU)."""
+    path = squeeze_excite(tmp_path / "se.onnx")
+    res = compile_model(path, str(tmp_path / "se-cuda.cpa"), "cuda", arch="sm_90")
+    epi = [f for f in res.manifest["fallbacks"] if f["stage"] == "epilogue"]
+    assert len(epi) == 1 and "multiply" in epi[0]["op"], res.manifest["fallbacks"]
+    assert not manifest_problems(res.manifest)
+
+
 # ---- the safety net -------------------------------------------------------------------------------------------------
 
 def test_safety_net_finds_the_op_at_fault(tmp_path, monkeypatch):
@@ -246,6 +257,18 @@ def test_safety_net_finds_the_op_at_fault(tmp_path, monkeypatch):
     fb = _layout_fallbacks(res, "relax.nn.conv2d_transpose")
     assert len(fb) == 1 and res.manifest["layout"] == "NCHW16c", res.manifest["fallbacks"]
     assert "Layouts must have the same size" in fb[0]["why"]
+
+
+@pytest.mark.parametrize("build", [uneven_channel_split, operand_of_other_rank, comparison_select, channel_reduction,
+                                   spatial_attention])
+def test_safety_net_alone_keeps_every_reproduction_correct(tmp_path, monkeypatch, build):
+    """Without the pre-analysis, the safety net alone (bisection, then whole-model NCHW, also after a failure past
+    ConvertLayout) still compiles each reproduction correctly and records at least one layout fallback."""
+    from convpipe.compiler import layout
+
+    monkeypatch.setattr(layout, "_carry_problem", lambda *a: None)
+    res = _compile(tmp_path, build)
+    assert [f for f in res.manifest["fallbacks"] if f["stage"] == "layout"], res.manifest["fallbacks"]
 
 
 def test_later_failure_rebuilds_the_model_in_nchw(tmp_path, monkeypatch):

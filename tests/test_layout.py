@@ -91,6 +91,7 @@ def test_blocked_network_has_transforms_only_at_the_edges(small_model):
 @pytest.mark.parametrize("layout", ["auto", "nchw", "nchw4c"])
 def test_every_layout_matches_onnxruntime(small_model, tmp_path, layout):
     res = compile_model(small_model, str(tmp_path / f"{layout}.cpa"), layout=layout)
+    assert res.manifest["fallbacks"] == []  # every op of this network carries the blocked layout (issue 10)
     expect = {"auto": None, "nchw": "NCHW", "nchw4c": "NCHW4c"}[layout]
     if expect:
         assert res.manifest["layout"] == expect
