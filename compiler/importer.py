@@ -336,7 +336,8 @@ def _clip_as_relax_op():
     default, two opaque ``call_tir`` (``topi.maximum``/``minimum``, ``relax/frontend/onnx/onnx_frontend.py:Clip``).
     ``ConvertLayout`` carries neither those nor ``relax.op.clip`` through a blocked layout (verified on 0.27),
     so every ReLU6 would leave and re-enter NCHW[x]c (:mod:`.layout`); binary ops with a 0-d constant it does.
-    Other Clips keep the default conversion.
+    Other Clips keep the default conversion. Also swaps in a LayerNormalization converter that accepts a scale/bias
+    broadcast over the normalised axes (``LayerNormOp``).
 
     The frontend looks its converters up in ``onnx_frontend._get_convert_map()`` at each call; this wraps that
     function for the duration of one import and restores it."""
@@ -376,11 +377,32 @@ def _clip_as_relax_op():
                 return super()._impl_v13(bb, inputs, attr, params)
             return cls._clip(bb, inputs[0], lo, hi)
 
+    class LayerNormOp(fe.LayerNormalization):
+        """ONNX LayerNormalization normalises over every axis from ``axis`` to the last, with ``Scale``/``B``
+        *broadcastable* to that shape (ONNX operator spec). TVM's converter takes the axes from the scale's rank
+        (``axis`` extended by ``len(scale.shape) - 1`` axes), so a scale of shape ``[D]`` with ``axis=1`` on a
+        rank-3 input fails ("requires the input gamma ... same as the lengths of the data on the given axes"):
+        broadcast scale and bias to the normalised shape first."""
+
+        @classmethod
+        def _impl_v17(cls, bb, inputs, attr, params):
+            data = inputs[0]
+            shape = [int(d) for d in fe.get_const_tuple(data.ty.shape)]
+            axis = int(attr.get("axis", -1))
+            norm = shape[axis + len(shape) if axis < 0 else axis:]
+            fixed = list(inputs) + [None] * (3 - len(inputs))
+            for k in (1, 2):
+                v = fixed[k]
+                if v is not None and [int(d) for d in fe.get_const_tuple(v.ty.shape)] != norm:
+                    fixed[k] = bb.emit(relax.op.broadcast_to(v, norm))
+            return super()._impl_v17(bb, fixed, attr, params)
+
     original = fe._get_convert_map
 
     def patched():
         table = original()
         table["Clip"] = ClipOp
+        table["LayerNormalization"] = LayerNormOp
         return table
 
     fe._get_convert_map = patched
