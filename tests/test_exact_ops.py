@@ -372,3 +372,17 @@ def test_identifier_names_mapping():
     assert identifier_names(_named_model("input", "y", "pre")) == {}
     clash = _named_model("a b", "in0_a_b", "pre")  # the obvious identifier is already a tensor name
     assert identifier_names(clash)["a b"] not in {"in0_a_b", "a b"}
+
+
+@pytest.mark.skipif(__import__("shutil").which("aarch64-linux-gnu-gcc") is None,
+                    reason="no aarch64-linux-gnu-gcc (scripts/arm_board.sh setup installs it)")
+def test_odd_names_arm_cross_build(tmp_path):
+    """The ARM cross-build (aarch64 gcc links the library) takes the odd names too and keeps them in the manifest
+    (built only: running needs the emulated board of tests/test_arm.py)."""
+    for i, name in enumerate(["gpu_0/data_0", "my input", "ünïcode"]):
+        model = _named_model(name, name + " out", "two")
+        path = str(tmp_path / f"m{i}.onnx")
+        onnx.save(model, path)
+        res = compile_model(path, str(tmp_path / f"m{i}.cpa"), "arm")
+        assert [x["name"] for x in res.manifest["inputs"]] == [x.name for x in model.graph.input]
+        assert (tmp_path / f"m{i}.cpa" / "model.so").read_bytes()[:4] == b"\x7fELF"
