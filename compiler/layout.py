@@ -350,15 +350,24 @@ def _drop_barriers(mod: tvm.IRModule) -> tvm.IRModule:
     return relax.transform.CanonicalizeBindings()(new)
 
 
-def _even_channel_splits(mod: tvm.IRModule) -> tvm.IRModule:
-    """Rewrite ``split(x, [k, 2k, ...], axis=1)`` into equal ``sections`` (the same result), which ConvertLayout
-    carries through a blocked layout when the parts are whole blocks (YOLOv8's C2f halves)."""
+def _rewrite_for_convert_layout(mod: tvm.IRModule) -> tvm.IRModule:
+    """Equivalent forms ConvertLayout handles, before it runs:
+
+    - ``split(x, [k, 2k, ...], axis=1)`` into equal ``sections``, which ConvertLayout carries through a blocked
+      layout when the parts are whole blocks (YOLOv8's C2f halves); with indices it cannot (see
+      :func:`_carry_problem`).
+    - ``stack((a, b, ...), axis)`` into ``concat((expand_dims(a, axis), ...), axis)``: TVM 0.27's stack layout
+      inference names the new axis ``S`` (``relax/op/tensor/manipulate.cc``, ``InferLayoutStack``), a letter no
+      other op's layout inference knows, so the reduction after it (the ONNX frontend's 2-input Max/Min is
+      ``stack`` + ``max``) fails with "Invalid SLayout: can't find S in source layout ABCDE" -- blocked layout or
+      not."""
 
     @relax.expr_functor.mutator
-    class _Even(relax.PyExprMutator):
+    class _Rewrite(relax.PyExprMutator):
         def visit_call_(self, call):
             new = self.visit_expr_post_order(call)
-            if isinstance(new, relax.Call) and getattr(new.op, "name", "") == "relax.split":
+            name = getattr(new.op, "name", "") if isinstance(new, relax.Call) else ""
+            if name == "relax.split":
                 shape = _static_shape(new.args[0])
                 ios = new.attrs.indices_or_sections
                 if (shape and len(shape) == 4 and int(new.attrs.axis) % 4 == 1
@@ -366,11 +375,19 @@ def _even_channel_splits(mod: tvm.IRModule) -> tvm.IRModule:
                     n = _split_sections(new, shape)
                     if n:
                         return relax.op.split(new.args[0], n, axis=1)
+            if name == "relax.stack" and isinstance(new.args[0], relax.Tuple):
+                fields = new.args[0].fields
+                shape = _static_shape(fields[0]) if fields else None
+                if shape is not None:
+                    axis = int(new.attrs.axis) if new.attrs.axis is not None else 0
+                    axis = axis % (len(shape) + 1)
+                    parts = [self.builder_.emit(relax.op.expand_dims(f, [axis])) for f in fields]
+                    return relax.op.concat(parts, axis=axis)
             return new
 
     out = {}
     for gv, func in mod.functions.items():
-        out[gv] = _Even(mod).visit_expr(func) if isinstance(func, relax.Function) else func
+        out[gv] = _Rewrite(mod).visit_expr(func) if isinstance(func, relax.Function) else func
     return tvm.IRModule(out, attrs=mod.attrs) if mod.attrs is not None else tvm.IRModule(out)
 
 
@@ -440,7 +457,7 @@ def convert_layout_checked(
             workload_of(c)  # every conv in a layout lower.py takes
         return converted
 
-    src = _even_channel_splits(mod)
+    src = _rewrite_for_convert_layout(mod)
     barriers, candidates = plan_barriers(src, block, out_blocked)
     fallbacks = [Fallback("layout", _op_label(b), "NCHW input (converted back from the blocked layout)", b.why)
                  for b in barriers]

@@ -87,6 +87,14 @@ def operand_of_other_rank(path):
     return _save(path, n0 + [helper.make_node("Add", ["c0", "k"], ["y"])], i0 + [k], "y")
 
 
+def elementwise_max(path):
+    """Two convs -> Max(a, b) (``torch.maximum``; TVM's ONNX frontend imports it as ``stack`` + ``max``)."""
+    rng = np.random.default_rng(8)
+    n0, i0 = _conv("c0", "x", 16, 16, rng)
+    n1, i1 = _conv("c1", "x", 16, 16, rng)
+    return _save(path, n0 + n1 + [helper.make_node("Max", ["c0", "c1"], ["y"])], i0 + i1, "y")
+
+
 def comparison_select(path):
     """conv -> Where(c > 0, c, 0.5 c) (a LeakyReLU written with a comparison: a bool tensor) -> conv."""
     rng = np.random.default_rng(4)
@@ -192,6 +200,15 @@ def test_binary_operand_of_other_rank(tmp_path):
     res = _compile(tmp_path, operand_of_other_rank)
     fb = _layout_fallbacks(res, "relax.add")
     assert len(fb) == 1 and "[2, 1, 16, 8, 8]" in fb[0]["why"], res.manifest["fallbacks"]
+
+
+def test_elementwise_max(tmp_path):
+    """Before: ``InternalError: Check failed: (res != std::string::npos) is false: Invalid SLayout:can't find S in
+    source layoutABCDE`` -- TVM's stack layout inference names the new axis ``S``, which the ``max`` reduction
+    after it cannot find; any ConvertLayout run hit it. The stack is now an equivalent concat of expand_dims: no
+    fallback needed, the convs stay blocked."""
+    res = _compile(tmp_path, elementwise_max)
+    assert res.manifest["layout"] == "NCHW16c" and res.manifest["fallbacks"] == [], res.manifest
 
 
 def test_spatial_attention(tmp_path):
@@ -309,7 +326,8 @@ def test_manifest_schema_and_inspect(tmp_path):
 
 
 @pytest.mark.parametrize("build", [conv_transpose, uneven_channel_split, even_channel_split, operand_of_other_rank,
-                                   comparison_select, channel_reduction, spatial_attention])
+                                   elementwise_max, comparison_select, channel_reduction, spatial_attention,
+                                   squeeze_excite])
 def test_what_compiles_in_nchw_compiles_by_default(tmp_path, build):
     """The promise of issue 10 for every reproduction here: NCHW compiles, so the default does, both correct."""
     _compile(tmp_path, build, "nchw", "n")
