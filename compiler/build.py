@@ -24,7 +24,7 @@ from .importer import ImportedModel, import_onnx, to_relax
 from .lower import LayerRecord, lower_conv2d
 from .output import atomic_directory, check_output_dir
 from .layout import Fallback, convert_layout_checked, one_line
-from .pipeline import pass_config, pre_lowering, relax_pipeline
+from .pipeline import fast_math_transform, pass_config, pre_lowering, relax_pipeline
 
 
 @dataclass
@@ -90,7 +90,7 @@ def _lower_and_compile(mod, target: TargetInfo, schedule: str, db, fast_math: bo
     """Lower the convs of a prepared module and ``tvm.compile`` it; epilogue fallbacks go to ``taken``."""
     from convpipe.schedules.epilogue import epilogue_fallbacks
 
-    lowered, layers = lower_conv2d(mod, target, schedule, db)
+    lowered, layers = lower_conv2d(fast_math_transform(mod, fast_math), target, schedule, db)
     device = contextlib.nullcontext() if target.arch != "cuda" else cuda_build(target.isa, fast_math)
     ctx = tvm.transform.PassContext.current()  # the caller's, with the fast-math option stated
     scope = tvm.transform.PassContext(ctx.opt_level, list(ctx.required_pass), list(ctx.disabled_pass),

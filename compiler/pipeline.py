@@ -61,8 +61,17 @@ def relax_pipeline(target: TargetInfo, fast_math: bool = False) -> tvm.transform
 
 def fast_math_passes(fast_math: bool) -> list[tvm.transform.Pass]:
     """``[relax.transform.FastMathTransform()]`` when ``fast_math`` (Softmax, Exp, Erf, Tanh become topi's
-    approximate ``fast_*`` computes; ``relax/transform/fast_math.py``), else ``[]``: exact by default."""
+    approximate ``fast_*`` computes; ``relax/transform/fast_math.py``), else ``[]``: exact by default. The
+    pipelines run it first, which matters only for a module whose ops are not legalised yet; convpipe's build
+    applies it before conv2d lowering (:func:`fast_math_transform`)."""
     return [relax.transform.FastMathTransform()] if fast_math else []
+
+
+def fast_math_transform(mod: tvm.IRModule, fast_math: bool) -> tvm.IRModule:
+    """``mod`` through :func:`fast_math_passes`: call it *before* conv2d lowering, whose ``LegalizeOps``
+    (:mod:`convpipe.compiler.lower`) turns every Relax op into ``call_tir`` -- after it ``FastMathTransform`` finds
+    no ``relax.exp``/``relax.nn.softmax`` left. Identity when not ``fast_math``."""
+    return tvm.transform.Sequential(fast_math_passes(fast_math))(mod) if fast_math else mod
 
 
 def pass_config(fast_math: bool = False) -> dict:
