@@ -310,7 +310,7 @@ def json_mutations(draw, base):
         path = draw(st.sampled_from(paths))
         op = draw(st.sampled_from(["replace", "delete"] if path else ["replace"]))
         if not path:
-            doc = draw(_JUNK)
+            doc = copy.deepcopy(draw(_JUNK))  # a copy: a later mutation must not change _JUNK's own objects
             continue
         parent = doc
         for key in path[:-1]:
@@ -318,7 +318,7 @@ def json_mutations(draw, base):
         if op == "delete":
             del parent[path[-1]]
         else:
-            parent[path[-1]] = draw(_JUNK)
+            parent[path[-1]] = copy.deepcopy(draw(_JUNK))
         if not isinstance(doc, (dict, list)):
             break
     return doc
