@@ -40,14 +40,17 @@ the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
 import re
+import shutil
 import struct
 import sys
+import tempfile
 from collections.abc import Callable
 
 from convpipe.errors import ConvpipeError
@@ -406,6 +409,40 @@ def verify_library(path: str, manifest: dict, expected_sha256: str | None = None
             "the artifact was modified or corrupted; recompile it"
         )
     return lib
+
+
+@contextlib.contextmanager
+def private_copy(lib: str, sha256: str):
+    """Copy the library ``lib`` into a fresh private directory (mode 0700) and yield the copy's path, after checking
+    that the bytes copied have ``sha256``; the directory is removed on exit (a library stays mapped after its file
+    is unlinked).
+
+    Why: the checks before loading (:func:`verify_library`, :func:`check_elf`) and ``dlopen`` must see the same
+    bytes, and ``dlopen`` returns the image already mapped for a path it has loaded before, so an artifact rebuilt
+    at the same path and loaded again in the same process ran the *old* library. A copy that no one else can
+    write, at a path never used before, closes both gaps.
+
+    Raises:
+        ConvpipeError: the file changed after it was checked (its bytes no longer have ``sha256``), or it cannot
+            be copied.
+    """
+    d = tempfile.mkdtemp(prefix="convpipe-lib-")
+    try:
+        dst = os.path.join(d, f"{sha256[:16]}.so")
+        h = hashlib.sha256()
+        try:
+            with open(lib, "rb") as src, open(dst, "wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+        except OSError as e:
+            raise ConvpipeError(f"{lib}: cannot read the library: {e.strerror or e}") from None
+        if h.hexdigest() != sha256:
+            raise ConvpipeError(f"{lib}: the library changed after it was checked (sha256 {h.hexdigest()[:16]}..., "
+                                f"expected {sha256[:16]}...); refusing to load it")
+        yield dst
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 #: ELF ``e_machine`` values, class (bits) and byte order by ``platform.machine()`` name.

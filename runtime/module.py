@@ -47,7 +47,7 @@ import numpy as np
 
 from convpipe.errors import ConvpipeError
 
-from .artifact import check_elf, read_manifest, verify_library
+from .artifact import check_elf, private_copy, read_manifest, verify_library
 
 
 @dataclass(frozen=True)
@@ -309,14 +309,17 @@ class Module:
         device = device or ("cuda" if self.manifest["target"]["arch"] == "cuda" else "cpu")
         lib = verify_library(path, self.manifest, expected_sha256=expected_sha256)
         check_target(self.manifest, device)
-        check_elf(lib)  # what dlopen is about to map (a CUDA library is host code embedding the device binary)
         self.inputs = io_info(self.manifest, "inputs")
         self.outputs = io_info(self.manifest, "outputs")
         self._dev = tvm.cuda(0) if self.manifest["target"]["arch"] == "cuda" else tvm.cpu(0)
-        try:
-            self._lib = tvm.runtime.load_module(lib)
-        except Exception as e:
-            raise ConvpipeError(f"{lib}: TVM could not load the library: {' '.join(str(e).split())}") from None
+        # dlopen a private copy with the checked bytes (see private_copy: no swap after the check, and no stale
+        # image when an artifact is rebuilt at the same path)
+        with private_copy(lib, self.manifest["library"]["sha256"]) as private:
+            check_elf(private)  # what dlopen maps (a CUDA library is host code embedding the device binary)
+            try:
+                self._lib = tvm.runtime.load_module(private)
+            except Exception as e:
+                raise ConvpipeError(f"{lib}: TVM could not load the library: {' '.join(str(e).split())}") from None
         self._local = threading.local()
 
     # -- running --------------------------------------------------------------------------------------------

@@ -535,3 +535,42 @@ def test_outputs_are_checked_against_the_manifest(tiny, tmp_path, edit, fragment
     with pytest.raises(ConvpipeError) as e:
         m.run([xs(1)[0]])
     one_line_error(e, *fragments)
+
+
+def test_artifact_rebuilt_at_the_same_path_loads_the_new_library(tmp_path):
+    """dlopen returns the image already mapped for a path: an artifact recompiled in place and loaded again in the
+    same process used to run the old library (found while testing exact ops: tanh outputs from an Exp model)."""
+    import onnx
+
+    from convpipe.compiler.build import compile_model
+    from convpipe.schedules import Conv2dWorkload
+
+    wl = Conv2dWorkload(1, 3, 6, 6, 4, 3, 3, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1)
+    x = np.random.default_rng(3).standard_normal((1, 3, 6, 6)).astype("float32")
+    art = str(tmp_path / "same.cpa")
+    for seed in (0, 1):
+        w = np.random.default_rng(seed).standard_normal((4, 3, 3, 3)).astype("float32")
+        onnx.save(onnx_conv_model(wl, w), str(tmp_path / "m.onnx"))
+        compile_model(str(tmp_path / "m.onnx"), art, "x86")
+        np.testing.assert_allclose(load(art).run([x])["y"], torch_conv(x, w, wl), rtol=1e-4, atol=1e-5,
+                                   err_msg=f"weights of build {seed}")
+
+
+def test_library_swapped_after_its_check_is_not_loaded(tiny, tmp_path, monkeypatch):
+    """The bytes dlopen maps are the bytes that were checked: a library replaced between verify_library and the
+    load is refused (the load reads a private copy and re-checks its sha256)."""
+    import convpipe.runtime.module as rtm
+
+    path = copy_of(tiny, tmp_path)
+    real = rtm.verify_library
+
+    def verify_then_swap(*args, **kwargs):
+        lib = real(*args, **kwargs)
+        with open(lib, "r+b") as f:
+            f.seek(100)
+            f.write(b"\0\1\2\3")
+        return lib
+
+    monkeypatch.setattr(rtm, "verify_library", verify_then_swap)
+    with pytest.raises(ConvpipeError, match="changed after it was checked"):
+        load(path)
