@@ -37,6 +37,7 @@ record for the manifest.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -245,8 +246,8 @@ def _carry_problem(call: relax.Call, name: str, blocked_args: list, block: int) 
 
 @dataclass
 class _Barrier:
-    """A planned conversion back to NCHW: the binding var of ``call`` and which of its args (tuple fields
-    included) to convert."""
+    """A planned conversion back to NCHW in front of one call: its binding var (every tensor operand of the call,
+    tuple fields included, is converted), the op's name and why (empty for a safety-net candidate)."""
 
     var: relax.Var
     op: str
@@ -324,10 +325,7 @@ def _insert_barriers(mod: tvm.IRModule, at: set[int]) -> tvm.IRModule:
                 return a
             return self.builder_.emit(relax.op.reshape(a, shape))
 
-    out = {}
-    for gv, func in mod.functions.items():
-        out[gv] = _Insert(mod).visit_expr(func) if isinstance(func, relax.Function) else func
-    return tvm.IRModule(out, attrs=mod.attrs) if mod.attrs is not None else tvm.IRModule(out)
+    return _map_relax_functions(mod, lambda f: _Insert(mod).visit_expr(f))
 
 
 def _drop_barriers(mod: tvm.IRModule) -> tvm.IRModule:
@@ -343,11 +341,7 @@ def _drop_barriers(mod: tvm.IRModule) -> tvm.IRModule:
                 return new.args[0]
             return new
 
-    out = {}
-    for gv, func in mod.functions.items():
-        out[gv] = _Drop(mod).visit_expr(func) if isinstance(func, relax.Function) else func
-    new = tvm.IRModule(out, attrs=mod.attrs) if mod.attrs is not None else tvm.IRModule(out)
-    return relax.transform.CanonicalizeBindings()(new)
+    return relax.transform.CanonicalizeBindings()(_map_relax_functions(mod, lambda f: _Drop(mod).visit_expr(f)))
 
 
 def _rewrite_for_convert_layout(mod: tvm.IRModule) -> tvm.IRModule:
@@ -356,6 +350,9 @@ def _rewrite_for_convert_layout(mod: tvm.IRModule) -> tvm.IRModule:
     - ``split(x, [k, 2k, ...], axis=1)`` into equal ``sections``, which ConvertLayout carries through a blocked
       layout when the parts are whole blocks (YOLOv8's C2f halves); with indices it cannot (see
       :func:`_carry_problem`).
+    - a size-1 constant operand of a binary element-wise op (``[1]``, ``[1, 1, 1, 1]``: tf2onnx and Keras
+      exports) into a 0-d one -- the same result when the other operand has at least its rank -- which
+      ConvertLayout carries through a blocked layout (a ``[1]`` operand it cannot).
     - ``stack((a, b, ...), axis)`` into ``concat((expand_dims(a, axis), ...), axis)``: TVM 0.27's stack layout
       inference names the new axis ``S`` (``relax/op/tensor/manipulate.cc``, ``InferLayoutStack``), a letter no
       other op's layout inference knows, so the reduction after it (the ONNX frontend's 2-input Max/Min is
@@ -375,6 +372,15 @@ def _rewrite_for_convert_layout(mod: tvm.IRModule) -> tvm.IRModule:
                     n = _split_sections(new, shape)
                     if n:
                         return relax.op.split(new.args[0], n, axis=1)
+            if name in _BINARY and len(new.args) == 2:
+                a, b = new.args
+                for i, (c, other) in enumerate(((a, b), (b, a))):
+                    shape, other_shape = _static_shape(c), _static_shape(other)
+                    if (isinstance(c, tvm.ir.expr.Constant) and shape and math.prod(shape) == 1
+                            and other_shape is not None and len(shape) <= len(other_shape)):
+                        scalar = relax.const(c.value.numpy().reshape(()), str(c.value.dtype))
+                        args = [scalar, b] if i == 0 else [a, scalar]
+                        return relax.Call(new.op, args, new.attrs, new.ty_args)
             if name == "relax.stack" and isinstance(new.args[0], relax.Tuple):
                 fields = new.args[0].fields
                 shape = _static_shape(fields[0]) if fields else None
@@ -385,10 +391,13 @@ def _rewrite_for_convert_layout(mod: tvm.IRModule) -> tvm.IRModule:
                     return relax.op.concat(parts, axis=axis)
             return new
 
-    out = {}
-    for gv, func in mod.functions.items():
-        out[gv] = _Rewrite(mod).visit_expr(func) if isinstance(func, relax.Function) else func
-    return tvm.IRModule(out, attrs=mod.attrs) if mod.attrs is not None else tvm.IRModule(out)
+    return _map_relax_functions(mod, lambda f: _Rewrite(mod).visit_expr(f))
+
+
+def _map_relax_functions(mod: tvm.IRModule, fn) -> tvm.IRModule:
+    """A new module: ``fn`` applied to each Relax function, everything else (PrimFuncs, attrs, global infos) kept."""
+    funcs = {gv: fn(f) if isinstance(f, relax.Function) else f for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 def convert_layout_checked(

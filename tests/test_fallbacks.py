@@ -95,6 +95,15 @@ def elementwise_max(path):
     return _save(path, n0 + n1 + [helper.make_node("Max", ["c0", "c1"], ["y"])], i0 + i1, "y")
 
 
+def size_one_constants(path):
+    """conv -> Mul by a [1] constant -> Add of a [1, 1, 1, 1] constant -> conv (tf2onnx/Keras-style scalars)."""
+    rng = np.random.default_rng(9)
+    n0, i0 = _conv("c0", "x", 16, 16, rng)
+    n1, i1 = _conv("c1", "a", 16, 16, rng)
+    nodes = n0 + [helper.make_node("Mul", ["c0", "k1"], ["m"]), helper.make_node("Add", ["m", "k4"], ["a"])] + n1
+    return _save(path, nodes, i0 + i1 + [_const("k1", [0.5]), _const("k4", np.full((1, 1, 1, 1), 0.25))], "c1")
+
+
 def comparison_select(path):
     """conv -> Where(c > 0, c, 0.5 c) (a LeakyReLU written with a comparison: a bool tensor) -> conv."""
     rng = np.random.default_rng(4)
@@ -208,6 +217,13 @@ def test_elementwise_max(tmp_path):
     after it cannot find; any ConvertLayout run hit it. The stack is now an equivalent concat of expand_dims: no
     fallback needed, the convs stay blocked."""
     res = _compile(tmp_path, elementwise_max)
+    assert res.manifest["layout"] == "NCHW16c" and res.manifest["fallbacks"] == [], res.manifest
+
+
+def test_size_one_constants_stay_blocked(tmp_path):
+    """A [1] or [1, 1, 1, 1] constant operand is a 0-d one for ConvertLayout (the same result): carried blocked,
+    no fallback (the pre-analysis alone would convert the Mul and Add back to NCHW)."""
+    res = _compile(tmp_path, size_one_constants)
     assert res.manifest["layout"] == "NCHW16c" and res.manifest["fallbacks"] == [], res.manifest
 
 
