@@ -23,7 +23,8 @@ NVRTC options) pass ``--use_fast_math``, which implies ``--ftz=true --prec-div=f
 ``expf``/``logf``/``tanhf``/``powf``/``sinf``/``cosf`` to the hardware approximations (``__expf``: ``ex2.approx.ftz``
 on ``x * log2(e)`` without range reduction, so its error grows with ``|x|``; ``tanh.approx.f32``;
 ``lg2.approx.ftz``; ``div.approx.ftz``; ``sqrt.approx.ftz``) -- an attention model's Softmax/GELU/LayerNorm then
-deviates from onnxruntime by ~1e-4 of the output range. :func:`nvcc_flags` compiles IEEE-exact by default
+deviates from onnxruntime by ~1e-4 of the output range. :func:`~convpipe.schedules.cuda._common.nvcc_flags` (one
+set of flags for artifacts and the schedules' ptxas checks) compiles IEEE-exact by default
 (``--fmad=true`` kept explicitly: FMA contraction is exact per operation and what the conv kernels are scheduled
 for) and adds ``--use_fast_math`` only when asked (``fast_math=True``). The CUDA C that TVM generates names the
 precise functions (``expf``, ``erff``, ``tanhf``: ``src/backend/cuda/codegen/intrin_rule_cuda.cc``, ``cuda.
@@ -43,6 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from convpipe.errors import ConvpipeError
+from convpipe.schedules.cuda._common import nvcc_flags
 
 #: C source of the build-time driver stub: exactly the ``cu*`` symbols ``libtvm_runtime_cuda.so`` (apache-tvm
 #: 0.27.0.post1) imports (``nm -D --undefined-only``); each fails with CUDA_ERROR_NO_DEVICE (100).
@@ -143,17 +145,6 @@ def ensure_module_factory() -> str:
     if not factory_registered():
         raise ConvpipeError(f"libtvm_runtime_cuda.so loaded but registered no {_FACTORY!r}")
     return how
-
-
-def nvcc_flags(arch: str, fast_math: bool = False) -> list[str]:
-    """nvcc options (after ``nvcc``, before ``-o``) for a cubin of TVM-generated CUDA for ``arch``: ``-O3``, the ptxas
-    options TVM uses (:data:`convpipe.schedules.cuda._common.TVM_PTXAS_FLAGS`: ``-v`` for the per-kernel figures)
-    and either IEEE-exact math (``--fmad=true --ftz=false --prec-div=true --prec-sqrt=true``, nvcc's defaults
-    spelled out) or, with ``fast_math``, ``--use_fast_math`` (what ``tvm/support/nvcc.py`` always passes)."""
-    from convpipe.schedules.cuda._common import TVM_PTXAS_FLAGS
-
-    math = ["--use_fast_math"] if fast_math else ["--fmad=true", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"]
-    return [f"-arch={arch}", "-O3", *math, *TVM_PTXAS_FLAGS]
 
 
 def parse_ptxas(output: str, source: str, arch: str) -> list:

@@ -216,7 +216,7 @@ def cmd_compile(args) -> int:
         db = TuningDatabase(args.db, strict=args.strict)
     res = compile_model(
         args.model, args.output, args.target, args.schedule, parse_input_shapes(args.input_shape), db, args.arch,
-        args.layout, max_memory=args.max_memory,
+        args.layout, max_memory=args.max_memory, fast_math=args.fast_math,
     )
     con = _console()
     if not args.quiet:
@@ -489,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --db: an invalid tuning record is an error (default: skipped with a warning)")
     s.add_argument("--max-memory", type=_parse_size, metavar="SIZE",
                    help="largest tensor the model may need, e.g. 64G (default: this machine's memory)")
+    s.add_argument("--fast-math", action="store_true",
+                   help="allow approximate exp/tanh/erf/division (TVM fast-math, nvcc --use_fast_math); default: "
+                        "exact fp32 math, as onnxruntime")
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     s.set_defaults(func=cmd_compile)
 

@@ -125,7 +125,7 @@ def test_build_nvcc_no_spills(family, wl, targets):
 
 @pytest.mark.parametrize("family,wl", _cases(SHAPES))
 def test_build_nvcc_exact_math_no_spills(family, wl, targets):
-    """Artifacts compile their device code with IEEE-exact math (``compiler/cuda_device.nvcc_flags``: ``--fmad=true
+    """Artifacts compile their device code with IEEE-exact math (``schedules/cuda/_common.nvcc_flags``: ``--fmad=true
     --ftz=false --prec-div=true --prec-sqrt=true``, no ``--use_fast_math``; issue 10): every conv kernel still
     spills nothing and has no stack frame for sm_80 and sm_90, and its register count stays within 8 of the
     ``--use_fast_math`` build (measured: equal for every ResNet-18 conv kernel)."""

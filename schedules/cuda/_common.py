@@ -256,6 +256,15 @@ def ptxas_report(source: str, arch: str) -> list[PtxasReport]:
     return compile_cubin(source, arch)[1]
 
 
+def nvcc_flags(arch: str, fast_math: bool = False) -> list[str]:
+    """nvcc options (after ``nvcc``, before ``-o``) for a cubin of TVM-generated CUDA for ``arch``: ``-O3``, the ptxas
+    options TVM uses (:data:`TVM_PTXAS_FLAGS`: ``-v`` for the per-kernel figures)
+    and either IEEE-exact math (``--fmad=true --ftz=false --prec-div=true --prec-sqrt=true``, nvcc's defaults
+    spelled out) or, with ``fast_math``, ``--use_fast_math`` (what ``tvm/support/nvcc.py`` always passes)."""
+    math = ["--use_fast_math"] if fast_math else ["--fmad=true", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"]
+    return [f"-arch={arch}", "-O3", *math, *TVM_PTXAS_FLAGS]
+
+
 def compile_cubin(source: str, arch: str) -> tuple[bytes, list[PtxasReport]]:
     """``(cubin bytes, per-kernel ptxas figures)`` of CUDA ``source`` compiled by nvcc for ``arch`` (``sm_90``).
 
@@ -266,8 +275,8 @@ def compile_cubin(source: str, arch: str) -> tuple[bytes, list[PtxasReport]]:
         cu = os.path.join(d, "k.cu")
         with open(cu, "w") as f:
             f.write(source)
-        # the flags TVM's own nvcc path uses for deployment (tvm/support/nvcc.py: _compile_cuda_nvcc)
-        cmd = [NVCC, "--cubin", f"-arch={arch}", "-O3", "--use_fast_math", *TVM_PTXAS_FLAGS]
+        # the flags convpipe's artifacts are built with (IEEE-exact math; see nvcc_flags)
+        cmd = [NVCC, "--cubin", *nvcc_flags(arch)]
         cmd += ["-o", os.path.join(d, "k.cubin"), cu]
         r = subprocess.run(cmd, capture_output=True, text=True)
         cubin = open(os.path.join(d, "k.cubin"), "rb").read() if r.returncode == 0 else b""
