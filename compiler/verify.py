@@ -107,7 +107,8 @@ def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], rtol: float
         o64, r64 = np.asarray(o, np.float64), np.asarray(r, np.float64)
         finite = np.isfinite(o64) & np.isfinite(r64)
         same_nonfinite = ~finite & ((np.isnan(o64) & np.isnan(r64)) | (o64 == r64))
-        diff = np.where(finite, np.abs(o64 - r64), 0.0)
+        with np.errstate(invalid="ignore"):  # inf - inf at non-finite positions, masked out here
+            diff = np.where(finite, np.abs(o64 - r64), 0.0)
         max_abs = float(diff.max()) if diff.size else 0.0
         scale = float(np.abs(np.where(finite, r64, 0.0)).max()) if r64.size else 0.0
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
