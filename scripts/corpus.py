@@ -164,7 +164,9 @@ def write_report(report: dict, out_dir: str) -> str:
     passed = [r for r in recs if r["status"] == "pass"]
     times = sorted(r["compile_s"] for r in recs if r["compile_s"] is not None)
     with_fb = [r for r in recs if r["fallbacks"]]
-    summary = (f"{len(passed)}/{len(recs)} models pass (default flags, x86, tolerance 1e-4*max|ref|+1e-5); "
+    listed = report.get("listed", len(recs))
+    summary = (f"{len(passed)}/{len(recs)} models pass (default flags, x86, tolerance 1e-4*max|ref|+1e-5"
+               + (f"; {len(recs)} of the {listed} listed models run so far" if len(recs) < listed else "") + "); "
                + (f"compile s median {statistics.median(times):.1f}, p90 {times[int(0.9 * (len(times) - 1))]:.1f}, "
                   f"max {times[-1]:.1f}; " if times else "")
                + f"{len(with_fb)} with fallbacks")
@@ -228,7 +230,8 @@ def main(argv=None) -> int:
         entries = [e for e in entries if re.search(args.only, e["spec"])]
     os.makedirs(args.work, exist_ok=True)
     report = {"format": 1, "machine": {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count()},
-              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "results": []}
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "listed": len(data["models"]), "results": []}
     done = {}
     old_path = os.path.join(args.out, "corpus.json")
     if args.resume and os.path.exists(old_path):
