@@ -19,9 +19,10 @@ a failure reproduces from its printed spec and seed.
 
 ``CONVPIPE_GRAPH_FUZZ_EXAMPLES`` (default 40) sets the examples per layout; the ``ci`` profile is derandomised, so
 CI runs the same graphs every time (and the same graphs for every layout). The bugs the fuzzer found are pinned
-below as minimal modules, each a strict xfail naming its class and where it originates, so each flips when fixed;
-the fuzz test tolerates a compile error of a pinned class (:data:`KNOWN`) so that it keeps checking the rest,
-unless ``CONVPIPE_GRAPH_FUZZ_STRICT=1``. A wrong result is never tolerated.
+below as minimal modules: those still open as strict xfails naming their class and where they originate (each
+flips when fixed), those fixed since the fuzzer found them (against 7d6b060) as plain regression tests. The fuzz
+test tolerates a failure of an open class (:data:`KNOWN`) so that it keeps checking the rest, unless
+``CONVPIPE_GRAPH_FUZZ_STRICT=1``. A wrong result is never tolerated.
 """
 
 from __future__ import annotations
@@ -620,18 +621,10 @@ def check_graph(module: torch.nn.Module, x: np.ndarray, layout: str, workdir: st
 #: ``CONVPIPE_GRAPH_FUZZ_STRICT=1``. When a fix lands, its pinned test XPASSes (strict: it fails) -- remove the entry
 #: here with the xfail mark. Numerical deviations are never tolerated.
 KNOWN = [
-    (r"Cannot dispatch a null expression", "test_broadcast_consumer_after_conv"),
-    (r"The channel size of the data should equal to the product of input channel size",
-     "test_channel_split_with_sizes"),
-    (r"Cannot broadcast from 5 to 4", "test_one_channel_map_times_blocked_tensor"),
-    (r"Could not parse mapping as sum of iterators", "test_mean_over_blocked_channels"),
-    (r"Invalid SLayout", "test_maximum_of_blocked_tensors"),
     (r"Divide by zero", "test_bilinear_align_corners_to_size_1"),
     (r"has a shape that does not resolve to static dims", "test_zero_pad_two_outputs"),
     (r"expected shape \[.*\] \(manifest\), got \[.*\] from the library",
      "test_ceil_mode_pool_last_window_in_padding"),
-    (r"Layouts must have the same size", "test_conv_transpose_after_blocked_conv"),
-    (r"has elements of type T.bool, but the transformation fills padding", "test_where_on_blocked_tensor"),
 ]
 STRICT = os.environ.get("CONVPIPE_GRAPH_FUZZ_STRICT", "") not in ("", "0")
 
@@ -710,15 +703,16 @@ class _SqueezeExcite(torch.nn.Module):
         return x * self.f(x)
 
 
-@_xfail("issue 10: fuse_epilogue -> reverse_compute_inline 'Cannot dispatch a null expression' (a consumer that "
-        "broadcasts the conv output): schedules/epilogue.py fuse_epilogue, every layout",
-        ("auto", "nchw", "nchw8c", "nchw16c"))
+# issue 10, fixed since 7d6b060 (now a regression test): fuse_epilogue -> reverse_compute_inline 'Cannot dispatch a
+# null expression' (a consumer that broadcasts the conv output): schedules/epilogue.py fuse_epilogue, every layout
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_broadcast_consumer_after_conv(layout):
     _check(_BroadcastAfterConv(), (1, 4, 4, 4), layout)
 
 
-@_xfail("issue 10: SE block: fuse_epilogue -> reverse_compute_inline 'Cannot dispatch a null expression': "
-        "schedules/epilogue.py fuse_epilogue, every layout", ("auto", "nchw", "nchw8c", "nchw16c"))
+# issue 10, fixed since 7d6b060 (now a regression test): SE block: fuse_epilogue -> reverse_compute_inline 'Cannot
+# dispatch a null expression': schedules/epilogue.py fuse_epilogue, every layout
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_squeeze_excite_block(layout):
     _check(_SqueezeExcite(), (1, 8, 6, 6), layout)
 
@@ -737,15 +731,17 @@ class _SplitSizes(torch.nn.Module):
         return self.b(torch.split(self.a(x), self.parts, 1)[1])
 
 
-@_xfail("issue 10: ConvertLayout 'The channel size of the data should equal to the product of input channel size "
-        "of the weight and the number of groups' (torch.split with sizes, 8 + 24 channels, blocked): "
-        "compiler/layout.py convert_layout", ("auto", "nchw8c"))
+# issue 10, fixed since 7d6b060 (now a regression test): ConvertLayout 'The channel size of the data should equal to
+# the product of input channel size of the weight and the number of groups' (torch.split with sizes, 8 + 24
+# channels, blocked): compiler/layout.py convert_layout
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_channel_split_with_sizes(layout):
     _check(_SplitSizes(), (1, 16, 8, 8), layout)
 
 
-@_xfail("issue 10: ConvertLayout 'The channel size of the data should equal ...' (torch.split into equal whole "
-        "16-blocks, YOLOv8 C2f): compiler/layout.py convert_layout", ("auto", "nchw8c", "nchw16c"))
+# issue 10, fixed since 7d6b060 (now a regression test): ConvertLayout 'The channel size of the data should equal
+# ...' (torch.split into equal whole 16-blocks, YOLOv8 C2f): compiler/layout.py convert_layout
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_channel_split_with_sizes_whole_blocks(layout):
     _check(_SplitSizes((16, 16)), (1, 16, 8, 8), layout)
 
@@ -762,8 +758,9 @@ class _ChannelMax(torch.nn.Module):
         return y * y.amax(1, keepdim=True)
 
 
-@_xfail("issue 10: ConvertLayout 'Cannot broadcast from 5 to 4' (a 1-channel map times a blocked tensor): "
-        "compiler/layout.py convert_layout (infer_layout_utils.cc FollowDecision)", ("auto", "nchw8c", "nchw16c"))
+# issue 10, fixed since 7d6b060 (now a regression test): ConvertLayout 'Cannot broadcast from 5 to 4' (a 1-channel
+# map times a blocked tensor): compiler/layout.py convert_layout (infer_layout_utils.cc FollowDecision)
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_one_channel_map_times_blocked_tensor(layout):
     _check(_ChannelMax(), (1, 16, 4, 4), layout)
 
@@ -777,9 +774,10 @@ class _ChannelMean(torch.nn.Module):
         return self.c(x).mean(1, keepdim=True)
 
 
-@_xfail("issue 10: FoldConstant after ConvertLayout 'Could not parse mapping as sum of iterators' (mean over the "
-        "channels of a blocked tensor, layout_transform legalisation): compiler/layout.py convert_layout",
-        ("auto", "nchw8c", "nchw16c"))
+# issue 10, fixed since 7d6b060 (now a regression test): FoldConstant after ConvertLayout 'Could not parse mapping
+# as sum of iterators' (mean over the channels of a blocked tensor, layout_transform legalisation):
+# compiler/layout.py convert_layout
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_mean_over_blocked_channels(layout):
     _check(_ChannelMean(), (1, 16, 4, 4), layout)
 
@@ -798,16 +796,18 @@ class _Binary(torch.nn.Module):
         return torch.where(y > 0, y, y * 0.1)
 
 
-@_xfail("issue 10: ConvertLayout 'Invalid SLayout: can't find S in source layoutABCDE' (torch.maximum of two "
-        "blocked tensors: the ONNX frontend's 2-input Max is stack + max): compiler/layout.py convert_layout",
-        ("auto", "nchw8c", "nchw16c"))
+# issue 10, fixed since 7d6b060 (now a regression test): ConvertLayout 'Invalid SLayout: can't find S in source
+# layoutABCDE' (torch.maximum of two blocked tensors: the ONNX frontend's 2-input Max is stack + max):
+# compiler/layout.py convert_layout
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_maximum_of_blocked_tensors(layout):
     _check(_Binary("maximum"), (1, 16, 4, 4), layout)
 
 
-@_xfail("issue 10: FoldConstant after ConvertLayout: transform_layout ScheduleError 'has elements of type T.bool, "
-        "but the transformation fills padding with float32' (torch.where on a comparison of a blocked tensor): "
-        "compiler/layout.py convert_layout", ("auto", "nchw8c", "nchw16c"))
+# issue 10, fixed since 7d6b060 (now a regression test): FoldConstant after ConvertLayout: transform_layout
+# ScheduleError 'has elements of type T.bool, but the transformation fills padding with float32' (torch.where on a
+# comparison of a blocked tensor): compiler/layout.py convert_layout
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_where_on_blocked_tensor(layout):
     _check(_Binary("where"), (1, 16, 4, 4), layout)
 
@@ -822,8 +822,9 @@ class _UpConv(torch.nn.Module):
         return self.up(self.a(x))
 
 
-@_xfail("issue 10: ConvertLayout 'Layouts must have the same size' (conv2d_transpose fed by a blocked conv): "
-        "compiler/layout.py convert_layout", ("auto", "nchw8c", "nchw16c"))
+# issue 10, fixed since 7d6b060 (now a regression test): ConvertLayout 'Layouts must have the same size'
+# (conv2d_transpose fed by a blocked conv): compiler/layout.py convert_layout
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_conv_transpose_after_blocked_conv(layout):
     _check(_UpConv(), (1, 16, 4, 4), layout)
 
