@@ -16,7 +16,7 @@ Usage::
     .venv/bin/python scripts/corpus.py --only 'timm/(res|reg)' --resume
 
 ``--resume`` keeps the entries of an existing report (same spec and input) and runs only the others, so a long run
-can be continued. The report records the machine (CPU model, cores) and, per model: status (``pass``,
+can be continued; entries of the old report outside this run's selection stay in the report. The report records the machine (CPU model, cores) and, per model: status (``pass``,
 ``mismatch``, ``export-failed``, ``compile-failed``, ``check-failed``, ``timeout``), export and compile seconds, the
 max abs and normwise relative error, the conv2d families used, the fallbacks the manifest records, and the first
 line of any error.
@@ -237,10 +237,14 @@ def main(argv=None) -> int:
     if args.resume and os.path.exists(old_path):
         with open(old_path) as f:
             done = {(r["spec"], tuple(r["input"])): r for r in json.load(f)["results"]}
+    order = {e["spec"]: i for i, e in enumerate(data["models"])}
+    running = {e["spec"] for e in entries}
+    kept = [r for r in done.values() if r["spec"] not in running and r["spec"] in order]  # --resume: other entries
     for i, entry in enumerate(entries):
         key = (entry["spec"], tuple(entry["input"]))
         rec = done.get(key) or run_entry(entry, args.work, args.timeout)
-        report["results"].append(rec)
+        report["results"] = sorted(kept + [r for r in report["results"] if r["spec"] in running] + [rec],
+                                   key=lambda r: order[r["spec"]])
         print(f"[{i + 1}/{len(entries)}] {entry['spec']}: {rec['status']}"
               + (f" ({rec['error']})" if rec["error"] else ""), flush=True)
         write_report(report, args.out)
