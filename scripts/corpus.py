@@ -36,6 +36,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_x86 import cpu_name  # noqa: E402 -- one CPU-model reader for every report
 BIN = os.path.dirname(sys.executable)
 CONVPIPE = os.path.join(BIN, "convpipe")
 RTOL, ATOL = 1e-4, 1e-5
@@ -62,17 +64,6 @@ def isa() -> str:
         if flag in flags:
             return name
     return platform.machine()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def first_error_line(text: str) -> str:
@@ -229,7 +220,7 @@ def main(argv=None) -> int:
     if args.only:
         entries = [e for e in entries if re.search(args.only, e["spec"])]
     os.makedirs(args.work, exist_ok=True)
-    report = {"format": 1, "machine": {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count()},
+    report = {"format": 1, "machine": {"cpu": cpu_name(), "isa": isa(), "cores": os.cpu_count()},
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "listed": len(data["models"]), "results": []}
     done = {}

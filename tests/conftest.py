@@ -110,3 +110,14 @@ def has_cuda_gpu() -> bool:
     from convpipe.runtime.module import cuda_gpu_missing
 
     return cuda_gpu_missing() is None
+
+
+def user_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A CLI user error: exit 2, exactly one stderr line starting ``convpipe: error:``, no traceback, naming each
+    of ``fragments`` (the offending file, node, input; expected vs got)."""
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convpipe: error: "), p.stderr
+    for frag in fragments:
+        assert frag in p.stderr, (frag, p.stderr)

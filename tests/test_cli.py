@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONVPIPE
+from conftest import CONVPIPE, user_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -21,15 +21,6 @@ def run(*args, ok=True):
     if ok and p.returncode != 0:
         pytest.fail(f"convpipe {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
-
-
-def user_error(p, *fragments):
-    """Exit 2, one 'convpipe: error:' line naming the offending thing, no traceback."""
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr, p.stderr
-    assert p.stderr.startswith("convpipe: error: "), p.stderr
-    for frag in fragments:
-        assert frag in p.stderr, (frag, p.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONVPIPE
+from conftest import CONVPIPE, user_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -26,16 +26,6 @@ def run(*args, cwd=None, env=None, ok=True):
     if ok and p.returncode != 0:
         pytest.fail(f"convpipe {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
-
-
-def user_error(p, *fragments):
-    """Exit 2, exactly one line on stderr, 'convpipe: error:', no traceback, naming the offending thing."""
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("convpipe: error: "), p.stderr
-    for frag in fragments:
-        assert frag in p.stderr, (frag, p.stderr)
 
 
 def tiny_onnx(path, shape=(1, 3, 8, 8), dtype="float32", metadata=None, input_name="input"):
