@@ -312,8 +312,10 @@ def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = Non
     if simplify:
         import onnxslim
 
-        try:
-            model = onnxslim.slim(model)
+        try:  # onnxslim's output is checked: after an earlier failing run it has returned unsorted graphs
+            slimmed = onnxslim.slim(model)
+            onnx.checker.check_model(slimmed)
+            model = slimmed
         except Exception as e:  # keep the unsimplified graph; the importer may still take it
             import logging
 

@@ -455,7 +455,7 @@ _MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "i686": "i386", "x86"
 _ET_NAMES = {0: "NONE", 1: "REL", 2: "EXEC", 3: "DYN", 4: "CORE"}
 
 
-def check_elf(path: str, machine: str | None = None) -> None:
+def check_elf(path: str, machine: str | None = None, shown_as: str | None = None) -> None:
     """Refuse a file that ``dlopen`` must not be given: check it is a well-formed ELF shared library for
     ``machine`` (default: this host) whose headers and loadable segments lie within the file. A truncated library
     passes ``dlopen``'s first reads and dies of SIGBUS when a mapped page past the end is touched; this reads only
@@ -465,6 +465,7 @@ def check_elf(path: str, machine: str | None = None) -> None:
         path: the library.
         machine: ``platform.machine()`` name of the machine that will load it (``"x86_64"``, ``"aarch64"``, ...);
             e.g. ``"aarch64"`` for a board before upload. Unknown names check class and byte order of this host.
+        shown_as: the name errors give the file (the artifact's library when ``path`` is its private copy).
 
     Raises:
         ConvpipeError: not ELF; wrong class (32/64-bit), byte order, machine or type (not ``ET_DYN``); the
@@ -480,7 +481,8 @@ def check_elf(path: str, machine: str | None = None) -> None:
         em = ELF_MACHINES.get(name, (None,))[0]
 
     def refuse(why: str):
-        raise ConvpipeError(f"{path}: {why}: refusing to load it (truncated, corrupted or not built for {name})")
+        raise ConvpipeError(f"{shown_as or path}: {why}: refusing to load it (truncated, corrupted or not built "
+                            f"for {name})")
 
     try:
         with open(path, "rb") as f:

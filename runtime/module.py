@@ -315,7 +315,7 @@ class Module:
         # dlopen a private copy with the checked bytes (see private_copy: no swap after the check, and no stale
         # image when an artifact is rebuilt at the same path)
         with private_copy(lib, self.manifest["library"]["sha256"]) as private:
-            check_elf(private)  # what dlopen maps (a CUDA library is host code embedding the device binary)
+            check_elf(private, shown_as=lib)  # what dlopen maps (a CUDA library: host code + device binary)
             try:
                 self._lib = tvm.runtime.load_module(private)
             except Exception as e:
