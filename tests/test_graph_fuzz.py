@@ -547,9 +547,7 @@ def _b_interp(b):
         return
     c, h, w = b.shapes[t]
     mode = b.draw(st.sampled_from(("nearest", "nearest", "bilinear", "bilinear_ac")))
-    if mode == "nearest" or b.draw(st.booleans()):
-        # nearest: whole-number ratios only; onnxruntime rounds other ratios differently from PyTorch and TVM
-        # (see test_nearest_resize_non_integer_ratio)
+    if b.draw(st.booleans()):  # whole-number ratios, or any size (nearest too: compiler/resize.py)
         size = (h * b.draw(st.sampled_from((1, 2, 3))), w * b.draw(st.sampled_from((1, 2, 3))))
     else:
         size = (b.draw(st.integers(1, MAX_HW)), b.draw(st.integers(1, MAX_HW)))
@@ -621,7 +619,6 @@ def check_graph(module: torch.nn.Module, x: np.ndarray, layout: str, workdir: st
 #: ``CONVPIPE_GRAPH_FUZZ_STRICT=1``. When a fix lands, its pinned test XPASSes (strict: it fails) -- remove the entry
 #: here with the xfail mark. Numerical deviations are never tolerated.
 KNOWN = [
-    (r"Divide by zero", "test_bilinear_align_corners_to_size_1"),
     (r"has a shape that does not resolve to static dims", "test_zero_pad_two_outputs"),
     (r"expected shape \[.*\] \(manifest\), got \[.*\] from the library",
      "test_ceil_mode_pool_last_window_in_padding"),
@@ -834,10 +831,9 @@ class _AlignCornersTo1(torch.nn.Module):
         return F.interpolate(x, size=(7, 1), mode="bilinear", align_corners=True)
 
 
-@_xfail("issue 10: 'Divide by zero' (bilinear align_corners=True to an output size of 1: (in - 1) / (out - 1) in "
-        "TVM topi/image/resize.py get_inx, legalising resize2d in compiler/pipeline.py pre_lowering FoldConstant); "
-        "every layout", ("auto", "nchw", "nchw8c", "nchw16c"))
+@pytest.mark.parametrize("layout", ("auto", "nchw", "nchw8c", "nchw16c"))
 def test_bilinear_align_corners_to_size_1(layout):
+    """Was 'Divide by zero' ((in - 1) / (out - 1) in TVM's resize2d legalisation); fixed by compiler/resize.py."""
     _check(_AlignCornersTo1(), (1, 4, 6, 6), layout)
 
 
@@ -881,8 +877,8 @@ class _NearestResize(torch.nn.Module):
         return F.interpolate(x, size=(1, 16), mode="nearest")
 
 
-@_xfail("issue 10: numerical deviation (reference disagreement): nearest Resize 14 -> 16 wide: onnxruntime "
-        "rounds x_out / (16/14) (floor(8 / 1.142857) = 6), TVM's resize2d and PyTorch x_out * 14/16 (= 7); every "
-        "layout", ("auto", "nchw", "nchw8c", "nchw16c"))
+@pytest.mark.parametrize("layout", ("auto", "nchw", "nchw8c", "nchw16c"))
 def test_nearest_resize_non_integer_ratio(layout):
+    """Nearest Resize 14 -> 16 wide follows onnxruntime's float32 coordinates and rounding (compiler/resize.py); was
+    a deviation with TVM's resize2d (x_out * 14/16)."""
     _check(_NearestResize(), (1, 1, 1, 14), layout)
