@@ -6,7 +6,6 @@ Every failure is a :class:`~convpipe.errors.ConvpipeError` naming the file, node
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from onnx import helper, shape_inference
 
 from convpipe.errors import ConvpipeError
 
+from .convert import convpipe_converters
+
 #: ONNX element types convpipe can feed and return (ONNX TensorProto enum -> NumPy dtype name).
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -24,7 +25,11 @@ _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.INT64: "int64",
     onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT16: "int16",
     onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT64: "uint64",
+    onnx.TensorProto.UINT32: "uint32",
+    onnx.TensorProto.UINT16: "uint16",
     onnx.TensorProto.UINT8: "uint8",
     onnx.TensorProto.BOOL: "bool",
 }
@@ -144,6 +149,9 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                     )
                 d.Clear()
                 d.dim_value = given[axis]
+            elif d.HasField("dim_value") and d.dim_value == 0:
+                raise ConvpipeError(f"{path}: input {vi.name!r} axis {axis} has size 0: convpipe does not compile "
+                                    "zero-size tensors")
             elif not d.HasField("dim_value") or d.dim_value < 1:
                 sym = d.dim_param or "?"
                 raise ConvpipeError(
@@ -156,13 +164,7 @@ def make_conv_pads_explicit(model: onnx.ModelProto) -> None:
     """Replace ``auto_pad`` SAME_UPPER / SAME_LOWER / VALID on 2-D Conv nodes by explicit ``pads`` (ONNX Conv
     spec: total pad = max(0, (ceil(in / s) - 1) * s + (k - 1) * d + 1 - in); SAME_UPPER puts the odd pixel at the
     end, SAME_LOWER at the beginning). Needs inferred shapes; leaves nodes it cannot resolve untouched."""
-    shapes: dict[str, list[int]] = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = [d.dim_value for d in dims]
-    for init in model.graph.initializer:
-        shapes[init.name] = list(init.dims)
+    shapes = _static_shapes(model)
     for node in model.graph.node:
         if node.op_type != "Conv":
             continue
@@ -191,15 +193,121 @@ def make_conv_pads_explicit(model: onnx.ModelProto) -> None:
         node.attribute.extend(keep + [helper.make_attribute("pads", pads)])
 
 
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """``{tensor name: static shape}`` from the graph's inputs, outputs, inferred value_info and initializers."""
+    shapes: dict[str, list[int]] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def make_conv_transpose_pads_explicit(model: onnx.ModelProto, path: str = "model") -> None:
+    """Replace ``output_shape`` and ``auto_pad`` SAME_UPPER / SAME_LOWER / VALID on 2-D ConvTranspose nodes by
+    explicit ``pads`` and ``output_padding``, in place. TVM's converter ignores ``output_shape`` (the output came
+    out 9x7 where the model says 10x8) and clamps a negative total padding to 0.
+
+    ONNX ConvTranspose spec, per spatial axis: natural = s * (in - 1) + output_padding + (k - 1) * d + 1, target =
+    ``output_shape`` (or in * s for SAME_*), total = natural - target; SAME_UPPER puts the odd pixel of the total
+    at the end (begin = total // 2), NOTSET and SAME_LOWER at the beginning. A negative total (the target is
+    larger than the natural size) becomes extra ``output_padding`` (zeros + bias at the high end) when
+    ``output_shape`` asked for it, and no padding for SAME_* alone (the output keeps its natural size). All
+    verified against onnxruntime 1.23 (tests/test_activations.py). Needs inferred shapes; leaves nodes it cannot
+    resolve untouched.
+
+    Raises:
+        ConvpipeError: ``output_shape`` has the wrong length (names the node).
+    """
+    shapes = _static_shapes(model)
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "ConvTranspose":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        mode = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+        if "output_shape" not in attrs and mode == "NOTSET":
+            continue
+        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if x is None or w is None or len(x) != 4:
+            continue
+        kernel = list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else w[2:]
+        strides = list(attrs["strides"].ints) if "strides" in attrs else [1, 1]
+        dil = list(attrs["dilations"].ints) if "dilations" in attrs else [1, 1]
+        adj = list(attrs["output_padding"].ints) if "output_padding" in attrs else [0, 0]
+        if "output_shape" in attrs:
+            target = list(attrs["output_shape"].ints)
+            if len(target) != 2:  # the spatial dims only (onnxruntime refuses 4 as well)
+                raise ConvpipeError(f"{path}: node {node.name or i!r} (ConvTranspose): output_shape "
+                                    f"{list(attrs['output_shape'].ints)} should give the 2 spatial dims")
+        elif mode == "VALID":
+            target = None
+        else:
+            target = [x[2 + a] * strides[a] for a in range(2)]
+        begin, end, out_pad = [0, 0], [0, 0], list(adj)
+        if target is not None:
+            for a in range(2):
+                natural = strides[a] * (x[2 + a] - 1) + adj[a] + (kernel[a] - 1) * dil[a] + 1
+                total = natural - target[a]
+                if total < 0 and "output_shape" not in attrs:  # SAME_* alone: the natural size (onnxruntime)
+                    continue
+                if total < 0:
+                    out_pad[a] = adj[a] - total
+                    continue
+                begin[a] = total // 2 if mode == "SAME_UPPER" else total - total // 2
+                end[a] = total - begin[a]
+        keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads", "output_shape", "output_padding")]
+        del node.attribute[:]
+        node.attribute.extend(keep + [helper.make_attribute("pads", begin + end),
+                                      helper.make_attribute("output_padding", out_pad)])
+
+
+def _check_inference_graph(model: onnx.ModelProto, path: str) -> None:
+    """Refuse nodes in training mode, which TVM's converters would silently run in inference mode (a wrong
+    answer): BatchNormalization with ``training_mode=1`` (batch statistics) and Dropout whose ``training_mode``
+    input is not a constant false.
+
+    Raises:
+        ConvpipeError: names the file, the node and what to change.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
+    for i, node in enumerate(model.graph.node):
+        where = f"{path}: node {node.name or i!r} ({node.op_type})"
+        if node.op_type == "BatchNormalization":
+            if any(a.name == "training_mode" and a.i != 0 for a in node.attribute):
+                raise ConvpipeError(f"{where} has training_mode=1 (normalises with batch statistics): convpipe "
+                                    "compiles inference graphs; export the model in eval mode")
+        elif node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            name = node.input[2]
+            if name in inits:
+                value = bool(onnx.numpy_helper.to_array(inits[name]).any())
+            elif name in consts:
+                value = bool(any(onnx.numpy_helper.to_array(a.t).any() for a in consts[name].attribute
+                                 if a.name == "value"))
+            else:
+                raise ConvpipeError(f"{where}: training_mode comes from {name!r}, which is not a constant: convpipe "
+                                    "compiles inference graphs")
+            if value:
+                raise ConvpipeError(f"{where} has training_mode=true (random dropout): convpipe compiles inference "
+                                    "graphs; export the model in eval mode")
+
+
 def _check_supported_ops(model: onnx.ModelProto, path: str) -> None:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    supported = _get_convert_map()
+    from .convert import overrides
+
+    supported = {**_get_convert_map(), **overrides()}
     for i, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):
             raise ConvpipeError(
                 f"{path}: node {node.name or i!r} uses op {node.domain}::{node.op_type}, a custom domain TVM cannot import"
             )
+        if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+            raise ConvpipeError(f"{path}: node {node.name or i!r} (MaxPool) uses its second output, Indices "
+                                f"({node.output[1]!r}), which TVM's ONNX importer does not produce")
         if node.op_type not in supported:
             raise ConvpipeError(
                 f"{path}: node {node.name or i!r} uses op {node.op_type!r}, which TVM's ONNX importer does not support"
@@ -220,11 +328,15 @@ def _static_info(vis, where: str, path: str) -> list[TensorInfo]:
         dims = vi.type.tensor_type.shape.dim
         if not all(d.HasField("dim_value") for d in dims):
             raise ConvpipeError(f"{path}: {where} {vi.name!r} has a shape that does not resolve to static dims")
+        if any(d.dim_value == 0 for d in dims):
+            raise ConvpipeError(f"{path}: {where} {vi.name!r} has shape {[d.dim_value for d in dims]}: convpipe "
+                                "does not compile zero-size tensors")
         out.append(TensorInfo(vi.name, tuple(d.dim_value for d in dims), _elem_dtype(vi, where)))
     return out
 
 
-_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint64": 8,
+             "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1}
 
 
 def machine_memory() -> int:
@@ -312,106 +424,35 @@ def import_onnx(path: str, input_shapes: dict[str, tuple[int, ...]] | None = Non
     if simplify:
         import onnxslim
 
-        try:  # onnxslim's output is checked: after an earlier failing run it has returned unsorted graphs
-            slimmed = onnxslim.slim(model)
-            onnx.checker.check_model(slimmed)
-            model = slimmed
-        except Exception as e:  # keep the unsimplified graph; the importer may still take it
-            import logging
+        # onnxslim's output is checked: after an earlier failing run it has returned unsorted graphs; its Conv +
+        # BatchNorm fusion (0.1.98) drops a conv whose output also feeds another node (the graph then reads a
+        # tensor nothing produces), so a failed slim is retried without graph fusion; and its shape inference
+        # writes wrong output shapes for ReduceSum with empty `axes` (reduce all) and for Split with
+        # `num_outputs` on an uneven length, which ONNX's strict inference then refuses
+        import logging
 
-            msg = " ".join(str(e).split())[:300]
-            logging.getLogger("convpipe.importer").warning(f"{path}: onnxslim failed ({msg}); importing the graph "
-                                                           "unsimplified")
-        model = _infer(model, path)
+        errors = []
+        for options in ({}, {"skip_optimizations": ["graph_fusion"]}):
+            try:
+                slimmed = onnxslim.slim(model, **options)
+                onnx.checker.check_model(slimmed)
+                model = _infer(slimmed, path)
+                break
+            except Exception as e:  # noqa: BLE001 -- retried, or the unsimplified graph is kept
+                errors.append(" ".join(str(e).split())[:300])
+        else:
+            logging.getLogger("convpipe.importer").warning(f"{path}: onnxslim failed ({errors[-1]}); importing the "
+                                                           "graph unsimplified")
+    if not _graph_inputs(model):
+        raise ConvpipeError(f"{path}: the model has no graph inputs (its outputs are constants): nothing to compile")
     make_conv_pads_explicit(model)
+    make_conv_transpose_pads_explicit(model, path)
     _check_supported_ops(model, path)
+    _check_inference_graph(model, path)
     _check_conv_dtypes(model, path)
     inputs = _static_info(_graph_inputs(model), "input", path)
     outputs = _static_info(model.graph.output, "output", path)
     return ImportedModel(model, inputs, outputs, path)
-
-
-@contextlib.contextmanager
-def _clip_as_relax_op():
-    """While active, TVM's ONNX frontend converts ``Clip`` with constant bounds (ReLU6 and friends) to the Relax
-    operators ``relax.op.maximum(x, lo)`` / ``relax.op.minimum(., hi)`` with 0-d constants instead of its
-    default, two opaque ``call_tir`` (``topi.maximum``/``minimum``, ``relax/frontend/onnx/onnx_frontend.py:Clip``).
-    ``ConvertLayout`` carries neither those nor ``relax.op.clip`` through a blocked layout (verified on 0.27),
-    so every ReLU6 would leave and re-enter NCHW[x]c (:mod:`.layout`); binary ops with a 0-d constant it does.
-    Other Clips keep the default conversion. Also swaps in a LayerNormalization converter that accepts a scale/bias
-    broadcast over the normalised axes (``LayerNormOp``).
-
-    The frontend looks its converters up in ``onnx_frontend._get_convert_map()`` at each call; this wraps that
-    function for the duration of one import and restores it."""
-    import numpy as _np
-    import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import onnx_frontend as fe
-
-    def _bound(expr, default: float):
-        if expr is None:
-            return default
-        if isinstance(expr, tvm.ir.expr.Constant) and expr.value.numpy().size == 1:
-            v = float(expr.value.numpy().reshape(()))
-            return None if _np.isnan(v) else v
-        return None
-
-    class ClipOp(fe.Clip):
-        @staticmethod
-        def _clip(bb, x, lo: float, hi: float):
-            dtype = str(x.ty.dtype)
-            if lo != -_np.inf:
-                x = bb.emit(relax.op.maximum(x, relax.const(lo, dtype)))
-            if hi != _np.inf:
-                x = bb.emit(relax.op.minimum(x, relax.const(hi, dtype)))
-            return x
-
-        @classmethod
-        def _impl_v1(cls, bb, inputs, attr, params):
-            lo, hi = float(attr.get("min", -_np.inf)), float(attr.get("max", _np.inf))
-            return cls._clip(bb, inputs[0], lo, hi)
-
-        @classmethod
-        def _impl_v13(cls, bb, inputs, attr, params):
-            lo = _bound(inputs[1] if len(inputs) > 1 else None, -_np.inf)
-            hi = _bound(inputs[2] if len(inputs) > 2 else None, _np.inf)
-            if lo is None or hi is None or str(inputs[0].ty.dtype) not in ("float32", "float16", "float64"):
-                return super()._impl_v13(bb, inputs, attr, params)
-            return cls._clip(bb, inputs[0], lo, hi)
-
-    class LayerNormOp(fe.LayerNormalization):
-        """ONNX LayerNormalization normalises over every axis from ``axis`` to the last, with ``Scale``/``B``
-        *broadcastable* to that shape (ONNX operator spec). TVM's converter takes the axes from the scale's rank
-        (``axis`` extended by ``len(scale.shape) - 1`` axes), so a scale of shape ``[D]`` with ``axis=1`` on a
-        rank-3 input fails ("requires the input gamma ... same as the lengths of the data on the given axes"):
-        broadcast scale and bias to the normalised shape first."""
-
-        @classmethod
-        def _impl_v17(cls, bb, inputs, attr, params):
-            data = inputs[0]
-            shape = [int(d) for d in fe.get_const_tuple(data.ty.shape)]
-            axis = int(attr.get("axis", -1))
-            norm = shape[axis + len(shape) if axis < 0 else axis:]
-            fixed = list(inputs) + [None] * (3 - len(inputs))
-            for k in (1, 2):
-                v = fixed[k]
-                if v is not None and [int(d) for d in fe.get_const_tuple(v.ty.shape)] != norm:
-                    fixed[k] = bb.emit(relax.op.broadcast_to(v, norm))
-            return super()._impl_v17(bb, fixed, attr, params)
-
-    original = fe._get_convert_map
-
-    def patched():
-        table = original()
-        table["Clip"] = ClipOp
-        table["LayerNormalization"] = LayerNormOp
-        return table
-
-    fe._get_convert_map = patched
-    try:
-        yield
-    finally:
-        fe._get_convert_map = original
 
 
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -506,11 +547,44 @@ def to_relax(imported: ImportedModel):
     shape_dict = {mapping.get(i.name, i.name): list(i.shape) for i in imported.inputs}
     dtype_dict = {mapping.get(i.name, i.name): i.dtype for i in imported.inputs}
     try:
-        with _clip_as_relax_op():
-            return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+        with convpipe_converters():
+            mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise ConvpipeError(f"{imported.path}: TVM's ONNX frontend failed: {msg}") from None
+    _reconcile_output_shapes(mod, imported)
+    return mod
+
+
+def _reconcile_output_shapes(mod, imported: ImportedModel) -> None:
+    """Make ``imported.outputs`` the shapes the converted graph returns where ONNX shape inference says otherwise,
+    with one warning per output naming both. The known case: MaxPool/AveragePool with ``ceil_mode=1`` whose last
+    window would start in the end padding -- ONNX's inference counts it (W 9, k 2, s 2, p 1: 6), onnxruntime,
+    PyTorch and TVM drop it (5) (verified on onnxruntime 1.23). ``verify`` then compares the artifact with
+    onnxruntime, shapes included.
+
+    Raises:
+        ConvpipeError: the converted graph returns a different number of outputs, or a non-static shape.
+    """
+    import logging
+
+    ty = mod["main"].body.ty
+    fields = list(ty.fields) if hasattr(ty, "fields") else [ty]
+    if len(fields) != len(imported.outputs):
+        raise ConvpipeError(f"{imported.path}: the converted graph returns {len(fields)} outputs, the model declares "
+                            f"{len(imported.outputs)}")
+    for k, (info, field) in enumerate(zip(imported.outputs, fields)):
+        shape = getattr(field, "shape", None)
+        try:
+            dims = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise ConvpipeError(f"{imported.path}: output {info.name!r} has no static shape after conversion "
+                                f"({shape})") from None
+        if dims != tuple(info.shape):
+            logging.getLogger("convpipe.importer").warning(
+                f"{imported.path}: output {info.name!r}: ONNX shape inference gives {list(info.shape)}, the graph "
+                f"computes {list(dims)} (as onnxruntime does for ceil_mode pooling); the artifact returns the latter")
+            imported.outputs[k] = TensorInfo(info.name, dims, info.dtype)
 
 
 def random_inputs(infos: list[TensorInfo], seed: int = 0) -> dict[str, np.ndarray]:

@@ -543,7 +543,45 @@ def _convert(bb, inputs, attr, params, opset: int, op: str):
         plan = plan_resize(at, in_shape, scales=scales, sizes=sizes, roi=roi)
     except ValueError as e:
         raise ConvpipeError(f"{op} node '{node}': {e}") from None
+    if fast_path(at, in_shape, plan):
+        from tvm import relax
+
+        rounding = {"simple": "floor"}.get(at.nearest_mode, at.nearest_mode) if at.mode == "nearest" else ""
+        return relax.op.image.resize2d(x, plan.out_shape[2:], layout="NCHW",
+                                       method="nearest_neighbor" if at.mode == "nearest" else "linear",
+                                       coordinate_transformation_mode=at.coord, rounding_method=rounding)
     return emit_resize(bb, x, plan, at.extrapolation_value)
+
+
+def fast_path(at: ResizeAttrs, in_shape: list[int], plan: ResizePlan) -> bool:
+    """Whether TVM's own ``relax.op.image.resize2d`` computes ``plan`` exactly, so it can be used instead of the
+    take/multiply decomposition: one fused kernel, and ConvertLayout carries it through the blocked NCHW[x]c
+    layout (the decomposition's ``take`` leaves and re-enters NCHW around it). That is the upsampling real CNNs
+    do (FPN/YOLO/U-Net ``F.interpolate(scale_factor=k)``, ``nn.Upsample``): a 4-D NCHW input whose H and/or W grow
+    by a whole number ``k`` (1..8, the output size exactly ``k *`` the input's), no antialias / axes / extrapolation,
+    and
+    - nearest with ``asymmetric`` coordinates and ``floor`` / ``simple`` rounding (PyTorch's export of
+      ``mode="nearest"``; with ``round_prefer_*`` TVM breaks the ties at x.5 differently from onnxruntime, measured),
+      or ``half_pixel`` / ``pytorch_half_pixel`` (no ties there: (2x + 1 - k) / 2k is never a half);
+    - linear with ``half_pixel``, ``pytorch_half_pixel``, ``asymmetric`` or ``align_corners``.
+    tests/test_resize.py checks each such configuration against onnxruntime (k 1..8, sizes 1..29)."""
+    if len(in_shape) != 4 or plan.identity or at.antialias or at.axes is not None:
+        return False
+    if at.keep_aspect_ratio_policy != "stretch" or any(t.extrapolate is not None for t in plan.taps):
+        return False
+    if plan.out_shape[:2] != in_shape[:2]:
+        return False
+    for a in (2, 3):
+        n_in, n_out = in_shape[a], plan.out_shape[a]
+        if n_out % n_in or not 1 <= n_out // n_in <= 8 or float(plan.scales[a]) != n_out // n_in:
+            return False
+    if at.mode == "nearest":
+        if at.coord == "asymmetric":
+            return at.nearest_mode in ("floor", "simple")  # round_prefer_*: TVM breaks the x.5 ties otherwise
+        return at.coord in ("half_pixel", "pytorch_half_pixel")
+    if at.mode == "linear":
+        return at.coord in ("half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners")
+    return False
 
 
 def converters() -> dict:

@@ -61,7 +61,8 @@ LIBRARY = "model.so"
 #: A manifest larger than this is refused unread (a real one is a few KB to a few hundred KB).
 MAX_MANIFEST_BYTES = 64 << 20
 #: Element types an input or output may have (NumPy names): those the compiler's ONNX importer accepts.
-DTYPES = ("float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool")
+DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8",
+          "bool")
 ARCHES = ("x86", "arm", "cuda")
 #: Largest element count of one input or output (2**48: far beyond any memory, small enough for NumPy).
 MAX_ELEMENTS = 1 << 48

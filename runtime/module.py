@@ -250,7 +250,7 @@ def check_inputs(expected: Sequence[IOInfo], inputs: Mapping[str, np.ndarray] | 
             raise ConvpipeError(f"input {info.name!r}: expected shape {list(info.shape)}, got {list(a.shape)}")
         if a.dtype != _np_dtype(info.dtype):
             raise ConvpipeError(f"input {info.name!r}: expected dtype {info.dtype}, got {a.dtype}")
-        out.append(np.ascontiguousarray(a))
+        out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))  # ascontiguousarray makes 0-d 1-d
     return out
 
 

@@ -15,7 +15,9 @@ Usage::
     .venv/bin/python scripts/node_tests.py                     # all in-scope cases -> docs/corpus/node_tests.{json,md}
     .venv/bin/python scripts/node_tests.py --ops Conv,Relu     # some ops only
 
-Every case left out is listed in the report with its reason (an op outside CNNs).
+Every case left out is listed in the report with its reason (an op outside CNNs). In-scope cases convpipe refuses by
+design (:data:`REFUSED`: zero-size tensors, training mode, ...) are run too: they count as refused only while the
+compile fails with a clear ``ConvpipeError``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,26 @@ CONSTANT_INPUTS = {
     "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceSum": (1,), "ReduceL2": (1,),
     "Dropout": (1, 2),
 }
+
+
+#: In-scope cases convpipe refuses by design, with a clear ConvpipeError naming the node or input (never a wrong
+#: answer): (case-name regex, reason). They count as passing only while compile fails with a ConvpipeError.
+REFUSED = [
+    (r"bfloat16", "bfloat16 data (NumPy has no bfloat16; convpipe compiles float32 CNNs)"),
+    (r"empty_set|zero_size|start_out_of_bounds", "zero-size tensors"),
+    (r"training_mode|^test_training_dropout", "training mode (batch statistics, random dropout): convpipe compiles "
+     "inference graphs"),
+    (r"^test_identity_(sequence|opt)$", "sequence / optional types"),
+    (r"^test_constant$", "a graph without inputs (a constant)"),
+    (r"^test_maxpool_with_argmax", "MaxPool's Indices output (TVM's ONNX importer does not produce it)"),
+]
+
+
+def refusal_reason(name: str) -> str | None:
+    """Why convpipe refuses the case ``name`` by design (:data:`REFUSED`), or None."""
+    import re
+
+    return next((why for pattern, why in REFUSED if re.search(pattern, name)), None)
 
 
 class CaseTimeout(Exception):
@@ -106,7 +128,14 @@ def run_case(case, timeout: float) -> dict:
             try:
                 rep = ConvpipeBackend.prepare(model)
             except Exception as e:  # noqa: BLE001 -- recorded, the run goes on
-                rec["status"], rec["error"] = "compile-failed", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                from convpipe.errors import ConvpipeError
+
+                refused = isinstance(e, ConvpipeError) and refusal_reason(case.name)
+                rec["status"] = "refused" if refused else "compile-failed"
+                rec["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                break
+            if refusal_reason(case.name):
+                rec["status"], rec["error"] = "compiled-not-refused", "expected a ConvpipeError (see REFUSED)"
                 break
             try:
                 got = rep.run(feed)
@@ -139,16 +168,21 @@ def markdown(report: dict) -> str:
     lines = ["# ONNX node conformance tests through convpipe", "",
              f"{report['created']}; onnx {report['onnx_version']}; `scripts/node_tests.py` (default flags, x86; "
              "parameter inputs baked in as constants, see the script). Tolerance: each case's own rtol/atol.", "",
-             f"**{report['summary']}**", "", "| op | pass | mismatch | compile-failed | run-failed | timeout |",
-             "|---|---|---|---|---|---|"]
+             f"**{report['summary']}**", "", "| op | pass | refused | mismatch | compile-failed | run-failed | timeout |",
+             "|---|---|---|---|---|---|---|"]
     for op in sorted(per_op):
         c = per_op[op]
-        lines.append(f"| {op} | {c['pass']} | {c['mismatch']} | {c['compile-failed']} | {c['run-failed']} | "
-                     f"{c['timeout']} |")
+        lines.append(f"| {op} | {c['pass']} | {c['refused']} | {c['mismatch']} | "
+                     f"{c['compile-failed'] + c['compiled-not-refused']} | {c['run-failed']} | {c['timeout']} |")
     lines += ["", "## Failing cases", "", "| case | status | error |", "|---|---|---|"]
     for r in report["results"]:
-        if r["status"] != "pass":
+        if r["status"] not in ("pass", "refused"):
             lines.append(f"| {r['name']} | {r['status']} | {r['error'].replace('|', '/')} |")
+    lines += ["", "## Refused by design (a clear error, never a wrong answer)", "", "| case | reason | error |",
+              "|---|---|---|"]
+    for r in report["results"]:
+        if r["status"] == "refused":
+            lines.append(f"| {r['name']} | {refusal_reason(r['name'])} | {r['error'].replace('|', '/')} |")
     lines += ["", "## Left out (an op outside CNNs)", "", ", ".join(f"{n} ({why})" for n, why in report["left_out"])]
     return "\n".join(lines) + "\n"
 
@@ -179,17 +213,19 @@ def main(argv=None) -> int:
         print(f"[{len(results)}] {case.name}: {rec['status']}" + (f" ({rec['error'][:160]})" if rec["error"] else ""),
               flush=True)
     passed = sum(r["status"] == "pass" for r in results)
+    refused = sum(r["status"] == "refused" for r in results)
     report = {"format": 1, "onnx_version": onnx.__version__,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "summary": f"{passed}/{len(results)} in-scope node test cases pass ({len(left_out)} of {len(cases)} "
-                         "cases left out: ops outside CNNs)",
+              "summary": f"{passed}/{len(results) - refused} in-scope node test cases pass, {refused} more refused by "
+                         f"design with a clear error ({len(left_out)} of {len(cases)} cases left out: ops outside "
+                         "CNNs)",
               "results": results, "left_out": left_out}
     os.makedirs(args.out, exist_ok=True)
     for name, text in (("node_tests.json", json.dumps(report, indent=1)), ("node_tests.md", markdown(report))):
         with open(os.path.join(args.out, name), "w") as f:
             f.write(text)
     print(report["summary"])
-    return 0 if passed == len(results) else 1
+    return 0 if passed + refused == len(results) else 1
 
 
 if __name__ == "__main__":

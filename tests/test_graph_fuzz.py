@@ -19,10 +19,9 @@ a failure reproduces from its printed spec and seed.
 
 ``CONVPIPE_GRAPH_FUZZ_EXAMPLES`` (default 40) sets the examples per layout; the ``ci`` profile is derandomised, so
 CI runs the same graphs every time (and the same graphs for every layout). The bugs the fuzzer found are pinned
-below as minimal modules: those still open as strict xfails naming their class and where they originate (each
-flips when fixed), those fixed since the fuzzer found them (against 7d6b060) as plain regression tests. The fuzz
-test tolerates a failure of an open class (:data:`KNOWN`) so that it keeps checking the rest, unless
-``CONVPIPE_GRAPH_FUZZ_STRICT=1``. A wrong result is never tolerated.
+below as minimal modules, each a plain regression test now that all are fixed (an open class would be a strict
+xfail naming where it originates). The fuzz test tolerates a failure of an open class (:data:`KNOWN`, empty now)
+so that it keeps checking the rest, unless ``CONVPIPE_GRAPH_FUZZ_STRICT=1``. A wrong result is never tolerated.
 """
 
 from __future__ import annotations
@@ -618,11 +617,7 @@ def check_graph(module: torch.nn.Module, x: np.ndarray, layout: str, workdir: st
 #: tolerates a compile that fails with one of these (so CI keeps checking everything else in the graphs), unless
 #: ``CONVPIPE_GRAPH_FUZZ_STRICT=1``. When a fix lands, its pinned test XPASSes (strict: it fails) -- remove the entry
 #: here with the xfail mark. Numerical deviations are never tolerated.
-KNOWN = [
-    (r"has a shape that does not resolve to static dims", "test_zero_pad_two_outputs"),
-    (r"expected shape \[.*\] \(manifest\), got \[.*\] from the library",
-     "test_ceil_mode_pool_last_window_in_padding"),
-]
+KNOWN: list[tuple[str, str]] = []
 STRICT = os.environ.get("CONVPIPE_GRAPH_FUZZ_STRICT", "") not in ("", "0")
 
 
@@ -667,14 +662,6 @@ def _check(module: torch.nn.Module, shape: tuple[int, ...], layout: str, seed: i
         x = torch.randn(shape).numpy()
     with tempfile.TemporaryDirectory(prefix="graph_fuzz") as d:
         check_graph(module, x, layout, d)
-
-
-def _xfail(reason: str, layouts, all_layouts=("auto", "nchw", "nchw8c", "nchw16c")):
-    """``layouts`` parametrised: strict xfail (``reason``) for those in ``layouts``, a plain pass expected for the
-    others."""
-    return pytest.mark.parametrize("layout", [
-        pytest.param(lay, marks=pytest.mark.xfail(strict=True, reason=reason)) if lay in layouts else lay
-        for lay in all_layouts])
 
 
 class _BroadcastAfterConv(torch.nn.Module):
@@ -842,11 +829,11 @@ class _CeilPool(torch.nn.Module):
         return F.max_pool2d(x, 2, 2, 1, ceil_mode=True)
 
 
-@_xfail("issue 10: output shape mismatch (runtime check_outputs: manifest [1, 8, 5, 6], library [1, 8, 5, 5]): "
-        "pooling with ceil_mode=True and padding where the last window would start in the padding (W 9, k 2, s 2, "
-        "p 1); the ONNX model declares 6, TVM's pool computes 5 (PyTorch's rule); every layout",
-        ("auto", "nchw", "nchw8c", "nchw16c"))
+@pytest.mark.parametrize("layout", ("auto", "nchw", "nchw8c", "nchw16c"))
 def test_ceil_mode_pool_last_window_in_padding(layout):
+    """Was: output shape mismatch (manifest [1, 8, 5, 6], library [1, 8, 5, 5]): ceil_mode pooling whose last
+    window would start in the padding (W 9, k 2, s 2, p 1); ONNX's shape inference declares 6, TVM, onnxruntime and
+    PyTorch compute 5. The manifest now takes the converted graph's shape (importer._reconcile_output_shapes)."""
     _check(_CeilPool(), (1, 8, 8, 9), layout)
 
 
@@ -865,10 +852,11 @@ class _ZeroPadTwoOutputs(torch.nn.Module):
         return self.b(y), self.bn(y)
 
 
-@_xfail("issue 10: import refuses the model: \"output 'output0' has a shape that does not resolve to static dims\" "
-        "(zero-width ZeroPad2d before convs, two outputs): compiler/importer.py _static_info; every layout",
-        ("auto", "nchw", "nchw8c", "nchw16c"))
+@pytest.mark.parametrize("layout", ("auto", "nchw", "nchw8c", "nchw16c"))
 def test_zero_pad_two_outputs(layout):
+    """Was: import refused "output has a shape that does not resolve to static dims": onnxslim's Conv + BatchNorm
+    fusion dropped the conv that also feeds the second pad, the checked slim fell back to the unsimplified graph,
+    whose Pad amounts come from a shape chain. A failed slim is now retried without graph fusion."""
     _check(_ZeroPadTwoOutputs(), (1, 3, 8, 8), layout)
 
 

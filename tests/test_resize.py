@@ -392,3 +392,66 @@ def test_refuses_invalid_attribute_combinations():
         R.plan_resize(R.ResizeAttrs(mode="linear", exclude_outside=True), [1, 1, 4, 4], sizes=[1, 1, 8, 8])
     with pytest.raises(ValueError, match="antialias"):
         R.plan_resize(R.ResizeAttrs(mode="nearest", antialias=True), [1, 1, 4, 4], sizes=[1, 1, 8, 8])
+
+
+# ------------------------------------------------------------------ the resize2d fast path (whole-number upsampling)
+
+#: (mode, attributes): every configuration :func:`convpipe.compiler.resize.fast_path` hands to TVM's resize2d
+FAST = {
+    "nearest-asym-floor": ("nearest", {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}),
+    "nearest-half-pixel": ("nearest", {}),
+    "nearest-pytorch-half-pixel": ("nearest", {"coordinate_transformation_mode": "pytorch_half_pixel"}),
+    "linear-half-pixel": ("linear", {}),
+    "linear-pytorch-half-pixel": ("linear", {"coordinate_transformation_mode": "pytorch_half_pixel"}),
+    "linear-asym": ("linear", {"coordinate_transformation_mode": "asymmetric"}),
+    "linear-align-corners": ("linear", {"coordinate_transformation_mode": "align_corners"}),
+}
+FAST_SHAPES = {"x1": (1, 2, 29, 23), "x2": (1, 3, 1, 5)}
+
+
+def _fast_model(mode: str, extra: dict):
+    nodes, inits, outs = [], [], []
+    for name, shape in FAST_SHAPES.items():
+        for k in range(2, 9):
+            kh, kw = k, (k % 3) + 1  # H and W grow differently (W by 1..3)
+            sc = f"s_{name}_{k}"
+            inits.append(_f(sc, [1, 1, kh, kw]))
+            out = f"y_{name}_{k}"
+            nodes.append(helper.make_node("Resize", [name, "", sc], [out], mode=mode, **extra))
+            outs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, [shape[0], shape[1], shape[2] * kh,
+                                                                                shape[3] * kw]))
+    graph = helper.make_graph(nodes, "fast", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
+                                              for n, s in FAST_SHAPES.items()], outs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+@pytest.mark.parametrize("config", list(FAST))
+def test_fast_path_matches_onnxruntime(config, tmp_path):
+    mode, extra = FAST[config]
+    for shape in FAST_SHAPES.values():  # the planner hands every one of these to resize2d
+        at = _plan_attrs({"mode": mode, **extra})
+        plan = R.plan_resize(at, list(shape), scales=[1, 1, 3, 2])
+        assert R.fast_path(at, list(shape), plan), config
+    model = _fast_model(mode, extra)
+    feeds = {n: _x(s, i) for i, (n, s) in enumerate(FAST_SHAPES.items())}
+    ours = _compile_run(model, feeds, tmp_path, "fast")
+    for out, ref in zip([o.name for o in model.graph.output], _ort(model, feeds)):
+        if mode == "nearest":  # an exact gather: any wrong pixel is a different input value
+            np.testing.assert_array_equal(ours[out], ref, err_msg=f"{config} {out}")
+        else:
+            _assert_close(ours[out], ref, f"{config} {out}")
+
+
+def test_fast_path_keeps_the_blocked_layout(tmp_path):
+    """conv -> 2x nearest / bilinear upsample -> conv: no layout fallback recorded (the decomposition's take would
+    leave NCHW[x]c)."""
+    import json
+
+    for mode in ("nearest", "linear"):
+        model = _conv_resize_conv(mode, {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+                                  if mode == "nearest" else {}, (16, 20))
+        x = _x((1, 3, 8, 10), 4)
+        got = _compile_run(model, {"x": x}, tmp_path, f"crc_{mode}")["y0"]
+        _assert_close(got, _ort(model, {"x": x})[0], mode)
+        manifest = json.load(open(tmp_path / f"crc_{mode}_auto.cpa" / "manifest.json"))
+        assert manifest["layout"] != "NCHW" and manifest["fallbacks"] == [], manifest["fallbacks"]
