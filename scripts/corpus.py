@@ -229,13 +229,14 @@ def main(argv=None) -> int:
         with open(old_path) as f:
             done = {(r["spec"], tuple(r["input"])): r for r in json.load(f)["results"]}
     order = {e["spec"]: i for i, e in enumerate(data["models"])}
-    running = {e["spec"] for e in entries}
-    kept = [r for r in done.values() if r["spec"] not in running and r["spec"] in order]  # --resume: other entries
+    # --resume: every entry of the old report that is still listed stays in the report until this run replaces
+    # it, so an interrupted run loses nothing (entries outside the selection are kept as they are)
+    results = {r["spec"]: r for r in done.values() if r["spec"] in order}
     for i, entry in enumerate(entries):
         key = (entry["spec"], tuple(entry["input"]))
         rec = done.get(key) or run_entry(entry, args.work, args.timeout)
-        report["results"] = sorted(kept + [r for r in report["results"] if r["spec"] in running] + [rec],
-                                   key=lambda r: order[r["spec"]])
+        results[entry["spec"]] = rec
+        report["results"] = sorted(results.values(), key=lambda r: order[r["spec"]])
         print(f"[{i + 1}/{len(entries)}] {entry['spec']}: {rec['status']}"
               + (f" ({rec['error']})" if rec["error"] else ""), flush=True)
         write_report(report, args.out)

@@ -46,3 +46,39 @@ def test_ci_slice_compiles_with_default_flags_and_matches_onnxruntime(tmp_path):
     assert all(r["max_rel"] <= 1e-4 for r in report["results"])
     md = (out / "corpus.md").read_text()
     assert report["summary"] in md and "| model |" in md
+
+
+def test_resume_keeps_old_entries_until_replaced(tmp_path, monkeypatch):
+    """An interrupted ``--resume`` run keeps every entry of the old report it has not replaced yet (it used to drop
+    the selected entries it had not reached, so stopping a long run lost them from the committed report)."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import corpus
+
+    specs = ["timm/a", "timm/b", "timm/c"]
+    lst = {"default_input": [1, 3, 8, 8], "slices": {}, "models": [{"spec": s} for s in specs]}
+    (tmp_path / "list.json").write_text(json.dumps(lst))
+
+    def rec(spec, status="pass", input_=(1, 3, 8, 8)):
+        return {"spec": spec, "input": list(input_), "status": status, "export_s": 1.0, "compile_s": 2.0,
+                "max_abs": 0.0, "max_rel": 0.0, "families": {}, "fallbacks": [], "error": ""}
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"format": 1, "results": [rec("timm/a", input_=(1, 3, 4, 4)), rec("timm/c", "mismatch")]}
+    (out / "corpus.json").write_text(json.dumps(old))
+
+    def fake_run(entry, work, timeout):
+        if entry["spec"] == "timm/b":
+            raise KeyboardInterrupt  # the run is stopped here
+        return rec(entry["spec"])
+
+    monkeypatch.setattr(corpus, "run_entry", fake_run)
+    try:
+        corpus.main(["--list", str(tmp_path / "list.json"), "--out", str(out), "--work", str(tmp_path / "w"),
+                     "--resume"])
+    except KeyboardInterrupt:
+        pass
+    got = {r["spec"]: r for r in json.loads((out / "corpus.json").read_text())["results"]}
+    assert set(got) == {"timm/a", "timm/c"}
+    assert got["timm/a"]["input"] == [1, 3, 8, 8]  # re-run at the listed input
+    assert got["timm/c"]["status"] == "mismatch"  # not reached yet: kept as it was
