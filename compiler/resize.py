@@ -411,6 +411,8 @@ def reference(x: np.ndarray, plan: ResizePlan, extrapolation_value: float = 0.0)
 def emit_resize(bb, x, plan: ResizePlan, extrapolation_value: float):
     """Relax ops computing ``plan`` on ``x`` (any layout the plan's axes refer to; NCHW from ONNX): per resized axis
     ``sum_k take(x, idx[:, k], axis) * w[:, k]`` (a lone ``take`` for nearest), then the extrapolation ``where``.
+    The planned indices are in range; ``take`` clamps them anyway (``mode="clip"``: TVM's default "fast" mode reads
+    out of bounds on a bad index, and warns so at every compile).
     Returns the output expression (dtype of ``x``)."""
     from tvm import relax
 
@@ -424,7 +426,7 @@ def emit_resize(bb, x, plan: ResizePlan, extrapolation_value: float):
     mask = None
     for t in plan.taps:
         if t.w is None:
-            y = bb.emit(relax.op.take(y, relax.const(t.idx[:, 0].astype("int64")), axis=t.axis))
+            y = bb.emit(relax.op.take(y, relax.const(t.idx[:, 0].astype("int64")), axis=t.axis, mode="clip"))
         else:
             bshape = [1] * rank
             bshape[t.axis] = t.idx.shape[0]
@@ -433,12 +435,12 @@ def emit_resize(bb, x, plan: ResizePlan, extrapolation_value: float):
                 w = t.w[:, k]
                 if not w.any():
                     continue  # a padding tap (antialias windows of differing widths): weight 0 everywhere
-                term = relax.op.take(y, relax.const(t.idx[:, k].astype("int64")), axis=t.axis)
+                term = relax.op.take(y, relax.const(t.idx[:, k].astype("int64")), axis=t.axis, mode="clip")
                 term = relax.op.multiply(term, relax.const(w.reshape(bshape).astype(dtype)))
                 acc = term if acc is None else relax.op.add(acc, term)
             if acc is None:  # every weight 0 (cubic exclude_outside with no tap inside): onnxruntime's 0/0
-                acc = relax.op.multiply(relax.op.take(y, relax.const(t.idx[:, 0].astype("int64")), axis=t.axis),
-                                        relax.const(np.full(bshape, np.nan, dtype)))
+                first = relax.op.take(y, relax.const(t.idx[:, 0].astype("int64")), axis=t.axis, mode="clip")
+                acc = relax.op.multiply(first, relax.const(np.full(bshape, np.nan, dtype)))
             y = bb.emit(acc)
         if t.extrapolate is not None:
             mshape = [1] * rank
