@@ -397,10 +397,11 @@ def cmd_tune(args) -> int:
         target = resolve_target(args.target, args.arch)
     except TargetError as e:
         raise ConvpipeError(str(e)) from None
-    if args.threads:
-        from convpipe.compiler.bench import set_threads
+    from convpipe.compiler.bench import set_threads
 
-        set_threads(args.threads)
+    # always set: with TVM_NUM_THREADS unset TVM's pool starts one worker per *physical* core it counts (1 on a
+    # 2-vCPU VM), so the default "all cores" measured at 1 thread and the records then served 2-thread builds
+    set_threads(args.threads)
     imported = import_onnx(args.model, parse_input_shapes(args.input_shape))
     workloads = model_workloads(imported, target, args.layout)
     db = TuningDatabase(args.db, strict=args.strict)
@@ -431,7 +432,11 @@ def cmd_tune(args) -> int:
         bar.update(task, completed=total)
     from rich.table import Table
 
-    t = Table(title=f"tuning database {args.db} ({target.arch}/{target.isa})", title_justify="left")
+    import tvm
+
+    pool = tvm.get_global_func("runtime.NumThreads")() if not (args.remote or args.tracker) else args.threads
+    t = Table(title=f"tuning database {args.db} ({target.arch}/{target.isa}), measured at {pool} thread(s)",
+              title_justify="left")
     for col in ("workload", "family", "knobs", "ms", "GFLOP/s", "candidates", "source"):
         t.add_column(col)
     for r in results:
@@ -546,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", help="CUDA arch for --target cuda")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     s.add_argument("--layout", default="auto", help=LAYOUT_HELP)
-    s.add_argument("--threads", type=int, help="CPU threads for the measured kernels (default: all cores)")
+    s.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="CPU threads for the measured kernels (default: all cores, %(default)s here)")
     s.add_argument("--retune", action="store_true", help="re-measure workloads already in the database")
     s.add_argument("--strict", action="store_true",
                    help="an invalid record in the database is an error (default: re-measured, with a warning)")

@@ -100,5 +100,7 @@ def test_cli_tune_measures_then_reuses(model):
     assert "3 workload(s) measured, 0 reused" in p.stdout
     p = cli("tune", path, "--db", db, "--budget-s", "10")
     assert "0 workload(s) measured, 3 reused" in p.stdout
+    # no --threads: all cores, as the help says (TVM's own default was 1 worker on a 2-vCPU VM: issue 12)
+    assert f"measured at {os.cpu_count()} thread(s)" in " ".join(p.stdout.split()), p.stdout
     cli("compile", path, "-o", str(d / "cli.cpa"), "--db", db, "-q")
     cli("verify", str(d / "cli.cpa"), path)
