@@ -20,14 +20,15 @@ DEFAULT_OPSET = 17
 
 def export_onnx(
     model,
-    input_shape: tuple[int, ...],
+    input_shape: tuple[int, ...] | list[tuple[int, ...]],
     path: str,
     opset: int = DEFAULT_OPSET,
     input_name: str = "input",
     output_names: list[str] | None = None,
     source: str | None = None,
 ) -> list[str]:
-    """Export ``model`` (eval mode) for one float32 NCHW input of ``input_shape`` to ``path``.
+    """Export ``model`` (eval mode) for one float32 NCHW input of ``input_shape`` to ``path`` -- or, given a list of
+    shapes, for that many float32 inputs (named ``input_name`` + ``0``, ``1``, ... unless there is one).
 
     Output names: ``output_names`` if given, else ``output`` for a single output and ``output0``, ``output1``,
     ... otherwise. ``source`` (a zoo name or ``package.module:factory``) is recorded in the model's
@@ -46,9 +47,11 @@ def export_onnx(
     import torch
 
     model = model.eval()
-    x = torch.zeros(input_shape, dtype=torch.float32)
+    shapes = list(input_shape) if input_shape and isinstance(input_shape[0], (tuple, list)) else [input_shape]
+    xs = tuple(torch.zeros(tuple(s), dtype=torch.float32) for s in shapes)
+    input_names = [input_name] if len(xs) == 1 else [f"{input_name}{k}" for k in range(len(xs))]
     with torch.no_grad():
-        y = model(x)
+        y = model(*xs)
     n_out = len(y) if isinstance(y, (tuple, list)) else 1
     names = output_names or (["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
     buf = io.BytesIO()
@@ -57,9 +60,9 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (x,),
+                xs,
                 buf,
-                input_names=[input_name],
+                input_names=input_names,
                 output_names=names,
                 opset_version=opset,
                 dynamo=False,
@@ -76,7 +79,8 @@ def export_onnx(
     make_conv_pads_explicit(proto)
     if source:
         onnx.helper.set_model_props(
-            proto, {"convpipe.source": source, "convpipe.input_shape": ",".join(map(str, input_shape))}
+            proto, {"convpipe.source": source,
+                    "convpipe.input_shape": ";".join(",".join(map(str, s)) for s in shapes)}
         )
     try:
         onnx.checker.check_model(proto, full_check=True)

@@ -370,6 +370,68 @@ class Module:
         check_outputs(self.outputs, out)
         return {o.name: a for o, a in zip(self.outputs, out)}
 
+    def run_tensors(self, tensors: Sequence) -> list:
+        """Run once on DLPack tensors, without copying what already lives on the artifact's device.
+
+        Args:
+            tensors: one per input, in input order: objects with ``__dlpack__`` (``torch.Tensor``, NumPy arrays,
+                CuPy, TVM tensors), C-contiguous, with exactly the shapes and dtypes of :attr:`inputs`, on the
+                artifact's device (CPU memory for a CPU artifact, ``cuda:0`` for a CUDA one). CPU memory that is not
+                64-byte aligned (e.g. ``torch.from_numpy`` of a NumPy array), which TVM does not alias, is copied.
+
+        Returns:
+            TVM tensors in output order (shapes and dtypes as :attr:`outputs`); each exports DLPack, so
+            ``torch.from_dlpack(t)`` or ``np.from_dlpack(t)`` (CPU) shares its memory.
+
+        Raises:
+            ConvpipeError: wrong count, shape, dtype or device (names the input); a non-contiguous tensor; the
+                library failed.
+        """
+        import tvm
+
+        if len(tensors) != len(self.inputs):
+            raise ConvpipeError(f"got {len(tensors)} tensor(s), the model takes {len(self.inputs)}: "
+                                f"{[i.name for i in self.inputs]}")
+        args = []
+        for info, x in zip(self.inputs, tensors):
+            try:
+                t = x if isinstance(x, tvm.runtime.Tensor) else tvm.runtime.from_dlpack(x)
+            except Exception as e:  # noqa: BLE001 -- not DLPack, or strides / alignment TVM cannot take
+                t = None
+                if "aligned" in str(e) and self._dev.dlpack_device_type() == 1:
+                    try:  # CPU memory TVM will not alias (it wants 64-byte alignment): copy it once
+                        t = tvm.runtime.tensor(np.ascontiguousarray(np.from_dlpack(x)), self._dev)
+                    except Exception:  # noqa: BLE001 -- reported below
+                        t = None
+                if t is None:
+                    raise ConvpipeError(f"input {info.name!r}: cannot take it through DLPack (a C-contiguous tensor "
+                                        f"is needed): {' '.join(str(e).split())[:200]}") from None
+            if tuple(t.shape) != tuple(info.shape):
+                raise ConvpipeError(f"input {info.name!r}: expected shape {list(info.shape)}, got {list(t.shape)}")
+            if str(t.dtype) != info.dtype:
+                raise ConvpipeError(f"input {info.name!r}: expected dtype {info.dtype}, got {t.dtype}")
+            if t.device.dlpack_device_type() != self._dev.dlpack_device_type():
+                raise ConvpipeError(f"input {info.name!r}: on {t.device}, the artifact runs on {self._dev}")
+            args.append(t)
+        if _runs_here():
+            return self._run_tensors_here(args)
+        return RUNNERS.call(self._run_tensors_here, args)
+
+    def _run_tensors_here(self, args: list) -> list:
+        try:
+            res = self._vm()["main"](*args)
+        except Exception as e:  # noqa: BLE001 -- inputs passed the manifest's checks
+            msg = " ".join(str(e).split())[:400] or type(e).__name__
+            raise ConvpipeError(f"{self.path}: the library failed on inputs that match the manifest: {msg}") from None
+        out = flatten_outputs(res)
+        if len(out) != len(self.outputs):
+            raise ConvpipeError(f"library returned {len(out)} outputs, manifest lists {len(self.outputs)}")
+        for info, t in zip(self.outputs, out):
+            if tuple(t.shape) != tuple(info.shape) or str(t.dtype) != info.dtype:
+                raise ConvpipeError(f"output {info.name!r}: expected {list(info.shape)} {info.dtype} (manifest), got "
+                                    f"{list(t.shape)} {t.dtype} from the library")
+        return out
+
     def time(self, inputs, number: int = 10, repeat: int = 5) -> list[float]:
         """Per-run latency in seconds, ``repeat`` figures each the mean of ``number`` runs (TVM time_evaluator,
         inputs already on the device). Uses a VM of its own: one that was given ``set_input`` only takes
