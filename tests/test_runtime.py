@@ -235,3 +235,45 @@ def test_failure_while_writing_leaves_nothing(artifact, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         compile_model(artifact[1], str(dest))
     assert os.listdir(tmp_path) == []
+
+
+def _graph_model(path, nodes, outputs):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+
+
+@pytest.mark.parametrize("kind", ["identity", "reshape", "twice", "relu"])
+def test_outputs_stay_valid_across_runs(kind, tmp_path):
+    """A CPU run reuses its input buffers and returns the VM's own output memory (issue 11: per-call overhead);
+    an output that is the input, a view of it, or an output listed twice must still come back as memory of its
+    own, unchanged by the next run."""
+    from onnx import helper
+
+    nodes = {"identity": [helper.make_node("Identity", ["x"], ["y"])],
+             "reshape": [helper.make_node("Reshape", ["x", "s"], ["y"])],
+             "twice": [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Identity", ["y"], ["z"])],
+             "relu": [helper.make_node("Relu", ["x"], ["y"])]}[kind]
+    outs = {"identity": [("y", [2, 3])], "reshape": [("y", [3, 2])], "twice": [("y", [2, 3]), ("z", [2, 3])],
+            "relu": [("y", [2, 3])]}[kind]
+    path = str(tmp_path / "m.onnx")
+    if kind == "reshape":
+        from onnx import numpy_helper
+
+        nodes.insert(0, helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([3, 2]))))
+    _graph_model(path, nodes, outs)
+    compile_model(path, str(tmp_path / "m.cpa"), "x86")
+    m = load(str(tmp_path / "m.cpa"))
+    x1 = np.arange(6, dtype=np.float32).reshape(2, 3)
+    first = m.run([x1])
+    kept = {k: v.copy() for k, v in first.items()}
+    m.run([x1 * -1 - 7])
+    for k in first:
+        np.testing.assert_array_equal(first[k], kept[k], err_msg=f"{kind}: output {k} changed by the next run")
+    assert not np.shares_memory(first[outs[0][0]], x1)
+    if kind == "twice":
+        first["y"][0, 0] = 123.0
+        assert first["z"][0, 0] != 123.0
