@@ -248,6 +248,59 @@ def cmd_run(args) -> int:
     return 0
 
 
+#: (substring of a kernel's symbol, the kind it is counted as in ``profile``), first match wins
+KERNEL_KINDS = (("vm.builtin", "VM builtin"), ("layout_transform", "layout transform"), ("conv2d", "conv2d"),
+                ("matmul", "matmul/dense"), ("dense", "matmul/dense"), ("pool", "pooling"), ("resize", "resize"),
+                ("take", "resize/gather"), ("softmax", "softmax"), ("norm", "normalisation"))
+
+
+def kernel_kind(name: str) -> str:
+    """The op class a kernel symbol belongs to (``fused_conv2d_add_relu`` -> ``conv2d``), for ``profile``."""
+    return next((kind for key, kind in KERNEL_KINDS if key in name), "element-wise/other")
+
+
+def cmd_profile(args) -> int:
+    from rich.table import Table
+
+    from convpipe.runtime import load
+
+    if args.threads:
+        from convpipe.compiler.bench import set_threads
+
+        set_threads(args.threads)
+    module = load(args.artifact, expected_sha256=args.expect_sha256)
+    inputs = _load_inputs(args.input, module.inputs)
+    if not inputs:
+        from convpipe.compiler.importer import TensorInfo, random_inputs
+
+        inputs = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in module.inputs], args.seed)
+    kernels, run_ms = module.profile(inputs, args.runs)
+    total = sum(k.ms for k in kernels) or 1e-12
+    if args.json:
+        print(json.dumps({"run_ms": run_ms, "kernels": [
+            {"name": k.name, "kind": kernel_kind(k.name), "calls": k.calls, "ms": k.ms} for k in kernels]}, indent=1))
+        return 0
+    con = _console()
+    t = Table(title=f"profile {args.artifact}: per run, mean of {args.runs} runs", title_justify="left")
+    for col, just in (("kernel", "left"), ("kind", "left"), ("calls", "right"), ("ms", "right"), ("%", "right")):
+        t.add_column(col, justify=just)
+    for k in kernels[: args.top]:
+        t.add_row(k.name, kernel_kind(k.name), f"{k.calls:g}", f"{k.ms:.3f}", f"{100 * k.ms / total:.1f}")
+    if len(kernels) > args.top:
+        rest = kernels[args.top:]
+        t.add_row(f"({len(rest)} more)", "", f"{sum(k.calls for k in rest):g}", f"{sum(k.ms for k in rest):.3f}",
+                  f"{100 * sum(k.ms for k in rest) / total:.1f}")
+    con.print(t)
+    by_kind: dict[str, float] = {}
+    for k in kernels:
+        by_kind[kernel_kind(k.name)] = by_kind.get(kernel_kind(k.name), 0.0) + k.ms
+    con.print("by kind: " + ", ".join(f"{kind} {ms:.3f} ms ({100 * ms / total:.0f}%)"
+                                      for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])))
+    con.print(f"kernels {total:.3f} ms of an instrumented run of {run_ms:.3f} ms (median; the rest is the VM and "
+              "the instrument hook)")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from convpipe.compiler.importer import TensorInfo, random_inputs
     from convpipe.compiler.verify import compare, run_onnxruntime
@@ -507,6 +560,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
     _add_remote_args(s)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("profile", help="time every kernel of an artifact (where a run's time goes)")
+    s.add_argument("artifact", metavar="ARTIFACT")
+    s.add_argument("--input", action="append", metavar="NAME=x.npy")
+    s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
+    s.add_argument("--runs", type=int, default=10, help="instrumented runs to average (default 10)")
+    s.add_argument("--threads", type=int, help="CPU threads for TVM's pool (default: TVM's own)")
+    s.add_argument("--top", type=int, default=25, help="kernels listed (the rest summed in one row)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--expect-sha256", metavar="HEX", help="refuse any library with another sha256")
+    s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("verify", help="compare an artifact with onnxruntime (exit 1 on mismatch)")
     s.add_argument("artifact", metavar="ARTIFACT")

@@ -70,6 +70,16 @@ def _host_flags() -> set[str]:
     return set()
 
 
+@dataclass(frozen=True)
+class KernelTime:
+    """One function the VM called during :meth:`Module.profile`: its symbol (a compiled kernel such as
+    ``fused_conv2d_add_relu`` or a VM builtin such as ``vm.builtin.alloc_tensor``), calls per run, ms per run."""
+
+    name: str
+    calls: float
+    ms: float
+
+
 def check_target(manifest: dict, device: str) -> None:
     """Refuse an artifact built for another target or TVM version than this process can run.
 
@@ -453,6 +463,63 @@ class Module:
                 raise ConvpipeError(f"output {info.name!r}: expected {list(info.shape)} {info.dtype} (manifest), got "
                                     f"{list(t.shape)} {t.dtype} from the library")
         return out
+
+    def profile(self, inputs, runs: int = 10) -> tuple[list[KernelTime], float]:
+        """Time every kernel call of ``runs`` runs (after one warm-up run), through the Relax VM's instrument hook
+        (``VirtualMachine.set_instrument``: called before and after each Call instruction).
+
+        Returns:
+            ``(kernels, run_ms)``: one :class:`KernelTime` per called function (compiled kernels and the VM's
+            builtins such as allocation), slowest first; ``run_ms`` the median wall time of one instrumented run
+            in ms (the kernels' sum plus the VM's own work and the hook's ~1-2 us per call).
+
+        Raises:
+            ConvpipeError: bad inputs (see :func:`check_inputs`); ``runs`` < 1.
+        """
+        if runs < 1:
+            raise ConvpipeError(f"runs: expected at least 1, got {runs}")
+        arrays = self.check_inputs(inputs)
+        if _runs_here():
+            return self._profile_here(arrays, runs)
+        return RUNNERS.call(self._profile_here, arrays, runs)
+
+    def _profile_here(self, arrays, runs: int):
+        import statistics
+        import time as _time
+
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        vm = VirtualMachine(self._lib, self._dev)
+        args = [tvm.runtime.tensor(a, self._dev) for a in arrays]
+        sync = self._dev.sync if self._dev.dlpack_device_type() != 1 else (lambda: None)
+        totals: dict[str, list] = {}
+        started: list = []
+
+        def hook(func, symbol, before, ret, *call_args):
+            if before:
+                sync()
+                started.append(_time.perf_counter_ns())
+            else:
+                sync()
+                t = _time.perf_counter_ns() - started.pop()
+                rec = totals.setdefault(str(symbol), [0, 0])
+                rec[0] += 1
+                rec[1] += t
+            return 0  # VMInstrumentReturnKind.kNoOp
+
+        vm.set_instrument(hook)
+        vm["main"](*args)  # warm-up, not counted
+        totals.clear()
+        walls = []
+        for _ in range(runs):
+            t0 = _time.perf_counter_ns()
+            vm["main"](*args)
+            sync()
+            walls.append((_time.perf_counter_ns() - t0) / 1e6)
+        kernels = [KernelTime(name, calls / runs, ns / runs / 1e6) for name, (calls, ns) in totals.items()]
+        kernels.sort(key=lambda k: -k.ms)
+        return kernels, statistics.median(walls)
 
     def time(self, inputs, number: int = 10, repeat: int = 5) -> list[float]:
         """Per-run latency in seconds, ``repeat`` figures each the mean of ``number`` runs (TVM time_evaluator,

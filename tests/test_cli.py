@@ -107,6 +107,20 @@ def test_inspect(work):
     assert len(m["library"]["sha256"]) == 64 and len(m["source_onnx"]["sha256"]) == 64
 
 
+def test_profile(work):
+    """Every kernel of a run, timed through the VM's instrument hook: the 3 conv2d layers are there as kernels of
+    kind conv2d, and the kernels' times fit inside the instrumented run's."""
+    _, _, art = work
+    rep = json.loads(run("profile", art, "--runs", "3", "--json").stdout)
+    kinds = [k["kind"] for k in rep["kernels"]]
+    assert kinds.count("conv2d") == 3, rep["kernels"]
+    assert all(k["ms"] >= 0 and k["calls"] > 0 for k in rep["kernels"])
+    assert 0 < sum(k["ms"] for k in rep["kernels"]) <= rep["run_ms"] * 1.05
+    p = run("profile", art, "--runs", "2", "--top", "2")
+    assert "more)" in p.stdout and "by kind: conv2d" in " ".join(p.stdout.split())
+    user_error(run("profile", art, "--runs", "0", ok=False), "runs: expected at least 1, got 0")
+
+
 def test_bench_artifact_and_onnx(work):
     _, onnx_path, art = work
     for target in (art, onnx_path):
