@@ -633,6 +633,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unsuppress(e: BaseException) -> None:
+    """Show the original exception under ``--traceback``: user errors are raised ``from None`` so that the one-line
+    message stands alone, which hides their ``__context__`` (the onnx / TVM / OS error that caused them) from
+    Python's traceback printer; clear that flag along the chain."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if e.__cause__ is None and e.__context__ is not None:
+            e.__suppress_context__ = False
+        e = e.__cause__ or e.__context__
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that ``finally`` clauses remove half-written output."""
 
@@ -685,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConvpipeError as e:
         if args.traceback:
+            _unsuppress(e)
             raise
         print(f"convpipe: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2

@@ -190,3 +190,15 @@ def test_errors_tampered_artifact(work, tmp_path):
     user_error(run("run", bad, ok=False), "sha256", "disagrees with the manifest")
     os.remove(os.path.join(bad, "manifest.json"))
     user_error(run("inspect", bad, ok=False), "manifest.json is missing")
+
+
+def test_traceback_shows_the_original_exception(tmp_path):
+    """``--traceback`` on a user error shows the exception that caused it (here onnx's DecodeError), which the
+    one-line message leaves out (raised ``from None``)."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\\x08\\x07garbage that is not protobuf \\xff\\xff")
+    p = run("--traceback", "compile", str(bad), "-o", str(tmp_path / "o.cpa"), ok=False)
+    assert p.returncode != 0
+    assert "During handling of the above exception, another exception occurred" in p.stderr, p.stderr
+    assert "ConvpipeError" in p.stderr and "not a valid ONNX model" in p.stderr
+    user_error(run("compile", str(bad), "-o", str(tmp_path / "o.cpa"), ok=False), "not a valid ONNX model")
