@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from convpipe.errors import ConvpipeError
+from convpipe.runtime.module import IOInfo
 
 from .convert import convpipe_converters
 
@@ -35,25 +36,13 @@ _ONNX_DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """A graph input or output: ONNX name, static shape, NumPy dtype name."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-
 @dataclass
 class ImportedModel:
     """A checked, shape-pinned, simplified ONNX model ready for :func:`to_relax`."""
 
     model: onnx.ModelProto
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
+    inputs: list[IOInfo]
+    outputs: list[IOInfo]
     path: str
 
 
@@ -322,7 +311,7 @@ def _infer(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
         raise ConvpipeError(f"{path}: ONNX shape inference failed: {msg}") from None
 
 
-def _static_info(vis, where: str, path: str) -> list[TensorInfo]:
+def _static_info(vis, where: str, path: str) -> list[IOInfo]:
     out = []
     for vi in vis:
         dims = vi.type.tensor_type.shape.dim
@@ -331,7 +320,7 @@ def _static_info(vis, where: str, path: str) -> list[TensorInfo]:
         if any(d.dim_value == 0 for d in dims):
             raise ConvpipeError(f"{path}: {where} {vi.name!r} has shape {[d.dim_value for d in dims]}: convpipe "
                                 "does not compile zero-size tensors")
-        out.append(TensorInfo(vi.name, tuple(d.dim_value for d in dims), _elem_dtype(vi, where)))
+        out.append(IOInfo(vi.name, tuple(d.dim_value for d in dims), _elem_dtype(vi, where)))
     return out
 
 
@@ -584,10 +573,10 @@ def _reconcile_output_shapes(mod, imported: ImportedModel) -> None:
             logging.getLogger("convpipe.importer").warning(
                 f"{imported.path}: output {info.name!r}: ONNX shape inference gives {list(info.shape)}, the graph "
                 f"computes {list(dims)} (as onnxruntime does for ceil_mode pooling); the artifact returns the latter")
-            imported.outputs[k] = TensorInfo(info.name, dims, info.dtype)
+            imported.outputs[k] = IOInfo(info.name, dims, info.dtype)
 
 
-def random_inputs(infos: list[TensorInfo], seed: int = 0) -> dict[str, np.ndarray]:
+def random_inputs(infos: list[IOInfo], seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic inputs per dtype: floats ~ N(0, 1), ints in [0, 10), bools at random."""
     rng = np.random.default_rng(seed)
     out = {}

@@ -152,7 +152,7 @@ class CompiledModule:
         """
         import numpy as np
 
-        from convpipe.compiler.importer import TensorInfo, random_inputs
+        from convpipe.compiler.importer import random_inputs
         from convpipe.compiler.verify import run_onnxruntime
 
         onnx_path = self.onnx_path
@@ -163,7 +163,7 @@ class CompiledModule:
         if examples:
             arrays = [a.detach().cpu().numpy() if _is_torch(a) else np.asarray(a) for a in examples]
         else:
-            feed = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in self.inputs])
+            feed = random_inputs(self.inputs)
             arrays = [feed[i.name] for i in self.inputs]
         feed = {i.name: a for i, a in zip(self.inputs, arrays)}
         ours = self.module.run(feed)

@@ -232,9 +232,9 @@ def cmd_run(args) -> int:
     module = _Runner(args)
     inputs = _load_inputs(args.input, module.inputs)
     if not inputs:
-        from convpipe.compiler.importer import TensorInfo, random_inputs
+        from convpipe.compiler.importer import random_inputs
 
-        inputs = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in module.inputs], args.seed)
+        inputs = random_inputs(module.inputs, args.seed)
     outputs = module.run(inputs)
     if args.output:
         try:
@@ -271,9 +271,9 @@ def cmd_profile(args) -> int:
     module = load(args.artifact, expected_sha256=args.expect_sha256)
     inputs = _load_inputs(args.input, module.inputs)
     if not inputs:
-        from convpipe.compiler.importer import TensorInfo, random_inputs
+        from convpipe.compiler.importer import random_inputs
 
-        inputs = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in module.inputs], args.seed)
+        inputs = random_inputs(module.inputs, args.seed)
     kernels, run_ms = module.profile(inputs, args.runs)
     total = sum(k.ms for k in kernels) or 1e-12
     if args.json:
@@ -296,19 +296,19 @@ def cmd_profile(args) -> int:
         by_kind[kernel_kind(k.name)] = by_kind.get(kernel_kind(k.name), 0.0) + k.ms
     con.print("by kind: " + ", ".join(f"{kind} {ms:.3f} ms ({100 * ms / total:.0f}%)"
                                       for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])))
-    con.print(f"kernels {total:.3f} ms of an instrumented run of {run_ms:.3f} ms (median; the rest is the VM and "
+    con.print(f"kernels {total:.3f} ms of an instrumented run of {run_ms:.3f} ms (means; the rest is the VM and "
               "the instrument hook)")
     return 0
 
 
 def cmd_verify(args) -> int:
-    from convpipe.compiler.importer import TensorInfo, random_inputs
+    from convpipe.compiler.importer import random_inputs
     from convpipe.compiler.verify import compare, run_onnxruntime
 
     module = _Runner(args)
     inputs = _load_inputs(args.input, module.inputs)
     generated = [i for i in module.inputs if i.name not in inputs]
-    inputs.update(random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in generated], args.seed))
+    inputs.update(random_inputs(generated, args.seed))
     ours = module.run(inputs)
     ref = run_onnxruntime(args.model, inputs)
     con = _console()
@@ -363,15 +363,15 @@ def _bench(artifact: str | dict[str, str], onnx_path: str | None, threads: int, 
     file exists) and PyTorch (only when ``torch_model``, a zoo name or ``package.module:factory`` from the command
     line, is given: a file's contents never name code to run)."""
     from convpipe.compiler.bench import model_engines, set_threads, side_by_side
-    from convpipe.compiler.importer import TensorInfo, random_inputs
-    from convpipe.runtime import read_manifest
+    from convpipe.compiler.importer import random_inputs
+    from convpipe.runtime import io_info, read_manifest
 
     set_threads(threads)
     m = read_manifest(artifact if isinstance(artifact, str) else next(iter(artifact.values())))
     if onnx_path is None and os.path.isfile(m["source_onnx"]["file"]):
         onnx_path = m["source_onnx"]["file"]
     if inputs is None:
-        inputs = random_inputs([TensorInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in m["inputs"]])
+        inputs = random_inputs(io_info(m, "inputs"))
     module = None
     if torch_model:
         from convpipe.compiler.zoo import get_model
@@ -420,11 +420,11 @@ def cmd_bench(args) -> int:
         import statistics
 
         from convpipe import remote
-        from convpipe.compiler.importer import TensorInfo, random_inputs
+        from convpipe.compiler.importer import random_inputs
 
         args.artifact = artifact
         runner = _Runner(args)
-        inputs = random_inputs([TensorInfo(i.name, i.shape, i.dtype) for i in runner.inputs])
+        inputs = random_inputs(runner.inputs)
         times = remote.time_remote(runner.lib, list(inputs.values()), runner.session, number=max(1, args.rounds), repeat=3,
                                    device=runner.device)
         where = args.remote or f"tracker {args.tracker} key {args.key}"

@@ -52,11 +52,16 @@ from .artifact import check_elf, private_copy, read_manifest, verify_library
 
 @dataclass(frozen=True)
 class IOInfo:
-    """A model input or output: ONNX name, static shape, NumPy dtype name."""
+    """A model input or output: ONNX name, static shape, NumPy dtype name (the manifest's ``inputs`` /
+    ``outputs`` entries; the compiler's importer describes a graph's inputs and outputs with it too)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
+
+    def to_dict(self) -> dict:
+        """The manifest entry: ``{"name", "shape" (a list), "dtype"}``."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 def _host_flags() -> set[str]:
@@ -470,8 +475,9 @@ class Module:
 
         Returns:
             ``(kernels, run_ms)``: one :class:`KernelTime` per called function (compiled kernels and the VM's
-            builtins such as allocation), slowest first; ``run_ms`` the median wall time of one instrumented run
-            in ms (the kernels' sum plus the VM's own work and the hook's ~1-2 us per call).
+            builtins such as allocation), slowest first, ms and calls per run averaged over the runs; ``run_ms``
+            the mean wall time of one instrumented run in ms (the kernels' sum plus the VM's own work and the
+            hook's ~1-2 us per call).
 
         Raises:
             ConvpipeError: bad inputs (see :func:`check_inputs`); ``runs`` < 1.
@@ -519,7 +525,7 @@ class Module:
             walls.append((_time.perf_counter_ns() - t0) / 1e6)
         kernels = [KernelTime(name, calls / runs, ns / runs / 1e6) for name, (calls, ns) in totals.items()]
         kernels.sort(key=lambda k: -k.ms)
-        return kernels, statistics.median(walls)
+        return kernels, statistics.fmean(walls)  # the mean, as the kernels' times: their sum fits inside it
 
     def time(self, inputs, number: int = 10, repeat: int = 5) -> list[float]:
         """Per-run latency in seconds, ``repeat`` figures each the mean of ``number`` runs (TVM time_evaluator,
