@@ -21,12 +21,15 @@ class OutputCheck:
     ok: bool
 
 
-def onnxruntime_session(onnx_path: str, threads: int | None = None, spinning: bool = True):
+def onnxruntime_session(onnx_path: str, threads: int | None = None, spinning: bool = True, optimize: bool = True):
     """An onnxruntime ``InferenceSession`` on the CPU provider with ``threads`` intra-op threads (busy-waiting
-    between ops unless ``spinning`` is False)."""
+    between ops unless ``spinning`` is False); ``optimize=False`` turns its graph optimisations off
+    (``ORT_DISABLE_ALL``), as the correctness reference :func:`run_onnxruntime` does."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
@@ -66,13 +69,18 @@ def io_mismatch(sess, inputs: dict[str, np.ndarray]) -> list[str]:
 
 
 def run_onnxruntime(onnx_path: str, inputs: dict[str, np.ndarray], threads: int | None = None) -> dict[str, np.ndarray]:
-    """Run ``onnx_path`` on onnxruntime's CPU provider; returns ``{output name: array}`` in graph order.
+    """Run ``onnx_path`` on onnxruntime's CPU provider; returns ``{output name: array}`` in graph order. This is
+    convpipe's correctness reference (``verify``, the corpus, the fuzzers), so onnxruntime's graph optimisations are
+    off: its level-1 PadFusion (``onnxruntime/core/optimizer/pad_fusion.cc``, PR #18136) folds a zero ``Pad`` into
+    a following ``MaxPool``, whose padding acts as -inf, and so returns the window maximum where the model says 0
+    (onnxruntime 1.31.1, found by the graph fuzzer: a max error of 0.84 on values ~3.6, and "pads[dim] < kernel"
+    load failures when the folded pad outgrows the kernel). Benchmarks time onnxruntime with its defaults.
 
     Raises:
         ConvpipeError: onnxruntime cannot load the file; its inputs differ from ``inputs`` (names, ranks, static
             dims, dtypes: every difference is listed); onnxruntime fails while running it.
     """
-    sess = onnxruntime_session(onnx_path, threads)
+    sess = onnxruntime_session(onnx_path, threads, optimize=False)
     problems = io_mismatch(sess, inputs)
     if problems:
         raise ConvpipeError(f"{onnx_path}: not the model the artifact was compiled from: " + "; ".join(problems))

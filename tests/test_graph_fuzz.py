@@ -875,3 +875,21 @@ def test_nearest_resize_non_integer_ratio(layout):
     """Nearest Resize 14 -> 16 wide follows onnxruntime's float32 coordinates and rounding (compiler/resize.py); was
     a deviation with TVM's resize2d (x_out * 14/16)."""
     _check(_NearestResize(), (1, 1, 1, 14), layout)
+
+
+#: A graph the fuzzer found (HYPOTHESIS_PROFILE=thorough, 2026-11-29): conv 1x1 -> identity nearest resize -> add
+#: -> zero pad at the bottom -> 2x2 stride-1 max pool. onnxruntime's answer was off by 0.84 on values ~3.6: its
+#: level-1 PadFusion (``onnxruntime/core/optimizer/pad_fusion.cc``) folds the zero Pad into MaxPool's padding,
+#: which acts as -inf; with a pad of 2 it refused to load the model ("pads[dim] < kernel"). convpipe was right;
+#: the reference (``run_onnxruntime``) now runs onnxruntime with its graph optimisations off.
+PAD_MAXPOOL_CASE = ((1, 3, 8, 8), (("conv", 0, 8, 1, 1, 0, 1, 1, False), ("interp", 1, "nearest", (8, 8)),
+                                   ("add", 1, 2), ("pad", 3, (0, 0, 0, 1), 0.0), ("convT", 4, 16, 2, 1),
+                                   ("pool", 4, "max", 2, 1, 0, False)), (6,), 0)
+
+
+@pytest.mark.parametrize("bottom", [1, 2])
+@pytest.mark.parametrize("layout", ["auto", "nchw"])
+def test_zero_pad_then_max_pool(layout, bottom):
+    shape, nodes, outs, seed = PAD_MAXPOOL_CASE
+    nodes = tuple(n if n[0] != "pad" else ("pad", 3, (0, 0, 0, bottom), 0.0) for n in nodes)
+    check_case((shape, nodes, outs, seed), layout)
