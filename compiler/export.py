@@ -50,8 +50,14 @@ def export_onnx(
     shapes = list(input_shape) if input_shape and isinstance(input_shape[0], (tuple, list)) else [input_shape]
     xs = tuple(torch.zeros(tuple(s), dtype=torch.float32) for s in shapes)
     input_names = [input_name] if len(xs) == 1 else [f"{input_name}{k}" for k in range(len(xs))]
-    with torch.no_grad():
-        y = model(*xs)
+    try:
+        with torch.no_grad():
+            y = model(*xs)
+    except Exception as e:  # the model's own forward refuses the shape (e.g. an assert on the feature-map size)
+        msg = " ".join(str(e).split())[:300]
+        raise ConvpipeError(f"the model's forward failed on float32 input(s) of shape "
+                            f"{' and '.join(str(list(s)) for s in shapes)}: {type(e).__name__}"
+                            + (f": {msg}" if msg else "") + " (try another --input-shape)") from e
     n_out = len(y) if isinstance(y, (tuple, list)) else 1
     names = output_names or (["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
     buf = io.BytesIO()

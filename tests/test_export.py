@@ -77,3 +77,19 @@ def test_padding_modes_same(tmp_path, mode):
     compile_model(onnx_path, artifact)
     x = np.random.default_rng(1).standard_normal((2, 4, 9, 11)).astype("float32")
     np.testing.assert_allclose(load(artifact).run([x])["output"], torch_outputs(model, x)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_forward_failure_is_a_user_error(tmp_path):
+    """A model whose own forward refuses the input shape (timm's bat_resnext26ts asserts on its feature-map size
+    at 96x96) is a user error naming the shape, not an internal error (exit 3) as it was."""
+    from convpipe.errors import ConvpipeError
+
+    class Picky(torch.nn.Module):
+        def forward(self, x):
+            assert x.shape[-1] % 32 == 0, "width must be a multiple of 32"
+            return x * 2
+
+    with pytest.raises(ConvpipeError, match=r"forward failed on float32 input\(s\) of shape \[1, 3, 8, 8\]: "
+                                            r"AssertionError: width must be a multiple of 32"):
+        export_onnx(Picky(), (1, 3, 8, 8), str(tmp_path / "p.onnx"))
+    assert not (tmp_path / "p.onnx").exists()
