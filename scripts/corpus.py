@@ -148,6 +148,16 @@ def run_entry(entry: dict, work: str, timeout: float) -> dict:
     return rec
 
 
+def fallback_summary(fallbacks: list[dict]) -> str:
+    """The manifest's fallbacks counted by stage and reason for the Markdown table (``layout x40: TVM 0.27's
+    layout inference for relax.nn.layer_norm ...``); the JSON keeps each one with its op."""
+    import collections
+
+    counts = collections.Counter((f.get("stage", "?"), " ".join(str(f.get("why", "?")).split())[:70])
+                                 for f in fallbacks)
+    return "; ".join(f"{stage} x{n}: {why}" for (stage, why), n in counts.most_common()) or "-"
+
+
 def write_report(report: dict, out_dir: str) -> str:
     """Write ``corpus.json`` and ``corpus.md`` (atomically each); returns the one-line summary."""
     os.makedirs(out_dir, exist_ok=True)
@@ -186,7 +196,7 @@ def markdown(report: dict) -> str:
     ]
     for r in report["results"]:
         fams = " ".join(f"{k}:{v}" for k, v in sorted(r["families"].items())) or "-"
-        fbs = "; ".join(f"{f.get('stage', '?')}: {f.get('fallback', '?')}" for f in r["fallbacks"]) or "-"
+        fbs = fallback_summary(r["fallbacks"])
         err = r["error"].replace("|", "\\|")
         num = (lambda v: "-" if v is None else f"{v:.2e}")
         lines.append(f"| {r['spec']} | {'x'.join(map(str, r['input']))} | {r['status']} | {r['export_s']} | "
