@@ -117,7 +117,8 @@ def test_profile(work):
     assert all(k["ms"] >= 0 and k["calls"] > 0 for k in rep["kernels"])
     assert 0 < sum(k["ms"] for k in rep["kernels"]) <= rep["run_ms"] * 1.05
     text = " ".join(run("profile", art, "--runs", "2", "--top", "2").stdout.split())
-    assert "by kind: conv2d" in text and "of an instrumented run of" in text, text
+    # which kind leads depends on the machine's load (tiny kernels): only that conv2d is among the kinds
+    assert "by kind:" in text and "conv2d" in text.split("by kind:")[1] and "of an instrumented run of" in text, text
     user_error(run("profile", art, "--runs", "0", ok=False), "runs: expected at least 1, got 0")
 
 
