@@ -137,7 +137,9 @@ def test_huge_knob_is_rejected_fast_with_bounded_memory(model, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert (out["layer"]["family"], out["layer"]["knobs"]) == (default.family, default.knobs)
-    assert out["s"] < 30 and out["rss_mb"] < 2000, out
+    # the runaway this guards against took 6+ GB in 29 s; a normal compile peaks near 2 GB (2003 MB seen in a
+    # fresh-clone CI run), so the memory bound sits well between the two
+    assert out["s"] < 30 and out["rss_mb"] < 3500, out
     warn = [line for line in p.stderr.splitlines() if "ow_tile" in line]
     assert len(warn) == 1 and db_path in warn[0] and wl.key() in warn[0], p.stderr
 
