@@ -141,7 +141,13 @@ def run_entry(entry: dict, work: str, timeout: float) -> dict:
         rec["status"] = "timeout" if st == "timeout" else "check-failed"
         rec["error"] = first_error_line(p.stderr) if p else f"check exceeded {timeout:.0f} s"
         return rec
-    res = json.loads(p.stdout.strip().splitlines()[-1])
+    return record_check(rec, p.stdout)
+
+
+def record_check(rec: dict, stdout: str) -> dict:
+    """Fill ``rec``'s ``max_abs``, ``max_rel`` and ``status`` (``pass``/``mismatch``) from a check process's last
+    stdout line (JSON ``{"outputs": [{"max_abs", "max_rel", "ok"}, ...]}``); returns ``rec``."""
+    res = json.loads(stdout.strip().splitlines()[-1])
     rec["max_abs"] = max(o["max_abs"] for o in res["outputs"])
     rec["max_rel"] = max(o["max_rel"] for o in res["outputs"])
     rec["status"] = "pass" if all(o["ok"] for o in res["outputs"]) else "mismatch"

@@ -85,7 +85,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from bench_x86 import cpu_name  # noqa: E402
-from corpus import ATOL, RTOL, first_error_line, isa, load_list, run_step  # noqa: E402 -- one tolerance, one step runner
+from corpus import (  # noqa: E402 -- one tolerance, one step runner, one check reader
+    ATOL, RTOL, first_error_line, isa, load_list, record_check, run_step)
 
 BIN = os.path.dirname(sys.executable)
 CONVPIPE = os.path.join(BIN, "convpipe")
@@ -402,11 +403,7 @@ def compile_and_run_arm(onnx_path: str, art: str, board: Board, timeout: float) 
     if st != "ok":
         rec["status"], rec["error"] = _fail(st, p, timeout, "run")
         return rec
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    rec["max_abs"] = max(o["max_abs"] for o in res["outputs"])
-    rec["max_rel"] = max(o["max_rel"] for o in res["outputs"])
-    rec["status"] = "pass" if all(o["ok"] for o in res["outputs"]) else "mismatch"
-    return rec
+    return record_check(rec, p.stdout)
 
 
 def run_entry(entry: dict, work: str, board: Board, timeout: float, targets=TARGETS) -> dict:
