@@ -235,6 +235,11 @@ def main(argv=None) -> int:
             p.error(f"slice {args.slice} names specs not in the list: {sorted(missing)}")
     if args.only:
         entries = [e for e in entries if re.search(args.only, e["spec"])]
+    if not entries:
+        # nothing to run: say so and leave any existing report untouched (a --resume run used to rewrite it empty)
+        print(f"corpus.py: --only {args.only!r} matches no listed spec in {args.list}" if args.only
+              else f"corpus.py: no specs selected from {args.list}", file=sys.stderr)
+        return 2
     os.makedirs(args.work, exist_ok=True)
     report = {"format": 1, "machine": {"cpu": cpu_name(), "isa": isa(), "cores": os.cpu_count()},
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -248,6 +253,7 @@ def main(argv=None) -> int:
     # --resume: every entry of the old report that is still listed stays in the report until this run replaces
     # it, so an interrupted run loses nothing (entries outside the selection are kept as they are)
     results = {r["spec"]: r for r in done.values() if r["spec"] in order}
+    report["results"] = sorted(results.values(), key=lambda r: order[r["spec"]])
     for i, entry in enumerate(entries):
         key = (entry["spec"], tuple(entry["input"]))
         rec = done.get(key) or run_entry(entry, args.work, args.timeout)

@@ -82,3 +82,26 @@ def test_resume_keeps_old_entries_until_replaced(tmp_path, monkeypatch):
     assert set(got) == {"timm/a", "timm/c"}
     assert got["timm/a"]["input"] == [1, 3, 8, 8]  # re-run at the listed input
     assert got["timm/c"]["status"] == "mismatch"  # not reached yet: kept as it was
+
+
+def test_resume_with_a_selection_that_matches_nothing_keeps_the_report(tmp_path, capsys):
+    """``--resume --only RE`` where RE matches no listed spec rewrote the committed report with zero results (the
+    report's results were only set inside the per-entry loop): a typo in a regular expression wiped it. Now the run
+    says nothing matched, exits non-zero and leaves the report as it was."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import corpus
+
+    lst = {"default_input": [1, 3, 8, 8], "slices": {}, "models": [{"spec": "timm/a"}, {"spec": "timm/b"}]}
+    (tmp_path / "list.json").write_text(json.dumps(lst))
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"format": 1, "results": [{"spec": "timm/a", "input": [1, 3, 8, 8], "status": "pass", "export_s": 1.0,
+                                     "compile_s": 2.0, "max_abs": 0.0, "max_rel": 0.0, "families": {},
+                                     "fallbacks": [], "error": ""}]}
+    (out / "corpus.json").write_text(json.dumps(old))
+    before = (out / "corpus.json").read_text()
+    rc = corpus.main(["--list", str(tmp_path / "list.json"), "--out", str(out), "--work", str(tmp_path / "w"),
+                      "--resume", "--only", "timm/(vgg)$"])
+    assert rc != 0
+    assert "matches no listed spec" in capsys.readouterr().err
+    assert (out / "corpus.json").read_text() == before
