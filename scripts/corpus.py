@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_x86 import cpu_name  # noqa: E402 -- one CPU-model reader for every report
+from machine import cpu_name, isa  # noqa: E402 -- one reader of the machine for every report
 BIN = os.path.dirname(sys.executable)
 CONVPIPE = os.path.join(BIN, "convpipe")
 RTOL, ATOL = 1e-4, 1e-5
@@ -51,19 +50,6 @@ def load_list(path: str) -> dict:
     for m in data["models"]:
         m.setdefault("input", data["default_input"])
     return data
-
-
-def isa() -> str:
-    """The widest x86 SIMD extension this CPU reports (or the machine name elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith(("flags", "Features"))), [])
-    except OSError:
-        flags = []
-    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")):
-        if flag in flags:
-            return name
-    return platform.machine()
 
 
 def first_error_line(text: str) -> str:

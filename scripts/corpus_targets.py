@@ -84,9 +84,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench_x86 import cpu_name  # noqa: E402
+from machine import cpu_name, isa  # noqa: E402
 from corpus import (  # noqa: E402 -- one tolerance, one step runner, one check reader
-    ATOL, RTOL, first_error_line, isa, load_list, record_check, run_step)
+    ATOL, RTOL, first_error_line, load_list, record_check, run_step)
 
 BIN = os.path.dirname(sys.executable)
 CONVPIPE = os.path.join(BIN, "convpipe")
