@@ -14,14 +14,14 @@ Database file (JSON)::
 Records are trusted only after checking (:func:`record_problem`): ``family`` names a rule of the target that
 supports the workload, ``knobs`` lie in that rule's knob space for the workload and target
 (:meth:`convpipe.schedules.rule.Conv2dRule.validate_knobs`), ``gflops`` (and ``ms`` when present) are positive
-numbers. An invalid record is ignored with one warning on the ``convpipe.tune`` logger (one line: database file,
-workload key, reason) -- the layer then gets its default choice, and ``tune`` measures it again -- or, with
-``TuningDatabase(path, strict=True)``, raises :class:`ConvpipeError`.
+numbers, ``workload`` (when present) describes the workload the record is filed under. An invalid record is
+ignored with one warning on the ``convpipe.tune`` logger (one line: database file, workload key, reason) -- the
+layer then gets its default choice, and ``tune`` measures it again -- or, with ``TuningDatabase(path,
+strict=True)``, raises :class:`ConvpipeError`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -32,10 +32,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from convpipe.errors import ConvpipeError
 from convpipe.schedules import Conv2dWorkload, TargetInfo, rules_for
+
+from .kernel import measure_local, remote_measure  # noqa: F401 -- the measurers tune_workloads takes
 
 FORMAT = 1
 
@@ -53,12 +53,26 @@ def _positive_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
+def _workload_problem(described: object, wl: Conv2dWorkload) -> str | None:
+    """``None`` when a record's ``workload`` field describes ``wl`` (the workload it is filed under), else why."""
+    if not isinstance(described, dict):
+        return f"'workload' must be an object (Conv2dWorkload fields), got {type(described).__name__} {described!r:.60}"
+    try:
+        other = Conv2dWorkload.from_dict(described)
+    except (TypeError, ValueError, ArithmeticError) as e:
+        return f"'workload' is not a conv2d workload ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if other != wl:
+        return f"'workload' describes another conv2d ({described!r:.120}): the record is filed under the wrong key"
+    return None
+
+
 def record_problem(record: object, wl: Conv2dWorkload, target: TargetInfo) -> str | None:
     """``None`` when ``record`` (as read from a database) may be used for ``wl`` on ``target``, else a one-line
     reason: not a JSON object; ``family``, ``knobs`` or ``gflops`` missing; a family that is not one of the
     target's rules or does not support ``wl``; ``gflops`` (or ``ms``, when present) not a positive number;
-    knobs outside the rule's knob space (:meth:`~convpipe.schedules.rule.Conv2dRule.validate_knobs`: names
-    the knob, expected vs got)."""
+    ``workload`` (when present) not describing ``wl`` (a record copied under another workload's key); knobs
+    outside the rule's knob space (:meth:`~convpipe.schedules.rule.Conv2dRule.validate_knobs`: names the knob,
+    expected vs got)."""
     if not isinstance(record, dict):
         return f"the record is not a JSON object (got {type(record).__name__} {record!r:.60})"
     for name in ("family", "knobs", "gflops"):
@@ -74,6 +88,10 @@ def record_problem(record: object, wl: Conv2dWorkload, target: TargetInfo) -> st
     for name in ("gflops", "ms"):
         if name in record and not _positive_number(record[name]):
             return f"{name!r} must be a positive number, got {record[name]!r:.40}"
+    if "workload" in record:
+        why = _workload_problem(record["workload"], wl)
+        if why is not None:
+            return why
     why = rules[fam].validate_knobs(wl, target, record["knobs"])
     return None if why is None else f"{fam}: {why}"
 
@@ -172,35 +190,17 @@ def model_workloads(imported, target: TargetInfo, layout: str = "auto") -> list[
     return list(dict.fromkeys(workload_of(call) for call in conv2d_calls(mod)))
 
 
-def measure_local(rule, wl: Conv2dWorkload, target: TargetInfo, knobs: dict, min_repeat_ms: float = 40) -> float:
-    """Median seconds of one run of ``rule``'s kernel for ``wl`` on this machine: its CPU, or its GPU 0 for a CUDA
-    target (device code compiled by nvcc for the target's arch; TVM's ``time_evaluator`` synchronises the
-    device around each repeat).
-
-    Raises:
-        ConvpipeError: a CUDA target and no local CUDA GPU.
-    """
-    import tvm
-
-    from .cuda_device import cuda_build
-
-    func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
-    if target.arch == "cuda":
-        from convpipe.runtime.module import cuda_gpu_missing
-
-        if cuda_gpu_missing():
-            raise ConvpipeError("tuning for CUDA needs a local GPU, or a remote one: give --remote HOST:PORT")
-        dev, build = tvm.cuda(0), cuda_build(target.isa)
-    else:
-        dev, build = tvm.cpu(), contextlib.nullcontext()
-    with build, target.target:
-        ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
-    rng = np.random.default_rng(0)
-    x = tvm.runtime.tensor(rng.standard_normal(wl.data_tensor_shape).astype("float32"), dev)
-    w = tvm.runtime.tensor(rule.pack_weight(rng.standard_normal(wl.weight_shape).astype("float32"), wl, knobs), dev)
-    out = tvm.runtime.tensor(np.zeros(wl.out_tensor_shape, "float32"), dev)
-    f = ex.mod.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=min_repeat_ms)
-    return float(np.median(f(x, w, out).results))
+def failure_reason(e: BaseException, limit: int = 200) -> str:
+    """Why a candidate failed, on one line: the exception type and the first non-empty line of its message (the
+    last line when the message starts with a traceback, as TVM's and RPC errors may), cut to ``limit``
+    characters; the bare type when the message is empty."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Traceback"):
+        lines = lines[-1:]
+    msg = lines[0] if lines else ""
+    if len(msg) > limit:
+        msg = msg[: limit - 3] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 @dataclass
@@ -232,11 +232,18 @@ def tune_workloads(
 
     The budget is shared out evenly over the workloads still to tune; a workload always gets its default
     (heuristic) candidate measured, so every record is at least as good as ``auto``'s guess. Candidates that
-    fail to build are skipped. The database is saved after each workload.
+    fail to build or run are skipped, each reported to ``progress`` with why (:func:`failure_reason`). The
+    database is saved after each workload.
 
     Args:
-        measure: ``(rule, wl, target, knobs) -> seconds``; defaults to :func:`measure_local`.
-        progress: called with a status line per measured candidate (the CLI shows it in a progress bar).
+        measure: ``(rule, wl, target, knobs) -> seconds``; defaults to :func:`measure_local` (this machine);
+            :func:`remote_measure` times on a board or GPU host.
+        progress: called with a status line per measured or failed candidate (the CLI shows it in a progress
+            bar).
+
+    Raises:
+        ConvpipeError: every candidate tried for a workload failed (names the workload and the last failure);
+            ``db`` is strict and holds an invalid record (:meth:`TuningDatabase.lookup`).
     """
     from .select import auto_family
 
@@ -254,14 +261,16 @@ def tune_workloads(
         cands = [default] + [c for c in cands if c != default]
         best = None
         tried = 0
+        failed = None  # the last failure: "family {knobs} (why)"
         for j, (fam, knobs) in enumerate(cands):
             if j > 0 and time.monotonic() > t_end:
                 break
             try:
                 sec = measure(rules[fam], wl, target, knobs)
             except Exception as e:  # an invalid candidate must not stop tuning
+                failed = f"{fam} {knobs} ({failure_reason(e)})"
                 if progress:
-                    progress(f"[{i + 1}/{len(todo)}] {fam} {knobs}: failed ({type(e).__name__})")
+                    progress(f"[{i + 1}/{len(todo)}] {fam} {knobs}: failed ({failure_reason(e)})")
                 continue
             tried += 1
             if best is None or sec < best[0]:
@@ -271,7 +280,7 @@ def tune_workloads(
                     f"[{i + 1}/{len(todo)}] {wl.key()}  best {best[1]} {wl.flops / best[0] / 1e9:.1f} GFLOP/s"
                 )
         if best is None:
-            raise ConvpipeError(f"no candidate could be built for {wl.describe()}")
+            raise ConvpipeError(f"no candidate could be built or measured for {wl.describe()}; the last: {failed}")
         sec, fam, knobs = best
         record = {
             "family": fam,

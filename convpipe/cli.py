@@ -462,8 +462,9 @@ def cmd_tune(args) -> int:
     measure = None
     if args.remote or args.tracker:
         from convpipe import remote
+        from convpipe.compiler.kernel import remote_measure
 
-        measure = remote.make_measure(args.remote, args.tracker, args.key)
+        measure = remote_measure(args.remote, args.tracker, args.key)
         if target.arch == "cuda":
             remote.remote_device(measure.session, "cuda")  # fail now, not once per candidate
     elif target.arch == "cuda":

@@ -10,7 +10,9 @@ The library must be cross-compiled for the board (``export_library(path, fcompil
 :func:`cross_compiler`). Every failure to reach a board raises :class:`ConvpipeError` naming ``host:port``
 within ``timeout_s`` and leaves no thread, process or socket behind.
 
-Only this module talks to boards; it imports TVM lazily (``import convpipe.remote`` is cheap).
+Only this module talks to boards; it imports TVM lazily (``import convpipe.remote`` is cheap). It is transport
+only: what to build and measure (e.g. tuning's per-candidate measurer, ``remote_measure``) lives in
+:mod:`convpipe.compiler.kernel`.
 """
 
 from __future__ import annotations
@@ -319,6 +321,18 @@ def time_remote(
     return list(fn(func).results)
 
 
+def _kernel_call(lib_path, args: Sequence[np.ndarray], out_shapes: Sequence[tuple[int, ...]], session, device: str,
+                 dtype: str):
+    """Upload and load a kernel library; ``(remote module, remote device, inputs then zero outputs on it)``."""
+    import tvm
+
+    dev = remote_device(session, device)
+    rmod = upload(session, lib_path)
+    targs = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
+    targs += [tvm.runtime.tensor(np.zeros(s, dtype=dtype), dev) for s in out_shapes]
+    return rmod, dev, targs
+
+
 def run_kernel(
     lib_path: str | os.PathLike,
     args: Sequence[np.ndarray],
@@ -329,15 +343,22 @@ def run_kernel(
     dtype: str = "float32",
 ) -> list[np.ndarray]:
     """Run one compiled PrimFunc (destination-passing: inputs then outputs) on the board; returns the outputs.
-    For kernel-level tests and tuning of a single conv2d schedule."""
-    import tvm
+    For kernel-level tests of a single conv2d schedule (building one: :mod:`convpipe.compiler.kernel`).
 
-    dev = remote_device(session, device)
-    rmod = upload(session, lib_path)
-    targs = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
-    touts = [tvm.runtime.tensor(np.zeros(s, dtype=dtype), dev) for s in out_shapes]
-    rmod[func](*targs, *touts)
-    return [t.numpy() for t in touts]
+    Args:
+        lib_path: the library exported for the board (its function ``func``).
+        args: the inputs, copied to the board's ``device``.
+        out_shapes: one zero-filled ``dtype`` output per shape is made on the board.
+
+    Returns:
+        the outputs, copied back, as NumPy arrays.
+
+    Raises:
+        ConvpipeError: the board could not load the library, or has no CUDA GPU for ``device="cuda"``.
+    """
+    rmod, dev, targs = _kernel_call(lib_path, args, out_shapes, session, device, dtype)
+    rmod[func](*targs)
+    return [t.numpy() for t in targs[len(args):]]
 
 
 def time_kernel(
@@ -351,64 +372,13 @@ def time_kernel(
     device: str = "cpu",
     dtype: str = "float32",
 ) -> list[float]:
-    """Board-side ``time_evaluator`` of one PrimFunc (seconds per run; see :func:`time_remote` on emulation)."""
-    import tvm
+    """Board-side ``time_evaluator`` of one PrimFunc: ``repeat`` figures in seconds per run, each the mean of
+    ``number`` runs (arguments as :func:`run_kernel`; see :func:`time_remote` on emulation). Tuning's measurer
+    built on it is :func:`convpipe.compiler.kernel.remote_measure`.
 
-    dev = remote_device(session, device)
-    rmod = upload(session, lib_path)
-    targs = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
-    touts = [tvm.runtime.tensor(np.zeros(s, dtype=dtype), dev) for s in out_shapes]
-    fn = rmod.time_evaluator(func, dev, number=number, repeat=repeat)
-    return list(fn(*targs, *touts).results)
-
-
-def make_measure(
-    remote_addr: str | None,
-    tracker: str | None = None,
-    key: str | None = None,
-    timeout_s: float = 30.0,
-    number: int = 3,
-    repeat: int = 3,
-    cc: str = AARCH64_CC,
-    session=None,
-):
-    """A ``measure(rule, wl, target, knobs) -> seconds`` for ``compiler.tune.tune_workloads`` that times each
-    candidate kernel on the board: build, cross-compile (``cc``), upload, median of the board-side
-    ``time_evaluator``. For a CUDA target the candidate's device code is compiled by nvcc for the target's arch
-    (embedded in the library) and timed on the server's GPU 0 (a remote GPU host is x86-64). One RPC session is
-    opened now (errors as :func:`connect`; or pass an open ``session``) and reused -- a TVM RPC server serves
-    one session at a time; a temporary directory holds the libraries. On an emulated board the ranking is only indicative (QEMU's costs are not a
-    Cortex-A72's).
+    Raises:
+        ConvpipeError: as :func:`run_kernel`.
     """
-    import tempfile
-
-    sess = session if session is not None else connect(remote_addr, tracker, key, timeout_s)
-    tmp = tempfile.TemporaryDirectory(prefix="convpipe-measure-")
-    counter = [0]
-
-    def measure(rule, wl, target, knobs) -> float:
-        import tvm
-
-        func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
-        counter[0] += 1
-        so = os.path.join(tmp.name, f"cand{counter[0]}.so")
-        if target.arch == "cuda":  # device code embedded for the arch; host code for a generic x86-64 server
-            from convpipe.compiler.cuda_device import cuda_build
-
-            with cuda_build(target.isa), target.target:
-                tvm.compile(tvm.IRModule({"main": func}), target=target.target).export_library(so)
-        else:
-            with target.target:
-                ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
-            export_for_board(ex, so, cc)
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal(wl.data_tensor_shape).astype("float32")
-        w = rule.pack_weight(rng.standard_normal(wl.weight_shape).astype("float32"), wl, knobs).astype("float32")
-        secs = time_kernel(so, [x, w], [wl.out_tensor_shape], sess, number=number, repeat=repeat,
-                           device="cuda" if target.arch == "cuda" else "cpu")
-        os.remove(so)
-        return float(np.median(secs))
-
-    measure.session = sess  # keep the session (and the temp dir) alive with the function
-    measure.tmpdir = tmp
-    return measure
+    rmod, dev, targs = _kernel_call(lib_path, args, out_shapes, session, device, dtype)
+    fn = rmod.time_evaluator(func, dev, number=number, repeat=repeat)
+    return list(fn(*targs).results)

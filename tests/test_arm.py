@@ -387,8 +387,10 @@ def test_board_script_status_and_idempotent_setup(board, tmp_path):
 
 
 def test_make_measure_times_a_candidate_on_board(board, session, arm):
+    from convpipe.compiler.kernel import remote_measure
+
     # the board serves one RPC session at a time: reuse the suite's
-    measure = remote.make_measure(board, None, None, number=1, repeat=1, session=session)
+    measure = remote_measure(board, None, None, number=1, repeat=1, session=session)
     wl = W(1, 8, 8, 8, 8, 3, 3, p=P1)
     rule = rules_for("arm")["direct"]
     secs = measure(rule, wl, arm, rule.default_knobs(wl, arm))

@@ -86,6 +86,31 @@ def test_failing_candidates_are_skipped(model):
     assert res[0].record["family"] == "direct"
 
 
+def test_failed_candidates_say_why(model):
+    """A failing candidate is reported with its exception's type and first message line (not only the type); when
+    every candidate fails, the error names the workload and the last failure."""
+    d, path = model
+    target = resolve_target("x86")
+    wls = model_workloads(import_onnx(path), target)
+    lines = []
+
+    def measure(rule, wl, target, knobs):
+        if rule.family != "direct":
+            raise RuntimeError(f"simulated {rule.family} failure\n  a second line of detail")
+        return 1e-3
+
+    tune_workloads(wls[:1], target, TuningDatabase(str(d / "db3.json")), measure=measure, progress=lines.append)
+    failed = [ln for ln in lines if "failed" in ln]
+    assert failed and all("RuntimeError: simulated" in ln and "second line" not in ln for ln in failed), lines
+
+    def broken(rule, wl, target, knobs):
+        raise ValueError(f"no {rule.family} today")
+
+    with pytest.raises(ConvpipeError, match=r"no candidate could be built.*ValueError: no \w+ today") as e:
+        tune_workloads(wls[:1], target, TuningDatabase(str(d / "db4.json")), measure=broken)
+    assert wls[0].describe() in str(e.value)
+
+
 def test_bad_database_file(tmp_path):
     p = tmp_path / "db.json"
     p.write_text("[1, 2]")

@@ -27,7 +27,7 @@ from convpipe.compiler.importer import import_onnx
 from convpipe.compiler.select import choose
 from convpipe.compiler.tune import FORMAT, TuningDatabase, model_workloads, target_key, tune_workloads
 from convpipe.errors import ConvpipeError
-from convpipe.schedules import resolve_target, rules_for
+from convpipe.schedules import Conv2dWorkload, resolve_target, rules_for
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,9 @@ def _record(default, **knob_changes) -> dict:
     return {"family": default.family, "knobs": knobs, "ms": 0.01, "gflops": 30.0, "candidates": 3}
 
 
+#: what a record filed under the wrong key says it was measured for (the model's conv at 24x24, not 12x12)
+OTHER_WORKLOAD = Conv2dWorkload(1, 8, 24, 24, 16, 3, 3, 1, 1, 1, 1, 1, 1).to_dict()
+
 #: (case id, record builder from the default choice, text the reason must contain)
 BAD_RECORDS = [
     ("knob_zero", lambda d: _record(d, ow_tile=0), "ow_tile"),
@@ -81,6 +84,10 @@ BAD_RECORDS = [
     ("unsupported_family", lambda d: {**_record(d), "family": "depthwise", "knobs": {"x_tile": 4}}, "depthwise"),
     ("record_string", lambda d: "direct", "not a JSON object"),
     ("record_list", lambda d: [1, 2], "not a JSON object"),
+    # a record filed under another workload's key (its ``workload`` says what it was measured for)
+    ("workload_other", lambda d: {**_record(d), "workload": OTHER_WORKLOAD}, "wrong key"),
+    ("workload_string", lambda d: {**_record(d), "workload": "n1_c8"}, "'workload' must be an object"),
+    ("workload_bad_field", lambda d: {**_record(d), "workload": {"batch": 1, "colour": 3}}, "not a conv2d workload"),
 ]
 
 
