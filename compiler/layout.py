@@ -41,29 +41,16 @@ import math
 import re
 from dataclasses import dataclass
 
-import numpy as np
 import tvm
 from tvm import relax
 
 from convpipe.errors import ConvpipeError
 from convpipe.schedules import Conv2dWorkload, TargetInfo
 
+from .conv_calls import conv2d_calls, workload_of
+
 #: accepted values of ``layout`` (``--layout``) besides ``nchw{x}c``
 LAYOUT_CHOICES = ("auto", "nchw")
-
-
-def conv2d_calls(mod: tvm.IRModule) -> list[relax.Call]:
-    """Every ``relax.nn.conv2d`` call of the module's Relax functions, in program order."""
-    calls = []
-    for func in mod.functions.values():
-        if not isinstance(func, relax.Function):
-            continue
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                call = binding.value
-                if isinstance(call, relax.Call) and getattr(call.op, "name", "") == "relax.nn.conv2d":
-                    calls.append(call)
-    return calls
 
 
 def blockable(wl: Conv2dWorkload, block: int) -> tuple[bool, bool]:
@@ -419,8 +406,6 @@ def convert_layout_checked(
         ConvpipeError: a malformed ``layout``, or ``nchw{x}c`` requested for a CUDA target. Never a TVM error
             from ConvertLayout: the last resort is the unchanged (NCHW) module.
     """
-    from .lower import workload_of
-
     choice = parse_layout(layout)
     if target.arch == "cuda":
         if isinstance(choice, int):
@@ -521,35 +506,3 @@ def convert_layout(mod: tvm.IRModule, target: TargetInfo, layout: str = "auto") 
     """:func:`convert_layout_checked` without the fallback records: ``(module, x)``."""
     converted, block, _ = convert_layout_checked(mod, target, layout)
     return converted, block
-
-
-def layout_block_of(layout: str, what: str) -> int:
-    """``x`` of ``"NCHW{x}c"``, 0 for ``"NCHW"``.
-
-    Raises:
-        ConvpipeError: any other layout (``what`` names the conv in the message).
-    """
-    if layout == "NCHW":
-        return 0
-    m = re.fullmatch(r"NCHW(\d+)c", layout)
-    if not m:
-        raise ConvpipeError(f"{what}: data layout {layout}, expected NCHW or NCHW<x>c")
-    return int(m.group(1))
-
-
-def weight_to_oihw(weight: np.ndarray, kernel_layout: str, block: int, what: str) -> np.ndarray:
-    """Undo ConvertLayout's weight blocking: ``OIHW`` as is; ``OIHW{x}i{x}o`` ``[K/x, C/x, KH, KW, x_i, x_o]``
-    and ``OIHW{x}o`` ``[K/x, C/g, KH, KW, x_o]`` back to OIHW ``[K, C/g, KH, KW]``.
-
-    Raises:
-        ConvpipeError: another kernel layout.
-    """
-    if kernel_layout == "OIHW":
-        return weight
-    if kernel_layout == f"OIHW{block}i{block}o" and weight.ndim == 6:
-        ko, co, kh, kw, bi, bo = weight.shape
-        return weight.transpose(0, 5, 1, 4, 2, 3).reshape(ko * bo, co * bi, kh, kw)
-    if kernel_layout == f"OIHW{block}o" and weight.ndim == 5:
-        ko, cg, kh, kw, bo = weight.shape
-        return weight.transpose(0, 4, 1, 2, 3).reshape(ko * bo, cg, kh, kw)
-    raise ConvpipeError(f"{what}: kernel layout {kernel_layout} with data NCHW{block}c is not supported")

@@ -1,8 +1,9 @@
 """Lower every ``relax.nn.conv2d`` of a Relax module through convpipe's schedules.
 
 ``relax.transform.LegalizeOps`` with a custom legalisation for ``relax.nn.conv2d``: for each call it builds the
-workload (NCHW, or NCHW[x]c after :mod:`.layout`), asks :mod:`.select` for a family and knobs, pre-packs the
-constant weight (un-blocked to OIHW first) with the rule's NumPy packing,
+workload (:func:`.conv_calls.workload_of`: NCHW, or NCHW[x]c after :mod:`.layout`), asks :mod:`.select` for a
+family and knobs, pre-packs the constant weight (un-blocked to OIHW first, :func:`.conv_calls.weight_to_oihw`)
+with the rule's NumPy packing,
 adds the rule's scheduled PrimFunc with ``bb.add_func`` and returns ``relax.call_tir``. On every target the
 PrimFunc is fusable with its element-wise consumers, which the epilogue rule of :mod:`.pipeline`
 (:mod:`convpipe.schedules.epilogue` on CPU, :mod:`convpipe.schedules.cuda.epilogue` on CUDA) then inlines
@@ -22,7 +23,7 @@ from convpipe.errors import ConvpipeError
 from convpipe.schedules import Conv2dWorkload, TargetInfo, rules_for
 from convpipe.schedules.epilogue import mark_output_block
 
-from .layout import weight_to_oihw
+from .conv_calls import conv2d_calls, weight_to_oihw, workload_of
 from .select import choose
 
 #: ``OpPatternKind`` kOutEWiseFusable: FuseOps groups the element-wise consumers (bias, BN, activation, residual
@@ -53,66 +54,6 @@ class LayerRecord:
             "kernel": self.kernel,
             "gflop": self.workload.gflop,
         }
-
-
-def _ints(xs) -> list[int]:
-    return [int(x) for x in xs]
-
-
-def workload_of(call: relax.Call) -> Conv2dWorkload:
-    """The :class:`Conv2dWorkload` of a ``relax.nn.conv2d`` call with static shapes: data and output each NCHW or
-    NCHW[x]c (from :func:`.layout.convert_layout`; NCHW[x]c data comes with weights ``OIHW{x}i{x}o`` or
-    ``OIHW{x}o``).
-
-    Raises:
-        ConvpipeError: other layouts, dynamic shapes, or a dtype other than float32.
-    """
-    from .layout import layout_block_of
-
-    attrs = call.attrs
-    what = f"conv2d {attrs.data_layout}/{attrs.kernel_layout}/{attrs.out_layout}"
-    block = layout_block_of(str(attrs.data_layout), what)
-    out_block = layout_block_of(str(attrs.out_layout) or str(attrs.data_layout), what)
-    kernels = ("OIHW",) if not block else (f"OIHW{block}i{block}o", f"OIHW{block}o")
-    if (block and out_block != block) or str(attrs.kernel_layout) not in kernels:
-        raise ConvpipeError(
-            f"{what}: expected NCHW/OIHW (output NCHW or NCHW<x>c) or NCHW<x>c with OIHW<x>i<x>o / OIHW<x>o"
-        )
-    data, weight = call.args
-    try:
-        dshape = _ints(data.ty.shape)
-        wshape = _ints(weight.ty.shape)
-    except (TypeError, ValueError, AttributeError):
-        raise ConvpipeError(f"conv2d with non-static shapes {data.ty} x {weight.ty}: pin input shapes") from None
-    dtype = str(data.ty.dtype)
-    out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
-    if dtype != "float32" or str(weight.ty.dtype) != "float32" or out_dtype not in ("", "void", "float32"):
-        raise ConvpipeError(f"conv2d on {dtype} x {weight.ty.dtype} -> {out_dtype}: only float32 is supported")
-    strides, padding, dilation = _ints(attrs.strides), _ints(attrs.padding), _ints(attrs.dilation)
-    if len(padding) == 2:
-        padding = padding * 2
-    in_channels = dshape[1] * (block or 1)
-    out_channels = wshape[0] * (wshape[-1] if block else 1)
-    return Conv2dWorkload(
-        batch=dshape[0],
-        in_channels=in_channels,
-        in_h=dshape[2],
-        in_w=dshape[3],
-        out_channels=out_channels,
-        kernel_h=wshape[2],
-        kernel_w=wshape[3],
-        stride_h=strides[0],
-        stride_w=strides[1],
-        pad_top=padding[0],
-        pad_left=padding[1],
-        pad_bottom=padding[2],
-        pad_right=padding[3],
-        dilation_h=dilation[0],
-        dilation_w=dilation[1],
-        groups=int(attrs.groups),
-        data_block=block,
-        out_block=out_block,
-    )
 
 
 def lower_conv2d(
@@ -176,8 +117,6 @@ def lower_conv2d(
         )
 
     if db is not None:  # check every layer's record first: a strict database fails here, before TVM's pass runs
-        from .layout import conv2d_calls
-
         for call in conv2d_calls(mod):
             db.lookup(workload_of(call), target)
     with target.target:

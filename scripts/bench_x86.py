@@ -48,17 +48,22 @@ by the next (same target; only the thread pool differs).
 
 How to run
 ----------
-::
+This script measures; ``scripts/bench_report.py`` turns its ``results.json`` into the report (run at the end of a
+measurement unless ``--no-report``)::
 
-    .venv/bin/python scripts/bench_x86.py                        # everything, 1 and 2 threads
+    .venv/bin/python scripts/bench_x86.py                        # everything, 1 and 2 threads, then the report
     .venv/bin/python scripts/bench_x86.py --threads 1 --quick    # fewer/shorter rounds (~2 min)
     .venv/bin/python scripts/bench_x86.py --layers-only --layers 3x3,stem --models resnet18
     .venv/bin/python scripts/bench_x86.py --models-only --db tune.json
     .venv/bin/python scripts/bench_x86.py --metaschedule-trials 64 --metaschedule-layers 3x3/s1
+    .venv/bin/python scripts/bench_x86.py --no-report            # only measure: OUT/results.json
+    .venv/bin/python scripts/bench_report.py --out out/bench_x86  # (re)write the report from OUT/results.json
 
-Outputs (``--out``, default ``out/bench_x86``): ``results.json`` (every raw figure), ``report.md`` (tables with
-ratios and the issue's targets marked met / not met), ``layers_t<N>.png`` (per-layer GFLOP/s with the FMA peak
-line), ``models.png`` (model latency per engine). The targets table is also printed.
+Outputs (``--out``, default ``out/bench_x86``): ``results.json`` (every raw figure: machine, FMA peak, per thread
+count the workers' per-layer and per-model timings, ms) and ``work/`` (ONNX exports, kernels, artifacts, the
+workers' ``raw_t<N>.json``). The report (``scripts/bench_report.py``) adds ``analysis.json`` (ratios, the issue's
+targets marked met / not met), ``report.md`` (tables), ``layers_t<N>.png`` (per-layer GFLOP/s with the FMA peak
+line) and ``models.png`` (model latency per engine), and prints the targets table.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ DEFAULT_MODELS = "resnet18,resnet50,mobilenet_v2"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv[1:]``); exits 2 on a bad option (argparse)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"zoo models (default {DEFAULT_MODELS})")
@@ -99,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compute-bound-ai", type=float, default=16.0,
                    help="arithmetic intensity (FLOP/byte) from which a groups=1 layer counts as compute-bound (16)")
     p.add_argument("--out", default=os.path.join(ROOT, "out", "bench_x86"), help="output directory")
-    p.add_argument("--report-only", action="store_true", help="rewrite report.md and the plots from OUT/results.json")
+    p.add_argument("--no-report", action="store_true", help="only measure (OUT/results.json); make the report "
+                   "later with scripts/bench_report.py --out OUT")
     p.add_argument("--keep-work", action="store_true", help="reuse kernels/ONNX/artifacts of a previous run in OUT/work")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -109,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # shared helpers (no TVM import at module level: TVM_NUM_THREADS must be set first)
 # ================================================================================================================
 def layer_name(wl) -> str:
+    """Short readable name of a workload, e.g. ``3x3/s1 64->64 @56 16c`` (kernel/stride, C->K @ input height,
+    ``dw``/``g<groups>``, non-"same" padding ``p<t><l><b><r>``, NCHW[x]c block)."""
     s = f"{wl.kernel_h}x{wl.kernel_w}/s{wl.stride_h} {wl.in_channels}->{wl.out_channels} @{wl.in_h}"
     if wl.is_depthwise:
         s += " dw"
@@ -138,6 +147,7 @@ def select(names: list[str], spec: str) -> list[int]:
 
 
 def log(msg: str) -> None:
+    """Print ``msg`` to stdout, flushed (the parent and the workers share the terminal)."""
     print(msg, flush=True)
 
 
@@ -145,6 +155,13 @@ def log(msg: str) -> None:
 # FMA peak (parent process)
 # ================================================================================================================
 def measure_fma_peak(out_dir: str, thread_counts: list[int]) -> dict:
+    """Compile ``scripts/fma_peak.c`` (gcc) into ``out_dir/work`` and run it at 1 and each of ``thread_counts``
+    threads, best of 3 launches: ``{"command", "per_threads": {"<N>": {"gflops", "isa", ...}}}`` (GFLOP/s, fp32),
+    or ``{"error": gcc's message, "per_threads": {}}`` when gcc fails.
+
+    Raises:
+        subprocess.CalledProcessError: the compiled program fails.
+    """
     src = os.path.join(HERE, "fma_peak.c")
     exe = os.path.join(out_dir, "work", "fma_peak")
     os.makedirs(os.path.dirname(exe), exist_ok=True)
@@ -170,6 +187,8 @@ def measure_fma_peak(out_dir: str, thread_counts: list[int]) -> dict:
 # worker: one thread count, one process
 # ================================================================================================================
 def worker(args: argparse.Namespace) -> int:
+    """One thread count (``args.worker``, also set in ``TVM_NUM_THREADS`` by the parent): prepare the models,
+    time the layer suite and/or the models, write ``OUT/work/raw_t<N>.json``. Returns 0."""
     threads = args.worker
     sys.path.insert(0, ROOT)
     from convpipe.compiler.bench import set_threads
@@ -222,6 +241,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def versions() -> dict:
+    """Versions of python, tvm, onnxruntime, torch, numpy, onnx and convpipe (those importable), as strings."""
     out = {"python": platform.python_version()}
     for mod in ("tvm", "onnxruntime", "torch", "numpy", "onnx"):
         try:
@@ -260,24 +280,28 @@ def prepare_models(models: list[str], work: str):
 # ---------------------------------------------------------------------------------------------------------------
 # layers
 # ---------------------------------------------------------------------------------------------------------------
-def suite(onnx_paths: dict, target):
-    """Distinct workloads over all models in first-use order, with the models (and use counts) using each; each
-    as ``compile`` builds it (NCHW[x]c where the model runs blocked, see ``compiler/layout.py``)."""
+def suite(onnx_paths: dict, target) -> list[tuple]:
+    """Distinct conv2d workloads over all models in first-use order, each with the models using it and how often:
+    ``[(Conv2dWorkload, {model: uses})]``; each as ``compile`` builds it (``compiler.build.prepare``: NCHW[x]c
+    where the model runs blocked, see ``compiler/layout.py``; ``compiler.conv_calls.workload_uses`` per model).
+
+    Raises:
+        ConvpipeError: a model ``compile`` could not import or whose convs it does not take.
+    """
     from convpipe.compiler.build import prepare
+    from convpipe.compiler.conv_calls import workload_uses
     from convpipe.compiler.importer import import_onnx
-    from convpipe.compiler.layout import conv2d_calls
-    from convpipe.compiler.lower import workload_of
 
     order: dict = {}
     for model, path in onnx_paths.items():
         mod, _ = prepare(import_onnx(path), target)
-        for call in conv2d_calls(mod):
-            uses = order.setdefault(workload_of(call), {})
-            uses[model] = uses.get(model, 0) + 1
+        for wl, n in workload_uses(mod).items():
+            order.setdefault(wl, {})[model] = n
     return list(order.items())
 
 
 def kernel_cache_path(work: str, wl, fam: str, knobs: dict) -> str:
+    """Path of the cached shared library of (workload, family, knobs) under ``work/kernels``."""
     h = hashlib.sha1(json.dumps([wl.key(), fam, knobs], sort_keys=True).encode()).hexdigest()[:16]
     return os.path.join(work, "kernels", f"{fam}-{h}.so")
 
@@ -302,6 +326,8 @@ def build_kernel(rule, wl, target, knobs, work):
 
 
 def ort_conv_session(wl, w, threads: int):
+    """An onnxruntime CPU session of a single NCHW ``Conv`` (opset 17) of ``wl`` with constant weight ``w`` (OIHW,
+    float32): input ``x``, output ``y``; ``threads`` intra-op threads, no spinning."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -324,6 +350,8 @@ def ort_conv_session(wl, w, threads: int):
 
 
 def torch_conv(wl, x, w, dtype=None):
+    """A no-argument callable running ``F.conv2d`` of ``wl`` on NCHW ``x`` and OIHW ``w`` (NumPy float32; cast to
+    ``dtype`` when given, e.g. ``torch.float64`` for the reference) under ``no_grad``; returns a torch tensor."""
     import torch
     import torch.nn.functional as F
 
@@ -384,12 +412,16 @@ def metaschedule_kernel(wl, target, trials: int, work: str, threads: int):
 
 
 def rel_err(y, ref) -> float:
+    """``max|y - ref| / max|ref|`` in float64 (``y``, ``ref`` NumPy arrays of the same shape, NCHW)."""
     import numpy as np
 
     return float(np.abs(y.astype(np.float64) - ref).max() / (np.abs(ref).max() + 1e-30))
 
 
 def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, work) -> list[dict]:
+    """Time the selected layers of :func:`suite` at ``threads`` threads: every family of ours (checked against a
+    float64 reference), onnxruntime, PyTorch and optionally MetaSchedule, interleaved by ``side_by_side``
+    (``rounds`` x ``round_s`` s). One record per layer (timings in ms); a failing engine is recorded, not raised."""
     import numpy as np
     import torch
     import tvm
@@ -510,6 +542,9 @@ def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, wo
 # models
 # ---------------------------------------------------------------------------------------------------------------
 def run_models(args, threads, target, db, models, onnx_paths, torch_models, inputs, rounds, round_s, work) -> list[dict]:
+    """Compile each model (auto, NCHW, and tuned with ``db``), check it against onnxruntime, and time it next to
+    onnxruntime and PyTorch at ``threads`` threads. One record per model (timings in ms, compile seconds); a
+    failing variant is recorded, not raised."""
     import numpy as np
 
     from convpipe.compiler.bench import model_engines, side_by_side
@@ -582,273 +617,10 @@ def _count(xs) -> dict:
 
 
 # ================================================================================================================
-# report (parent process)
+# parent process: FMA peak, one worker per thread count -> results.json
 # ================================================================================================================
-def fmt(v, spec=".2f", none="—"):
-    return none if v is None else format(v, spec)
-
-
-def analyse(raw: dict, peak: dict) -> dict:
-    """Per thread count: per-layer ratios, model ratios; then the issue's targets."""
-    an = {"layers": {}, "models": {}, "targets": []}
-    for ts, run in raw.items():
-        pk = peak.get("per_threads", {}).get(ts, {}).get("gflops")
-        rows = []
-        for L in run.get("layers", []):
-            tm = L.get("timing", {})
-            oe = L.get("ours_engine")
-            ours = tm.get(oe, {}).get("median_ms") if oe else None
-            ort = tm.get("onnxruntime", {}).get("median_ms")
-            pt = tm.get("pytorch", {}).get("median_ms")
-            best = L.get("best_engine")
-            msr = tm.get("metaschedule", {}).get("median_ms")
-            rows.append({
-                "index": L["index"], "name": L["name"], "gflop": L["gflop"], "used_by": L["used_by"],
-                "compute_bound": L["compute_bound"], "winograd_shape": L["winograd_shape"],
-                "in_channels": L["workload"]["in_channels"], "ours_engine": oe, "ours_ms": ours,
-                "ours_gflops": L["gflop"] / ours * 1e3 if ours else None,
-                "ours_pct_peak": (L["gflop"] / ours * 1e3 / pk * 100) if ours and pk else None,
-                "ort_ms": ort, "pytorch_ms": pt, "metaschedule_ms": msr,
-                "vs_ort": (ort / ours) if ours and ort else None, "vs_pytorch": (pt / ours) if ours and pt else None,
-                "vs_metaschedule": (msr / ours) if ours and msr else None,
-                "best_engine": best, "best_ms": tm.get(best, {}).get("median_ms") if best else None,
-                "errors": L.get("errors", {}), "failed": L.get("failed", {}),
-                "ours_all": {e: tm[e]["median_ms"] for e in L.get("ours", {}) if e in tm},
-            })
-        an["layers"][ts] = rows
-        mrows = []
-        for M in run.get("models", []):
-            tm = M.get("timing", {})
-            ours_key = "convpipe-tuned" if "convpipe-tuned" in tm else "convpipe"
-            ours = tm.get(ours_key, {}).get("median_ms")
-            ort = tm.get("onnxruntime", {}).get("median_ms")
-            pt = tm.get("pytorch", {}).get("median_ms")
-            mrows.append({
-                "model": M["model"], "ours_engine": ours_key, "ours_ms": ours, "auto_ms": tm.get("convpipe", {}).get("median_ms"),
-                "tuned_ms": tm.get("convpipe-tuned", {}).get("median_ms"), "ort_ms": ort, "pytorch_ms": pt,
-                "nchw_ms": tm.get("convpipe-nchw", {}).get("median_ms"),
-                "lat_vs_ort": ours / ort if ours and ort else None, "lat_vs_pytorch": ours / pt if ours and pt else None,
-                "compile": M.get("compile", {}), "check": M.get("check", {}), "failed": M.get("failed", {}),
-            })
-        an["models"][ts] = mrows
-
-    T = an["targets"]
-
-    def add(what, t, measured, target, met):
-        T.append({"target": what, "threads": t, "measured": measured, "goal": target,
-                  "met": None if met is None else bool(met)})
-
-    model_goal = {"resnet18": 0.80, "resnet50": 1.00, "mobilenet_v2": 1.00}
-    for ts in sorted(an["models"], key=int):
-        for m in an["models"][ts]:
-            if m["model"] in model_goal:
-                g = model_goal[m["model"]]
-                r = m["lat_vs_ort"]
-                add(f"{m['model']} latency vs onnxruntime", ts, fmt(r, ".3f") + "x" if r else "n/a", f"<= {g:.2f}x",
-                    None if r is None else r <= g)
-    for ts in sorted(an["layers"], key=int):
-        rows = an["layers"][ts]
-        w3 = [r for r in rows if r["winograd_shape"] and r["in_channels"] >= 64]
-        other = [r for r in rows if r not in w3]
-        for label, group, goal in (("3x3 s1 layers with C >= 64: speed vs onnxruntime", w3, 1.3),
-                                   ("other layers: speed vs onnxruntime", other, 0.85)):
-            vals = [(r["vs_ort"], r["name"]) for r in group if r["vs_ort"] is not None]
-            if not group:
-                continue
-            if not vals:
-                add(label, ts, "n/a", f">= {goal}x each", None)
-                continue
-            worst = min(vals)
-            ok = sum(v >= goal for v, _ in vals)
-            add(label, ts, f"{ok}/{len(group)} met; worst {worst[0]:.2f}x ({worst[1]})", f">= {goal}x each",
-                ok == len(group))
-        cb = [r for r in other if r["compute_bound"]]
-        vals = [(r["ours_pct_peak"], r["name"]) for r in cb if r["ours_pct_peak"] is not None]
-        if cb:
-            if vals:
-                worst = min(vals)
-                ok = sum(v >= 80 for v, _ in vals)
-                add("other compute-bound layers: % of FMA peak", ts, f"{ok}/{len(cb)} met; worst {worst[0]:.0f}% ({worst[1]})",
-                    ">= 80% each", ok == len(cb))
-            else:
-                add("other compute-bound layers: % of FMA peak", ts, "n/a", ">= 80% each", None)
-    comp = None
-    for ts in an["models"]:
-        for m in an["models"][ts]:
-            c = m["compile"].get("convpipe", {})
-            if m["model"] == "resnet50" and c.get("wall_s") is not None:
-                comp = c["wall_s"]
-    if any(m["model"] == "resnet50" for ms_ in an["models"].values() for m in ms_):
-        add("resnet50 compile time, no tuning", "-", f"{comp:.1f} s" if comp is not None else "n/a", "<= 60 s",
-            None if comp is None else comp <= 60)
-    for ts in sorted(an["models"], key=int):
-        vals = [(m["lat_vs_pytorch"], m["model"]) for m in an["models"][ts] if m["lat_vs_pytorch"] is not None]
-        if vals:
-            ok = sum(v < 1 for v, _ in vals)
-            worst = max(vals)
-            add("models ahead of PyTorch eager (latency ratio < 1)", ts, f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})",
-                "< 1.00x each", ok == len(vals))
-    for ts in sorted(an["layers"], key=int):
-        vals = [(r["vs_pytorch"], r["name"]) for r in an["layers"][ts] if r["vs_pytorch"] is not None]
-        if vals:
-            ok = sum(v > 1 for v, _ in vals)
-            worst = min(vals)
-            add("layers ahead of PyTorch eager (speed ratio > 1)", ts, f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})",
-                "> 1.00x each", ok == len(vals))
-    for ts in sorted(an["layers"], key=int):
-        vals = [(r["vs_metaschedule"], r["name"]) for r in an["layers"][ts] if r["vs_metaschedule"] is not None]
-        if vals:
-            ok = sum(v > 1 for v, _ in vals)
-            add("reference: layers ahead of MetaSchedule", ts, f"{ok}/{len(vals)}; worst {min(vals)[0]:.2f}x ({min(vals)[1]})",
-                "(reference)", None)
-    return an
-
-
-def targets_table(an: dict) -> str:
-    lines = ["| target | threads | measured | goal | status |", "|---|---|---|---|---|"]
-    for t in an["targets"]:
-        st = "n/a" if t["met"] is None and t["goal"] != "(reference)" else (
-            "reference" if t["met"] is None else ("**met**" if t["met"] else "not met"))
-        lines.append(f"| {t['target']} | {t['threads']} | {t['measured']} | {t['goal']} | {st} |")
-    return "\n".join(lines)
-
-
-def markdown(res: dict, an: dict) -> str:
-    m = res["machine"]
-    peak = res["fma_peak"].get("per_threads", {})
-    out = [
-        "# convpipe x86 benchmark",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} logical cores, ISA {res.get('isa', '?')}; "
-        f"measured FP32 FMA peak: " + ", ".join(f"{v['gflops']:.0f} GFLOP/s at {t} thread(s)" for t, v in peak.items())
-        + f". Versions: {json.dumps(res.get('versions', {}))}. Started {res['started']}, took {res['wall_s'] / 60:.1f} min; "
-        f"timing: {res.get('rounds')} rounds x {res.get('round_s')} s per engine, median of per-round means.",
-        "",
-        "Method: engines of a layer/model timed interleaved in one process at the same thread count (see the script's "
-        "docstring). Speed ratio = onnxruntime (or PyTorch) ms / ours ms (> 1: ours faster); latency ratio = ours ms / "
-        "onnxruntime ms (< 1: ours faster). GFLOP/s counts direct-convolution FLOPs, also for Winograd.",
-        "",
-        "## Targets (issue 3)",
-        "",
-        targets_table(an),
-        "",
-        "## Models",
-        "",
-        "| model | threads | convpipe auto ms | convpipe tuned ms | convpipe NCHW ms | onnxruntime ms | PyTorch ms | "
-        "ours / ORT latency | ours / PyTorch latency | compile s (auto) | max rel err vs ORT |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for ts in sorted(an["models"], key=int):
-        for r in an["models"][ts]:
-            c = r["compile"].get("convpipe", {})
-            chk = r["check"].get("convpipe", {})
-            out.append(
-                f"| {r['model']} | {ts} | {fmt(r['auto_ms'])} | {fmt(r['tuned_ms'])} | {fmt(r.get('nchw_ms'))} | "
-                f"{fmt(r['ort_ms'])} | "
-                f"{fmt(r['pytorch_ms'])} | {fmt(r['lat_vs_ort'], '.3f')} | {fmt(r['lat_vs_pytorch'], '.3f')} | "
-                f"{fmt(c.get('wall_s'), '.1f')} | {fmt(chk.get('max_rel_err'), '.1e')} |"
-                + (f" failed: {r['failed']}" if r["failed"] else "")
-            )
-    for ts in sorted(an["layers"], key=int):
-        pk = peak.get(ts, {}).get("gflops")
-        out += [
-            "",
-            f"## Layers, {ts} thread(s) (FMA peak {fmt(pk, '.0f')} GFLOP/s)",
-            "",
-            "| # | layer | used by | MFLOP | ours (engine) | ours ms | ours GFLOP/s | % peak | ORT ms | PyTorch ms | "
-            "ours/ORT speed | ours/PyTorch speed | MetaSchedule ms | fastest family (ms) | CB | all of ours, ms |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in an["layers"][ts]:
-            used = ", ".join(f"{k}x{v}" for k, v in r["used_by"].items())
-            out.append(
-                f"| {r['index']} | `{r['name']}` | {used} | {r['gflop'] * 1e3:.0f} | {r['ours_engine']} | {fmt(r['ours_ms'], '.3f')} | "
-                f"{fmt(r['ours_gflops'], '.0f')} | {fmt(r['ours_pct_peak'], '.0f')} | {fmt(r['ort_ms'], '.3f')} | "
-                f"{fmt(r['pytorch_ms'], '.3f')} | {fmt(r['vs_ort'])} | {fmt(r['vs_pytorch'])} | "
-                f"{fmt(r['metaschedule_ms'], '.3f')} | {r['best_engine']} ({fmt(r['best_ms'], '.3f')}) | "
-                f"{'y' if r['compute_bound'] else ''} | "
-                + ", ".join(f"{e} {v:.3f}" for e, v in r.get("ours_all", {}).items()) + " |"
-            )
-        fails = [(r["name"], e, msg) for r in an["layers"][ts] for e, msg in r["failed"].items()]
-        if fails:
-            out += ["", "Failed builds: " + "; ".join(f"`{n}` {e}: {msg}" for n, e, msg in fails)]
-    # Winograd errors (thread independent: first thread count's run)
-    first = sorted(an["layers"], key=int)[:1]
-    if first:
-        rows = [(r, k, v) for r in an["layers"][first[0]] for k, v in r["errors"].items()]
-        if rows:
-            out += ["", "## Winograd error vs float64 reference (max |ours - ref| / max |ref|)", "",
-                    "| layer | tile | max rel err | documented bound | within |", "|---|---|---|---|---|"]
-            for r, k, v in rows:
-                b = v.get("bound")
-                out.append(f"| `{r['name']}` | {k} | {v['rel_err']:.2e} | {fmt(b, '.0e')} | "
-                           f"{'' if b is None else ('yes' if v['rel_err'] <= b else 'NO')} |")
-    out.append("")
-    return "\n".join(out)
-
-
-def plots(res: dict, an: dict, out_dir: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    peak = res["fma_peak"].get("per_threads", {})
-    for ts, rows in sorted(an["layers"].items(), key=lambda kv: int(kv[0])):
-        if not rows:
-            continue
-        n = len(rows)
-        fig, ax = plt.subplots(figsize=(max(10, 0.32 * n + 3), 6))
-        xs = list(range(n))
-        series = [("ours", "ours_ms", "o", "tab:blue"), ("fastest family", "best_ms", "^", "tab:cyan"),
-                  ("onnxruntime", "ort_ms", "s", "tab:orange"), ("PyTorch eager", "pytorch_ms", "x", "tab:green"),
-                  ("MetaSchedule", "metaschedule_ms", "d", "tab:purple")]
-        for label, key, mk, col in series:
-            pts = [(x, r["gflop"] / r[key] * 1e3) for x, r in zip(xs, rows) if r.get(key)]
-            if pts and not (key == "best_ms" and all(r["best_ms"] == r["ours_ms"] for r in rows)):
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], mk, label=label, color=col, ms=6,
-                        ls="none" if key != "ours_ms" else "none")
-        pk = peak.get(ts, {}).get("gflops")
-        if pk:
-            ax.axhline(pk, color="red", ls="--", lw=1.2, label=f"measured FMA peak ({pk:.0f} GFLOP/s)")
-        ax.set_xticks(xs)
-        ax.set_xticklabels([r["name"] for r in rows], rotation=75, ha="right", fontsize=7)
-        ax.set_ylabel("GFLOP/s (direct-conv FLOPs)")
-        ax.set_title(f"conv2d layers, batch 1, fp32, {ts} thread(s)")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        f = os.path.join(out_dir, f"layers_t{ts}.png")
-        fig.savefig(f, dpi=110)
-        plt.close(fig)
-        files.append(f)
-    mts = sorted((ts for ts, rows in an["models"].items() if rows), key=int)
-    if mts:
-        fig, axes = plt.subplots(1, len(mts), figsize=(6 * len(mts), 4.5), squeeze=False)
-        for ax, ts in zip(axes[0], mts):
-            rows = an["models"][ts]
-            engines = [("convpipe auto", "auto_ms"), ("convpipe tuned", "tuned_ms"), ("onnxruntime", "ort_ms"),
-                       ("PyTorch eager", "pytorch_ms")]
-            engines = [e for e in engines if any(r.get(e[1]) for r in rows)]
-            width = 0.8 / max(1, len(engines))
-            for j, (label, key) in enumerate(engines):
-                ax.bar([i + j * width for i in range(len(rows))], [r.get(key) or 0 for r in rows], width, label=label)
-            ax.set_xticks([i + width * (len(engines) - 1) / 2 for i in range(len(rows))])
-            ax.set_xticklabels([r["model"] for r in rows])
-            ax.set_ylabel("latency, ms (lower is better)")
-            ax.set_title(f"models, batch 1, {ts} thread(s)")
-            ax.grid(axis="y", alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        f = os.path.join(out_dir, "models.png")
-        fig.savefig(f, dpi=110)
-        plt.close(fig)
-        files.append(f)
-    return files
-
-
 def cpu_name() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (else ``platform.processor()``, else ``"unknown"``)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -860,6 +632,9 @@ def cpu_name() -> str:
 
 
 def parent(args: argparse.Namespace) -> int:
+    """The measurement: FMA peak, one worker subprocess per thread count, the FMA peak again; writes
+    ``OUT/results.json`` and, unless ``--no-report``, the report (``scripts/bench_report.py``). Returns 0, or 1
+    when every worker failed."""
     t_start = time.time()
     thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
     os.makedirs(args.out, exist_ok=True)
@@ -902,43 +677,25 @@ def parent(args: argparse.Namespace) -> int:
         for k in ("isa", "versions", "rounds", "round_s", "target"):
             res[k] = ok[0].get(k)
     res["wall_s"] = time.time() - t_start
-    an = analyse({t: r for t, r in res["runs"].items() if "error" not in r}, res["fma_peak"])
-    res["analysis"] = an
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    path = os.path.join(args.out, "results.json")
+    with open(path, "w") as f:
         json.dump(res, f, indent=1, default=str)
-    md = markdown(res, an)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(md)
-    files = plots(res, an, args.out)
-    log("")
-    log(targets_table(an))
-    log("")
-    log(f"wrote {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'report.md')}, "
-        + ", ".join(files) + f"  (total {res['wall_s'] / 60:.1f} min)")
+    log(f"wrote {path}  (total {res['wall_s'] / 60:.1f} min)")
+    if not args.no_report:
+        sys.path.insert(0, HERE)
+        from bench_report import write_report  # the reporting half: results.json -> report.md, plots
+
+        log("")
+        write_report(args.out)
     return 0 if ok else 1
 
 
-def report_only(args: argparse.Namespace) -> int:
-    with open(os.path.join(args.out, "results.json")) as f:
-        res = json.load(f)
-    an = analyse({t: r for t, r in res["runs"].items() if "error" not in r}, res["fma_peak"])
-    res["analysis"] = an
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(res, f, indent=1, default=str)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(markdown(res, an))
-    files = plots(res, an, args.out)
-    log(targets_table(an))
-    log(f"rewrote {os.path.join(args.out, 'report.md')}, " + ", ".join(files))
-    return 0
-
-
 def main(argv=None) -> int:
+    """Command line (see the module docstring): the parent run, or with the hidden ``--worker N`` one thread
+    count's worker. Exit status 0; 1 when every worker failed (``results.json`` is still written)."""
     args = parse_args(argv)
     if args.worker is not None:
         return worker(args)
-    if args.report_only:
-        return report_only(args)
     return parent(args)
 
 

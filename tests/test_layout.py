@@ -16,8 +16,8 @@ from conftest import cli
 from convpipe.compiler.build import compile_model, prepare
 from convpipe.compiler.export import export_onnx
 from convpipe.compiler.importer import import_onnx, to_relax
-from convpipe.compiler.layout import choose_block, conv2d_calls
-from convpipe.compiler.lower import workload_of
+from convpipe.compiler.conv_calls import conv2d_calls, workload_of
+from convpipe.compiler.layout import choose_block
 from convpipe.compiler.verify import compare, run_onnxruntime
 from convpipe.errors import ConvpipeError
 from convpipe.runtime import load
