@@ -592,26 +592,12 @@ def converters() -> dict:
     (``antialias``, ``axes``, ``keep_aspect_ratio_policy``); Upsample 7 (``scales`` attribute) and 9 (input))."""
     from tvm.relax.frontend.onnx import onnx_frontend as fe
 
-    class ResizeOp(fe.Resize):
-        @classmethod
-        def _impl_v10(cls, bb, inputs, attr, params):
-            return _convert(bb, inputs, attr, params, 10, "Resize")
+    def subclass(base, op: str, versions: tuple[int, ...]):
+        def impl(version):
+            return classmethod(lambda cls, bb, inputs, attr, params: _convert(bb, inputs, attr, params, version, op))
 
-        @classmethod
-        def _impl_v11(cls, bb, inputs, attr, params):
-            return _convert(bb, inputs, attr, params, 11, "Resize")
+        return type(f"{op}Op", (base,), {f"_impl_v{v}": impl(v) for v in versions})
 
-        @classmethod
-        def _impl_v18(cls, bb, inputs, attr, params):
-            return _convert(bb, inputs, attr, params, 18, "Resize")
-
-    class UpsampleOp(fe.Upsample):
-        @classmethod
-        def _impl_v7(cls, bb, inputs, attr, params):
-            return _convert(bb, inputs, attr, params, 7, "Upsample")
-
-        @classmethod
-        def _impl_v9(cls, bb, inputs, attr, params):
-            return _convert(bb, inputs, attr, params, 9, "Upsample")
-
+    ResizeOp = subclass(fe.Resize, "Resize", (10, 11, 18))
+    UpsampleOp = subclass(fe.Upsample, "Upsample", (7, 9))
     return {"Resize": ResizeOp, "Upsample": UpsampleOp}

@@ -105,6 +105,33 @@ CLAIMED_CLASSES = frozenset({
 
 
 # ---- op classes of an exported graph --------------------------------------------------------------------------
+#: ONNX ops that name their op class alone (the others look at attributes, inputs or neighbours)
+ONE_CLASS_OPS = {
+    "BatchNormalization": "batchnorm",
+    "Relu": "relu",
+    "Clip": "relu6/clip",
+    "LeakyRelu": "leaky relu",
+    "PRelu": "prelu",
+    "HardSwish": "hardswish",
+    "Erf": "gelu (erf)",
+    "Gelu": "gelu",
+    "Sigmoid": "sigmoid",
+    "HardSigmoid": "hardsigmoid",
+    "MaxPool": "maxpool",
+    "AveragePool": "avgpool",
+    "GlobalAveragePool": "global avgpool",
+    "GlobalMaxPool": "global maxpool",
+    "Gemm": "gemm",
+    "MatMul": "matmul",
+    "LayerNormalization": "layernorm",
+    "Softmax": "softmax",
+    "Flatten": "flatten/reshape",
+    "Reshape": "flatten/reshape",
+    "Shape": "shape arithmetic",
+    "Gather": "shape arithmetic",
+}
+
+
 def op_classes(onnx_path: str) -> dict[str, int]:
     """``{op class: count}`` of the ONNX graph at ``onnx_path`` (see the module docstring for the classes)."""
     import onnx
@@ -164,7 +191,9 @@ def op_classes(onnx_path: str) -> dict[str, int]:
     for n in g.node:
         op = n.op_type
         ins = [i for i in n.input]
-        if op == "Conv":
+        if op in ONE_CLASS_OPS:
+            add(ONE_CLASS_OPS[op])
+        elif op == "Conv":
             ks = attr(n, "kernel_shape")
             w = init_of(ins[1])
             wshape = list(w.dims) if w is not None else dims.get(ins[1])
@@ -184,24 +213,6 @@ def op_classes(onnx_path: str) -> dict[str, int]:
             if group > 1:
                 cin_per_group = wshape[1] if wshape and len(wshape) == 4 else None
                 add("conv depthwise" if cin_per_group == 1 else "conv grouped")
-        elif op == "BatchNormalization":
-            add("batchnorm")
-        elif op == "Relu":
-            add("relu")
-        elif op == "Clip":
-            add("relu6/clip")
-        elif op == "LeakyRelu":
-            add("leaky relu")
-        elif op == "PRelu":
-            add("prelu")
-        elif op == "HardSwish":
-            add("hardswish")
-        elif op == "Erf":
-            add("gelu (erf)")
-        elif op == "Gelu":
-            add("gelu")
-        elif op in ("Sigmoid", "HardSigmoid"):
-            add("sigmoid" if op == "Sigmoid" else "hardsigmoid")
         elif op == "Mul":
             a, b = ins[0], ins[1]
             for gate, other in ((a, b), (b, a)):
@@ -234,12 +245,6 @@ def op_classes(onnx_path: str) -> dict[str, int]:
         elif op == "Transpose":
             r = rank.get(ins[0])
             add("channel shuffle" if r == 5 else "transpose nchw<->nhwc" if r == 4 else "transpose")
-        elif op == "MaxPool":
-            add("maxpool")
-        elif op == "AveragePool":
-            add("avgpool")
-        elif op in ("GlobalAveragePool", "GlobalMaxPool"):
-            add("global avgpool" if op == "GlobalAveragePool" else "global maxpool")
         elif op == "ReduceMean":
             axes = attr(n, "axes")
             if axes is None and len(ins) > 1 and ins[1] in inits:
@@ -249,18 +254,6 @@ def op_classes(onnx_path: str) -> dict[str, int]:
         elif op == "Resize":
             mode = attr(n, "mode", b"nearest")
             add(f"resize ({(mode.decode() if isinstance(mode, bytes) else mode)})")
-        elif op == "Gemm":
-            add("gemm")
-        elif op == "MatMul":
-            add("matmul")
-        elif op == "LayerNormalization":
-            add("layernorm")
-        elif op == "Softmax":
-            add("softmax")
-        elif op in ("Flatten", "Reshape"):
-            add("flatten/reshape")
-        elif op in ("Shape", "Gather"):
-            add("shape arithmetic")
         elif op not in ("Identity", "Constant"):
             add(f"other: {op}")
     return out
