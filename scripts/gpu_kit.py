@@ -128,9 +128,10 @@ def build_models(kit: str, specs: list[str], target: str, arch: str | None, with
 
 
 def build_layers(kit: str, arch: str, batch: int = 32) -> None:
-    import tvm
-
-    from convpipe.compiler.cuda_device import cuda_build
+    """``KIT/layers/``: each of :data:`LAYERS` at ``batch`` as a standalone CUDA library for ``arch`` (``main(data,
+    packed weight, output)``, device code embedded: :func:`convpipe.compiler.kernel.compile_kernel`) with the
+    ``auto`` family and knobs, and ``layers.json`` describing them (NCHW shapes, packed weight shape, GFLOP)."""
+    from convpipe.compiler.kernel import compile_kernel
     from convpipe.compiler.select import choose
     from convpipe.schedules import Conv2dWorkload, resolve_target, rules_for
 
@@ -141,10 +142,8 @@ def build_layers(kit: str, arch: str, batch: int = 32) -> None:
     for c, hw in LAYERS:
         wl = Conv2dWorkload(batch, c, hw, hw, c, 3, 3, 1, 1, 1, 1, 1, 1)
         ch = choose(wl, target, rules_for("cuda"))
-        func = ch.rule.build(wl, target, ch.knobs).with_attr("global_symbol", "main")
         lib = f"conv_{c}_{hw}.so"
-        with cuda_build(arch), target.target:
-            tvm.compile(tvm.IRModule({"main": func}), target=target.target).export_library(os.path.join(d, lib))
+        compile_kernel(ch.rule, wl, target, ch.knobs).export_library(os.path.join(d, lib))
         meta.append({"layer": f"{c}->{c} 3x3 @{hw}", "batch": batch, "lib": lib, "family": ch.family, "knobs": ch.knobs,
                      "data": list(wl.data_shape), "packed_weight": list(ch.rule.packed_weight_shape(wl, ch.knobs)),
                      "weight": list(wl.weight_shape), "out": list(wl.out_shape), "gflop": wl.gflop})

@@ -67,19 +67,12 @@ def ort_conv(x: np.ndarray, w: np.ndarray, wl) -> np.ndarray:
 
 
 def run_kernel(rule, wl, target, knobs, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Build ``rule``'s kernel for ``wl`` alone, run it on the local CPU, return the NCHW output (NCHW[x]c
-    workloads get ``x`` blocked and their output unblocked)."""
-    import tvm
+    """Build ``rule``'s kernel for ``wl`` alone, run it on this machine (CPU; GPU 0 for a CUDA target), return the
+    NCHW output (NCHW[x]c workloads get ``x`` blocked and their output unblocked):
+    :func:`convpipe.compiler.kernel.run_local`."""
+    from convpipe.compiler.kernel import run_local
 
-    from convpipe.schedules.compute import block_nchw, unblock_nchw
-
-    func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
-    out = tvm.runtime.tensor(np.zeros(wl.out_tensor_shape, "float32"))
-    if wl.data_block:
-        x = block_nchw(x, wl.data_block)
-    ex["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(rule.pack_weight(w, wl, knobs).astype("float32")), out)
-    return unblock_nchw(out.numpy()) if wl.out_block else out.numpy()
+    return run_local(rule, wl, target, knobs, x, w)
 
 
 def assert_close(got: np.ndarray, ref: np.ndarray, rel: float, what: str = "") -> None:

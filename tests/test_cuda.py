@@ -20,6 +20,7 @@ import pytest
 import tvm
 
 from conftest import assert_close, has_cuda_gpu, torch_conv
+from convpipe.compiler.kernel import compile_func, run_compiled, run_local
 from convpipe.schedules import Conv2dWorkload, resolve_target
 from convpipe.schedules.cuda import RULES
 from convpipe.schedules.cuda import _common as C
@@ -148,13 +149,12 @@ def test_schedule_replay_on_cpu(family, wl, targets):
     t = targets["sm_90"]
     kn = rule.default_knobs(wl, t)
     func = C.replay_without_threads(rule.schedule(wl, t, kn), rule.unscheduled(wl, kn))
-    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target="llvm")
+    ex = compile_func(func, "llvm")
     rng = np.random.default_rng(0)
     x = rng.standard_normal(wl.data_shape).astype("float32")
     w = rng.standard_normal(wl.weight_shape).astype("float32")
-    out = tvm.runtime.tensor(np.zeros(wl.out_shape, "float32"))
-    ex["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(rule.pack_weight(w, wl, kn)), out)
-    assert_close(out.numpy(), torch_conv(x, w, wl), REL[family], f"{family} {kn}")
+    out = run_compiled(ex, wl, x, rule.pack_weight(w, wl, kn))
+    assert_close(out, torch_conv(x, w, wl), REL[family], f"{family} {kn}")
 
 
 @pytest.mark.gpu
@@ -167,15 +167,9 @@ def test_gpu_matches_torch(family, wl):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(wl.data_shape).astype("float32")
     w = rng.standard_normal(wl.weight_shape).astype("float32")
-    from convpipe.compiler.cuda_device import cuda_build
-
     for kn in rule.candidate_knobs(wl, t)[:3]:
-        func = rule.build(wl, t, kn).with_attr("global_symbol", "main")
-        with cuda_build(t.isa), t.target:
-            ex = tvm.compile(tvm.IRModule({"main": func}), target=t.target)
-        out = tvm.runtime.tensor(np.zeros(wl.out_shape, "float32"), dev)
-        ex["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(rule.pack_weight(w, wl, kn), dev), out)
-        assert_close(out.numpy(), torch_conv(x, w, wl), REL[family], f"{family} {kn}")
+        out = run_local(rule, wl, t, kn, x, w)  # nvcc for the GPU's arch, run on GPU 0
+        assert_close(out, torch_conv(x, w, wl), REL[family], f"{family} {kn}")
 
 
 def embedded_cubins(lib: bytes) -> list[tuple[str, bytes]]:
