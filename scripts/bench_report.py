@@ -199,6 +199,8 @@ def markdown(res: dict, an: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} logical cores, ISA {res.get('isa', '?')}; "
         f"measured FP32 FMA peak: " + ", ".join(f"{v['gflops']:.0f} GFLOP/s at {t} thread(s)" for t, v in peak.items())
+        + "; measured memory bandwidth (STREAM triad): "
+        + (", ".join(f"{v['triad_gbs']:.1f} GB/s at {t} thread(s)" for t, v in res.get("bandwidth", {}).get("per_threads", {}).items()) or "not measured")
         + f". Versions: {json.dumps(res.get('versions', {}))}. Started {res['started']}, took {res['wall_s'] / 60:.1f} min; "
         f"timing: {res.get('rounds')} rounds x {res.get('round_s')} s per engine, median of per-round means.",
         "",

@@ -79,6 +79,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from machine import bandwidth, cpu_name, fma_peak  # noqa: E402 -- one reader of the machine for every report
 ROOT = os.path.dirname(HERE)
 DEFAULT_MODELS = "resnet18,resnet50,mobilenet_v2"
 
@@ -155,31 +157,13 @@ def log(msg: str) -> None:
 # FMA peak (parent process)
 # ================================================================================================================
 def measure_fma_peak(out_dir: str, thread_counts: list[int]) -> dict:
-    """Compile ``scripts/fma_peak.c`` (gcc) into ``out_dir/work`` and run it at 1 and each of ``thread_counts``
-    threads, best of 3 launches: ``{"command", "per_threads": {"<N>": {"gflops", "isa", ...}}}`` (GFLOP/s, fp32),
-    or ``{"error": gcc's message, "per_threads": {}}`` when gcc fails.
-
-    Raises:
-        subprocess.CalledProcessError: the compiled program fails.
-    """
-    src = os.path.join(HERE, "fma_peak.c")
-    exe = os.path.join(out_dir, "work", "fma_peak")
-    os.makedirs(os.path.dirname(exe), exist_ok=True)
-    cmd = ["gcc", "-O3", "-march=native", "-fopenmp", src, "-o", exe]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        log(f"fma_peak: gcc failed: {r.stderr.strip()[:300]}")
-        return {"error": r.stderr.strip(), "per_threads": {}}
-    res = {"command": " ".join(cmd), "per_threads": {}}
-    for t in sorted(set([1] + thread_counts)):
-        best = None
-        for _ in range(3):  # best of 3 launches (each itself best of 5 runs)
-            o = subprocess.run([exe, str(t), "100000000"], capture_output=True, text=True, check=True)
-            d = json.loads(o.stdout)
-            if best is None or d["gflops"] > best["gflops"]:
-                best = d
-        res["per_threads"][str(t)] = best
-        log(f"FMA peak ({best['isa']}, {t} thread{'s' if t > 1 else ''}): {best['gflops']:.1f} GFLOP/s")
+    """:func:`machine.fma_peak` at 1 and each of ``thread_counts`` threads (built into ``out_dir/work``), logged:
+    ``{"command", "per_threads": {"<N>": {"gflops", "isa", ...}}}`` (GFLOP/s, fp32), or ``{"error", "per_threads": {}}``."""
+    res = fma_peak([1] + thread_counts, os.path.join(out_dir, "work"))
+    if "error" in res:
+        log(f"fma_peak: gcc failed: {res['error'][:300]}")
+    for t, best in res["per_threads"].items():
+        log(f"FMA peak ({best['isa']}, {t} thread{'s' if int(t) > 1 else ''}): {best['gflops']:.1f} GFLOP/s")
     return res
 
 
@@ -313,10 +297,10 @@ def build_kernel(rule, wl, target, knobs, work):
     path = kernel_cache_path(work, wl, rule.family, knobs)
     if os.path.exists(path):
         return tvm.runtime.load_module(path)["main"], None
+    from convpipe.compiler.kernel import compile_kernel
+
     t0 = time.perf_counter()
-    func = rule.build(wl, target, knobs).with_attr("global_symbol", "main")
-    with target.target:
-        ex = tvm.compile(tvm.IRModule({"main": func}), target=target.target)
+    ex = compile_kernel(rule, wl, target, knobs)
     build_s = time.perf_counter() - t0
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + f".tmp{os.getpid()}.so"
@@ -619,18 +603,6 @@ def _count(xs) -> dict:
 # ================================================================================================================
 # parent process: FMA peak, one worker per thread count -> results.json
 # ================================================================================================================
-def cpu_name() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (else ``platform.processor()``, else ``"unknown"``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def parent(args: argparse.Namespace) -> int:
     """The measurement: FMA peak, one worker subprocess per thread count, the FMA peak again; writes
     ``OUT/results.json`` and, unless ``--no-report``, the report (``scripts/bench_report.py``). Returns 0, or 1
@@ -647,6 +619,7 @@ def parent(args: argparse.Namespace) -> int:
         "argv": sys.argv[1:],
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
         "fma_peak": measure_fma_peak(args.out, thread_counts),
+        "bandwidth": bandwidth([1] + thread_counts, work),
         "runs": {},
     }
     passthrough = [a for a in sys.argv[1:]]
