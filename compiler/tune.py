@@ -183,11 +183,10 @@ def model_workloads(imported, target: TargetInfo, layout: str = "auto") -> list[
     """Distinct conv2d workloads of an imported model as ``compile`` builds them for ``target`` and ``layout``
     (NCHW or NCHW[x]c, :mod:`.layout`), in first-use order."""
     from .build import prepare
-    from .layout import conv2d_calls
-    from .lower import workload_of
+    from .conv_calls import distinct_workloads
 
     mod, _ = prepare(imported, target, layout)
-    return list(dict.fromkeys(workload_of(call) for call in conv2d_calls(mod)))
+    return distinct_workloads(mod)
 
 
 def failure_reason(e: BaseException, limit: int = 200) -> str:
