@@ -127,3 +127,65 @@ def model_engines(
 
             engines["pytorch"] = run_torch
     return engines
+
+
+def artifact_device(artifact: str | dict[str, str]) -> str:
+    """``"cuda"`` for an artifact (or the first of ``{engine name: artifact}``) built for CUDA, else ``"cpu"``.
+
+    Raises:
+        ConvpipeError: see :func:`convpipe.runtime.read_manifest`."""
+    from convpipe.runtime import read_manifest
+
+    m = read_manifest(artifact if isinstance(artifact, str) else next(iter(artifact.values())))
+    return "cuda" if m["target"]["arch"] == "cuda" else "cpu"
+
+
+def compile_variants(onnx_path: str, directory: str, schedules: list[str], layouts: list[str], target: str = "x86",
+                     input_shapes: dict[str, tuple[int, ...]] | None = None, arch: str | None = None,
+                     max_memory: int | None = None) -> dict[str, str]:
+    """Compile ``onnx_path`` once per (schedule, layout) pair into ``directory``; returns ``{engine name: artifact}``
+    for :func:`bench_artifact`: ``convpipe`` for a single build, else ``convpipe[SCHEDULE,LAYOUT]`` naming what
+    varies (``convpipe[direct]``, ``convpipe[auto,nchw16c]``).
+
+    Raises:
+        ConvpipeError: see :func:`convpipe.compiler.build.compile_model`."""
+    from .build import compile_model
+
+    artifacts = {}
+    for sched in schedules:
+        for layout in layouts:
+            tag = ",".join(([sched] if len(schedules) > 1 else []) + ([layout] if len(layouts) > 1 else []))
+            path = os.path.join(directory, f"{sched}-{layout}.cpa")
+            artifacts[f"convpipe[{tag}]" if tag else "convpipe"] = path
+            compile_model(onnx_path, path, target, sched, input_shapes, arch=arch, layout=layout, max_memory=max_memory)
+    return artifacts
+
+
+def bench_artifact(artifact: str | dict[str, str], onnx_path: str | None, threads: int, rounds: int, inputs=None,
+                   device: str | None = None, torch_model: str | None = None,
+                   expected_sha256: str | None = None) -> dict[str, dict]:
+    """Time the artifact(s) against onnxruntime (``onnx_path``, else the artifact's recorded source when that
+    file exists) and PyTorch (only when ``torch_model``, a zoo name or ``package.module:factory`` from the command
+    line, is given: a file's contents never name code to run), on random inputs unless ``inputs`` are given, on
+    ``device`` (default: the artifact's). Returns :func:`side_by_side`'s result, convpipe's engine(s) first.
+
+    Raises:
+        ConvpipeError: see :func:`model_engines` and :func:`convpipe.compiler.zoo.get_model`."""
+    from convpipe.runtime import io_info, read_manifest
+
+    from .importer import random_inputs
+
+    set_threads(threads)
+    m = read_manifest(artifact if isinstance(artifact, str) else next(iter(artifact.values())))
+    if onnx_path is None and os.path.isfile(m["source_onnx"]["file"]):
+        onnx_path = m["source_onnx"]["file"]
+    if inputs is None:
+        inputs = random_inputs(io_info(m, "inputs"))
+    module = None
+    if torch_model:
+        from .zoo import get_model
+
+        module = get_model(torch_model)[0]
+    device = device or artifact_device(artifact)
+    engines = model_engines(artifact, onnx_path, inputs, threads, module, device, expected_sha256=expected_sha256)
+    return side_by_side(engines, rounds=rounds)

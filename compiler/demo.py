@@ -3,68 +3,96 @@
 1. ResNet-18 (torchvision architecture, BatchNorm statistics recalibrated on skimage photos) -> ONNX;
 2. compile for this host's x86 CPU with ``--schedule auto``;
 3. run it on a real photo (skimage's ``chelsea``) and verify against onnxruntime;
-4. print the per-layer schedule table and the latency vs onnxruntime and PyTorch, side by side;
+4. the per-layer schedule table and the latency vs onnxruntime and PyTorch, side by side;
 5. MTCNN P/R/O-Nets (facenet-pytorch's trained weights): export, compile, verify on a real face crop.
+
+This module returns data (:class:`DemoResult`, one per model); :mod:`convpipe.report` prints it
+(:func:`convpipe.report.print_demo`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
+#: the demo's models in order, and whether each is benchmarked
+DEMO_MODELS = (("resnet18", True), ("pnet", False), ("rnet", False), ("onet", False))
 
-def run_demo(out_dir: str, threads: int, mtcnn: bool = True, console=None) -> int:
-    """Run the demo in ``out_dir``; returns 0 when every verification passes, else 1."""
-    from rich.console import Console
 
-    from convpipe.cli import _bench_table, _layer_table, _print_checks
+@dataclass
+class DemoResult:
+    """One model of the demo: where its ONNX and artifact are, the compile's timings and manifest, the verification
+    against onnxruntime (``checks`` at ``rtol``/``atol``), the max abs error against PyTorch eager, the top-5 class
+    ids for a 1000-class output (else ``None``), and the side-by-side latency (``bench``, else ``None``) measured
+    at ``threads`` threads."""
+
+    name: str
+    description: str
+    onnx_path: str
+    artifact: str
+    seconds: dict
+    manifest: dict
+    checks: list
+    rtol: float
+    atol: float
+    torch_max_abs: float
+    top5: list[int] | None
+    bench: dict | None
+    threads: int
+
+    @property
+    def ok(self) -> bool:
+        """Every output matches onnxruntime."""
+        return all(c.ok for c in self.checks)
+
+
+def run_model(name: str, out_dir: str, threads: int, bench: bool, rtol: float = 1e-3, atol: float = 1e-4) -> DemoResult:
+    """Export the zoo model ``name`` into ``out_dir``, compile it for this host's x86 CPU (``--schedule auto``), run it
+    on its real input, verify it against onnxruntime and PyTorch, and (``bench``) time it against them."""
     from convpipe.runtime import load
 
-    from .bench import model_engines, set_threads, side_by_side
+    from .bench import model_engines, side_by_side
     from .build import compile_model
     from .export import export_onnx, torch_outputs
     from .verify import compare, run_onnxruntime
     from .zoo import ZOO
 
-    con = console or Console()
+    entry = ZOO[name]
+    model = entry.build().eval()
+    onnx_path = os.path.join(out_dir, f"{name}.onnx")
+    artifact = os.path.join(out_dir, f"{name}.cpa")
+    export_onnx(model, entry.input_shape, onnx_path, source=name)
+    res = compile_model(onnx_path, artifact, "x86", "auto")
+    x = entry.real_input(entry.input_shape)
+    module = load(artifact)
+    inputs = {module.inputs[0].name: x}
+    ours = module.run(inputs)
+    checks = compare(ours, run_onnxruntime(onnx_path, inputs), rtol, atol)
+    torch_ref = torch_outputs(model, x)
+    t_err = max(float(np.abs(o - t).max()) for o, t in zip(ours.values(), torch_ref))
+    first = next(iter(ours.values()))
+    top5 = np.argsort(-first[0])[:5].tolist() if first.ndim == 2 and first.shape[1] == 1000 else None
+    timings = side_by_side(model_engines(artifact, onnx_path, inputs, threads, model)) if bench else None
+    return DemoResult(name, entry.description, onnx_path, artifact, res.seconds, res.manifest, checks, rtol, atol,
+                      t_err, top5, timings, threads)
+
+
+def run_demo(out_dir: str, threads: int, mtcnn: bool = True,
+             on_model: Callable[[str, str], None] | None = None) -> Iterator[DemoResult]:
+    """Run the demo in ``out_dir``: yields one :class:`DemoResult` per model as it finishes (ResNet-18, then the
+    MTCNN nets unless ``mtcnn`` is False). ``on_model(name, description)`` is called before each model's work starts
+    (to show progress). Print the results with :func:`convpipe.report.print_demo`."""
+    from .bench import set_threads
+    from .zoo import ZOO
+
     set_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
-    rtol, atol = 1e-3, 1e-4
-    all_ok = True
-
-    def one(name: str, bench: bool) -> bool:
-        entry = ZOO[name]
-        con.rule(f"{name}: {entry.description}")
-        model = entry.build().eval()
-        onnx_path = os.path.join(out_dir, f"{name}.onnx")
-        artifact = os.path.join(out_dir, f"{name}.cpa")
-        export_onnx(model, entry.input_shape, onnx_path, source=name)
-        res = compile_model(onnx_path, artifact, "x86", "auto")
-        con.print(f"compiled {onnx_path} -> {artifact} ({', '.join(f'{k} {v:.1f}s' for k, v in res.seconds.items())})")
-        con.print(_layer_table(res.manifest["conv2d"], f"{name}: conv2d schedules (auto, {res.manifest['target']['isa']})"))
-        x = entry.real_input(entry.input_shape)
-        module = load(artifact)
-        inputs = {module.inputs[0].name: x}
-        ours = module.run(inputs)
-        ref = run_onnxruntime(onnx_path, inputs)
-        ok = _print_checks(con, compare(ours, ref, rtol, atol), rtol, atol)
-        torch_ref = torch_outputs(model, x)
-        t_err = max(float(np.abs(o - t).max()) for o, t in zip(ours.values(), torch_ref))
-        con.print(f"max abs error vs PyTorch eager: {t_err:.3e}")
-        first = next(iter(ours.values()))
-        if first.ndim == 2 and first.shape[1] == 1000:
-            top5 = np.argsort(-first[0])[:5]
-            con.print(f"top-5 class ids on the photo (untrained classifier head): {top5.tolist()}")
-        if bench:
-            r = side_by_side(model_engines(artifact, onnx_path, inputs, threads, model))
-            con.print(_bench_table(r, f"{name} latency, batch 1, {threads} thread(s)"))
-        return ok
-
-    all_ok &= one("resnet18", bench=True)
-    if mtcnn:
-        for name in ("pnet", "rnet", "onet"):
-            all_ok &= one(name, bench=False)
-    con.rule()
-    con.print("[green]demo: every verification passed[/]" if all_ok else "[red]demo: a verification FAILED[/]")
-    return 0 if all_ok else 1
+    for name, bench in DEMO_MODELS:
+        if not mtcnn and name != "resnet18":
+            continue
+        if on_model is not None:
+            on_model(name, ZOO[name].description)
+        yield run_model(name, out_dir, threads, bench)

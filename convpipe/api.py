@@ -70,13 +70,10 @@ class VerifyReport:
         return all(o.ok for o in self.outputs)
 
     def __str__(self) -> str:
-        rows = []
-        for o in self.outputs:
-            vs_torch = "" if o.torch_max_abs is None else (f", vs PyTorch max abs {o.torch_max_abs:.3g} rel "
-                                                            f"{o.torch_max_rel:.3g}")
-            rows.append(f"{o.name} {list(o.shape)}: vs onnxruntime max abs {o.ort_max_abs:.3g} rel "
-                        f"{o.ort_max_rel:.3g}{vs_torch} -> {'ok' if o.ok else 'MISMATCH'}")
-        return "\n".join(rows)
+        """One line per output (:func:`convpipe.report.verify_report_text`)."""
+        from convpipe.report import verify_report_text
+
+        return verify_report_text(self)
 
 
 def _errors(ours, ref) -> tuple[float, float]:

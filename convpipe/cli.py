@@ -5,6 +5,9 @@ exits 1 when an output does not match; SIGINT exits 130 and SIGTERM 143, after r
 half-written; an unexpected internal error prints one line and exits 3 (``--traceback`` shows it whole). Heavy
 modules (torch, onnx, TVM) are imported by the subcommand that needs them.
 
+Each subcommand parses its arguments, calls the compiler / runtime (which return data) and prints what they
+return with :mod:`convpipe.report`, where every table and report lives.
+
 Security: no file a command reads (an ONNX model's metadata, an artifact's manifest, a tuning database) chooses
 code to run; only command-line arguments name Python factories (``export MODEL``, ``bench --torch-model``).
 Loading an artifact runs its native code: see ``--expect-sha256``.
@@ -18,7 +21,9 @@ import os
 import signal
 import sys
 
+from convpipe import report
 from convpipe.errors import ConvpipeError
+from convpipe.report import KERNEL_KINDS, kernel_kind  # noqa: F401 -- their old home; used by tests/scripts
 
 FAMILY_CHOICES = ("auto", "direct", "im2col", "winograd", "depthwise")
 LAYOUT_HELP = (
@@ -30,15 +35,6 @@ LAYOUT_HELP = (
 # ------------------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------------------
-def _console():
-    import shutil
-
-    from rich.console import Console
-
-    # markup off: paths and names from the user (``art[v2].cpa``) are printed as they are; styles are explicit
-    return Console(highlight=False, markup=False, width=max(shutil.get_terminal_size((160, 40)).columns, 150))
-
-
 def _load_inputs(specs: list[str] | None, infos) -> dict:
     """``NAME=file.npy`` (or a bare ``file.npy`` for a one-input model) -> ``{name: array}``.
 
@@ -128,64 +124,6 @@ def _parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive size")
     return int(n)
 
-def _layer_table(layers: list[dict], title: str):
-    from rich.table import Table
-
-    from convpipe.schedules import Conv2dWorkload
-
-    t = Table(title=title, title_justify="left")
-    for col in ("#", "N,C,H,W", "K", "kernel", "stride", "pad t,l,b,r", "dil", "groups", "layout", "schedule", "knobs",
-                "GFLOP"):
-        t.add_column(col, justify="right" if col in ("#", "K", "groups", "GFLOP") else "left")
-    total = 0.0
-    for layer in layers:
-        w = Conv2dWorkload.from_dict(layer["workload"])  # the manifest may omit fields that have defaults
-        total += layer["gflop"]
-        t.add_row(
-            str(layer["index"]),
-            f"{w.batch},{w.in_channels},{w.in_h},{w.in_w}",
-            str(w.out_channels),
-            f"{w.kernel_h}x{w.kernel_w}",
-            f"{w.stride_h}x{w.stride_w}",
-            f"{w.pad_top},{w.pad_left},{w.pad_bottom},{w.pad_right}",
-            f"{w.dilation_h}x{w.dilation_w}",
-            str(w.groups),
-            w.layout,
-            layer["family"],
-            " ".join(f"{k}={v}" for k, v in layer["knobs"].items()) or "-",
-            f"{layer['gflop']:.4f}",
-        )
-    t.caption = f"{len(layers)} conv2d layers, {total:.3f} GFLOP"
-    return t
-
-
-def _print_checks(console, checks, rtol, atol) -> bool:
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(title=f"verify vs onnxruntime (CPU)  rtol={rtol:g} atol={atol:g}", title_justify="left")
-    for col in ("output", "shape", "max abs err", "max rel err", "match"):
-        t.add_column(col)
-    for c in checks:
-        t.add_row(c.name, str(list(c.shape)), f"{c.max_abs:.3e}", f"{c.max_rel:.3e}",
-                  Text("yes", style="green") if c.ok else Text("NO", style="red"))
-    console.print(t)
-    return all(c.ok for c in checks)
-
-
-def _bench_table(res: dict, title: str):
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    base = next(iter(res))
-    for col in ("engine", "median ms", "min ms", "max ms", f"{base} speed-up"):
-        t.add_column(col, justify="right" if col != "engine" else "left")
-    ours = res[base]["median_ms"]
-    for name, r in res.items():
-        t.add_row(name, f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
-    t.caption = f"speed-up = engine median / {base} median (> 1: {base} faster)"
-    return t
-
 
 # ------------------------------------------------------------------------------------------------------------
 # subcommands
@@ -201,7 +139,7 @@ def cmd_export(args) -> int:
     if shape is None:
         raise ConvpipeError(f"model {args.model!r} has no default input shape: give --input-shape N,C,H,W")
     names = export_onnx(model, shape, args.output, opset=args.opset, source=args.model)
-    print(f"exported {args.model} ({','.join(map(str, shape))}) -> {args.output}  outputs: {', '.join(names)}")
+    print(report.export_line(args.model, shape, args.output, names))
     return 0
 
 
@@ -218,11 +156,10 @@ def cmd_compile(args) -> int:
         args.model, args.output, args.target, args.schedule, parse_input_shapes(args.input_shape), db, args.arch,
         args.layout, max_memory=args.max_memory, fast_math=args.fast_math,
     )
-    con = _console()
+    con = report.console()
     if not args.quiet:
-        con.print(_layer_table(res.manifest["conv2d"], f"{args.output}: conv2d schedules ({res.manifest['target']['isa']})"))
-    secs = ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items())
-    con.print(f"compiled {args.model} -> {res.path} for {res.manifest['target']['arch']}/{res.manifest['target']['isa']} ({secs})")
+        con.print(report.layer_table(res.manifest["conv2d"], f"{args.output}: conv2d schedules ({res.manifest['target']['isa']})"))
+    con.print(report.compile_line(args.model, res))
     return 0
 
 
@@ -242,26 +179,13 @@ def cmd_run(args) -> int:
         except OSError as e:
             raise ConvpipeError(f"-o {args.output}: cannot write it: {e.strerror or e}") from None
     for name, a in outputs.items():
-        print(f"{name}: shape={list(a.shape)} dtype={a.dtype} mean={a.mean():.6g} max={a.max():.6g}")
+        print(report.output_line(name, a))
     if args.output:
         print(f"wrote {args.output}")
     return 0
 
 
-#: (substring of a kernel's symbol, the kind it is counted as in ``profile``), first match wins
-KERNEL_KINDS = (("vm.builtin", "VM builtin"), ("layout_transform", "layout transform"), ("conv2d", "conv2d"),
-                ("matmul", "matmul/dense"), ("dense", "matmul/dense"), ("pool", "pooling"), ("resize", "resize"),
-                ("take", "resize/gather"), ("softmax", "softmax"), ("norm", "normalisation"))
-
-
-def kernel_kind(name: str) -> str:
-    """The op class a kernel symbol belongs to (``fused_conv2d_add_relu`` -> ``conv2d``), for ``profile``."""
-    return next((kind for key, kind in KERNEL_KINDS if key in name), "element-wise/other")
-
-
 def cmd_profile(args) -> int:
-    from rich.table import Table
-
     from convpipe.runtime import load
 
     if args.threads:
@@ -275,29 +199,10 @@ def cmd_profile(args) -> int:
 
         inputs = random_inputs(module.inputs, args.seed)
     kernels, run_ms = module.profile(inputs, args.runs)
-    total = sum(k.ms for k in kernels) or 1e-12
     if args.json:
-        print(json.dumps({"run_ms": run_ms, "kernels": [
-            {"name": k.name, "kind": kernel_kind(k.name), "calls": k.calls, "ms": k.ms} for k in kernels]}, indent=1))
+        print(json.dumps(report.profile_json(kernels, run_ms), indent=1))
         return 0
-    con = _console()
-    t = Table(title=f"profile {args.artifact}: per run, mean of {args.runs} runs", title_justify="left")
-    for col, just in (("kernel", "left"), ("kind", "left"), ("calls", "right"), ("ms", "right"), ("%", "right")):
-        t.add_column(col, justify=just)
-    for k in kernels[: args.top]:
-        t.add_row(k.name, kernel_kind(k.name), f"{k.calls:g}", f"{k.ms:.3f}", f"{100 * k.ms / total:.1f}")
-    if len(kernels) > args.top:
-        rest = kernels[args.top:]
-        t.add_row(f"({len(rest)} more)", "", f"{sum(k.calls for k in rest):g}", f"{sum(k.ms for k in rest):.3f}",
-                  f"{100 * sum(k.ms for k in rest) / total:.1f}")
-    con.print(t)
-    by_kind: dict[str, float] = {}
-    for k in kernels:
-        by_kind[kernel_kind(k.name)] = by_kind.get(kernel_kind(k.name), 0.0) + k.ms
-    con.print("by kind: " + ", ".join(f"{kind} {ms:.3f} ms ({100 * ms / total:.0f}%)"
-                                      for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])))
-    con.print(f"kernels {total:.3f} ms of an instrumented run of {run_ms:.3f} ms (means; the rest is the VM and "
-              "the instrument hook)")
+    report.print_profile(report.console(), args.artifact, kernels, run_ms, args.runs, args.top)
     return 0
 
 
@@ -311,9 +216,11 @@ def cmd_verify(args) -> int:
     inputs.update(random_inputs(generated, args.seed))
     ours = module.run(inputs)
     ref = run_onnxruntime(args.model, inputs)
-    con = _console()
-    ok = _print_checks(con, compare(ours, ref, args.rtol, args.atol), args.rtol, args.atol)
-    con.print("verify: all outputs match onnxruntime" if ok else "verify: MISMATCH", style="green" if ok else "red")
+    checks = compare(ours, ref, args.rtol, args.atol)
+    ok = all(c.ok for c in checks)
+    con = report.console()
+    con.print(report.checks_table(checks, args.rtol, args.atol))
+    con.print(report.verify_verdict(ok))
     return 0 if ok else 1
 
 
@@ -324,68 +231,14 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    con = _console()
-    tgt = m["target"]
-    con.print(f"artifact {args.artifact}: convpipe {m['convpipe_version']}, TVM {m['tvm_version']}, target "
-              f"{tgt['arch']}/{tgt['isa']} {json.dumps(tgt['tvm_target'])}")
-    for kind in ("inputs", "outputs"):
-        con.print(f"{kind}: " + ", ".join(f"{i['name']} {i['dtype']}{list(i['shape'])}" for i in m[kind]))
-    con.print(f"activation layout between convs: {m.get('layout', 'NCHW')} (model inputs and outputs as in the ONNX)")
-    if "device_code" in m:
-        dc, ks = m["device_code"], m["device_code"]["kernels"]
-        spills = sum(k["spill_stores"] + k["spill_loads"] for k in ks)
-        con.print(f"device code: {dc['arch']} {dc['format']} ({dc['binary_bytes'] / 1024:.0f} KiB) embedded in "
-                  f"{dc['embedded_in']}; {len(ks)} kernel{'s' if len(ks) != 1 else ''}, max {max(k['registers'] for k in ks)} registers/thread, "
-                  f"max {max(k['smem_bytes'] for k in ks)} B shared memory, {spills} B spilled, theoretical "
-                  f"occupancy {min(k.get('occupancy', 0) for k in ks):.0%} to {max(k.get('occupancy', 0) for k in ks):.0%}; "
-                  f"source {dc['source']}")
-    con.print(_layer_table(m["conv2d"], "conv2d layers"))
-    fallbacks = m.get("fallbacks", [])
-    if fallbacks:
-        con.print(f"fallbacks ({len(fallbacks)}): where the compiler took a simpler path instead of failing")
-        for f in fallbacks:
-            con.print(f"  [{f['stage']}] {f['op']}: {f['fallback']} -- {f['why']}")
-    elif "fallbacks" in m:
-        con.print("fallbacks: none")
+    report.print_inspect(report.console(), args.artifact, m)
     return 0
-
-
-def _artifact_device(artifact: str | dict[str, str]) -> str:
-    from convpipe.runtime import read_manifest
-
-    m = read_manifest(artifact if isinstance(artifact, str) else next(iter(artifact.values())))
-    return "cuda" if m["target"]["arch"] == "cuda" else "cpu"
-
-
-def _bench(artifact: str | dict[str, str], onnx_path: str | None, threads: int, rounds: int, inputs=None,
-           device: str | None = None, torch_model: str | None = None, expected_sha256: str | None = None) -> dict:
-    """Time the artifact(s) against onnxruntime (``onnx_path``, else the artifact's recorded source when that
-    file exists) and PyTorch (only when ``torch_model``, a zoo name or ``package.module:factory`` from the command
-    line, is given: a file's contents never name code to run)."""
-    from convpipe.compiler.bench import model_engines, set_threads, side_by_side
-    from convpipe.compiler.importer import random_inputs
-    from convpipe.runtime import io_info, read_manifest
-
-    set_threads(threads)
-    m = read_manifest(artifact if isinstance(artifact, str) else next(iter(artifact.values())))
-    if onnx_path is None and os.path.isfile(m["source_onnx"]["file"]):
-        onnx_path = m["source_onnx"]["file"]
-    if inputs is None:
-        inputs = random_inputs(io_info(m, "inputs"))
-    module = None
-    if torch_model:
-        from convpipe.compiler.zoo import get_model
-
-        module = get_model(torch_model)[0]
-    device = device or _artifact_device(artifact)
-    engines = model_engines(artifact, onnx_path, inputs, threads, module, device, expected_sha256=expected_sha256)
-    return side_by_side(engines, rounds=rounds)
 
 
 def cmd_bench(args) -> int:
     import tempfile
 
-    con = _console()
+    con = report.console()
     target = args.model
     onnx_path = None
     tmp = None
@@ -399,26 +252,18 @@ def cmd_bench(args) -> int:
     for layout in layouts:
         parse_layout(layout)
     if os.path.isfile(target) and target.endswith(".onnx"):
-        from convpipe.compiler.build import compile_model
+        from convpipe.compiler.bench import compile_variants
         from convpipe.compiler.importer import parse_input_shapes
 
         onnx_path = target
         tmp = tempfile.TemporaryDirectory(prefix="convpipe-bench-")
-        artifact = {}
-        for sched in schedules:
-            for layout in layouts:
-                tag = ",".join(([sched] if len(schedules) > 1 else []) + ([layout] if len(layouts) > 1 else []))
-                path = os.path.join(tmp.name, f"{sched}-{layout}.cpa")
-                artifact[f"convpipe[{tag}]" if tag else "convpipe"] = path
-                compile_model(onnx_path, path, args.target, sched, parse_input_shapes(args.input_shape),
-                              arch=args.arch, layout=layout, max_memory=args.max_memory)
+        artifact = compile_variants(onnx_path, tmp.name, schedules, layouts, args.target,
+                                    parse_input_shapes(args.input_shape), arch=args.arch, max_memory=args.max_memory)
     elif len(schedules) > 1 or args.schedule != "auto" or args.layout != "auto" or args.target != "x86" or args.arch:
         raise ConvpipeError("--schedule/--layout/--target/--arch apply when benchmarking an .onnx (an artifact's are fixed)")
     else:
         artifact = target
     if args.remote or args.tracker:
-        import statistics
-
         from convpipe import remote
         from convpipe.compiler.importer import random_inputs
 
@@ -428,14 +273,14 @@ def cmd_bench(args) -> int:
         times = remote.time_remote(runner.lib, list(inputs.values()), runner.session, number=max(1, args.rounds), repeat=3,
                                    device=runner.device)
         where = args.remote or f"tracker {args.tracker} key {args.key}"
-        con.print(f"convpipe on the board ({where}): median {statistics.median(times) * 1e3:.3f} ms over {len(times)} "
-                  f"repeats of {max(1, args.rounds)} runs (time_evaluator on the board). An emulated board "
-                  "(scripts/arm_board.sh) is ~20x slower than hardware: its timings are not ARM performance.")
+        con.print(report.remote_bench_line(where, times, max(1, args.rounds)))
         return 0
-    res = _bench(artifact, onnx_path, args.threads, args.rounds, device=args.device, torch_model=args.torch_model,
-                 expected_sha256=args.expect_sha256)
-    where = f"device={args.device or _artifact_device(artifact)}"
-    con.print(_bench_table(res, f"bench {args.model}  {where}  threads={args.threads}  batch latency, median of {args.rounds} interleaved rounds"))
+    from convpipe.compiler.bench import artifact_device, bench_artifact
+
+    device = args.device or artifact_device(artifact)
+    res = bench_artifact(artifact, onnx_path, args.threads, args.rounds, device=device, torch_model=args.torch_model,
+                         expected_sha256=args.expect_sha256)
+    con.print(report.bench_table(res, report.bench_title(args.model, device, args.threads, args.rounds)))
     return 0
 
 
@@ -458,7 +303,7 @@ def cmd_tune(args) -> int:
     imported = import_onnx(args.model, parse_input_shapes(args.input_shape))
     workloads = model_workloads(imported, target, args.layout)
     db = TuningDatabase(args.db, strict=args.strict)
-    con = _console()
+    con = report.console()
     measure = None
     if args.remote or args.tracker:
         from convpipe import remote
@@ -484,29 +329,21 @@ def cmd_tune(args) -> int:
 
         results = tune_workloads(workloads, target, db, args.budget_s, args.retune, measure, progress)
         bar.update(task, completed=total)
-    from rich.table import Table
-
     import tvm
 
     pool = tvm.get_global_func("runtime.NumThreads")() if not (args.remote or args.tracker) else args.threads
-    t = Table(title=f"tuning database {args.db} ({target.arch}/{target.isa}), measured at {pool} thread(s)",
-              title_justify="left")
-    for col in ("workload", "family", "knobs", "ms", "GFLOP/s", "candidates", "source"):
-        t.add_column(col)
-    for r in results:
-        rec = r.record
-        t.add_row(r.workload.key(), rec["family"], " ".join(f"{k}={v}" for k, v in rec["knobs"].items()) or "-",
-                  f"{rec['ms']:.3f}", f"{rec['gflops']:.1f}", str(rec["candidates"]), "reused" if r.reused else "measured")
-    con.print(t)
-    con.print(f"{sum(not r.reused for r in results)} workload(s) measured, {sum(r.reused for r in results)} reused; "
-              f"compile with --db {args.db}")
+    con.print(report.tune_table(results, args.db, target, pool))
+    con.print(report.tune_summary(results, args.db))
     return 0
 
 
 def cmd_demo(args) -> int:
     from convpipe.compiler.demo import run_demo
 
-    return run_demo(args.out, threads=args.threads, mtcnn=not args.no_mtcnn, console=_console())
+    con = report.console()
+    results = run_demo(args.out, threads=args.threads, mtcnn=not args.no_mtcnn,
+                       on_model=lambda name, description: report.print_demo_heading(con, name, description))
+    return 0 if report.print_demo(con, results) else 1
 
 
 # ------------------------------------------------------------------------------------------------------------

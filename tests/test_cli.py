@@ -203,3 +203,40 @@ def test_traceback_shows_the_original_exception(tmp_path):
     assert "During handling of the above exception, another exception occurred" in p.stderr, p.stderr
     assert "ConvpipeError" in p.stderr and "not a valid ONNX model" in p.stderr
     user_error(run("compile", str(bad), "-o", str(tmp_path / "o.cpa"), ok=False), "not a valid ONNX model")
+
+
+def test_presentation_lives_in_report():
+    """Issue 13: every table and report is in :mod:`convpipe.report` (light to import: no torch, onnx, TVM or
+    rich); the compiler's modules print no tables and import nothing from the CLI; demo's verdict is plain text
+    with a style, not ``[green]`` markup that the CLI's markup-free console would print literally."""
+    import io
+    import types
+
+    from rich.console import Console
+
+    code = ("import sys, convpipe.report, convpipe.cli; "
+            "print([m for m in ('torch', 'onnx', 'tvm', 'rich') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    root = os.path.dirname(HERE)
+    for name in sorted(os.listdir(os.path.join(root, "compiler"))):
+        if name.endswith(".py"):
+            src = open(os.path.join(root, "compiler", name)).read()
+            assert "convpipe.cli" not in src and "rich" not in src, f"compiler/{name}: presentation belongs in convpipe.report"
+
+    from convpipe import report
+
+    out = io.StringIO()
+    con = Console(file=out, width=150, markup=False, highlight=False)
+    check = types.SimpleNamespace(name="y", shape=(1, 2), max_abs=1e-7, max_rel=2e-7, ok=True)
+    res = types.SimpleNamespace(name="m", onnx_path="m.onnx", artifact="m.cpa", seconds={"import": 0.5, "build": 1.25},
+                                manifest={"conv2d": [], "target": {"isa": "avx2"}}, checks=[check], rtol=1e-3,
+                                atol=1e-4, torch_max_abs=3e-7, top5=[1, 2, 3, 4, 5], threads=1, ok=True,
+                                bench={"convpipe": {"median_ms": 1.0, "min_ms": 0.9, "max_ms": 1.1},
+                                       "onnxruntime": {"median_ms": 2.0, "min_ms": 1.9, "max_ms": 2.1}})
+    assert report.print_demo(con, [res]) is True
+    text = out.getvalue()
+    for line in ("compiled m.onnx -> m.cpa (import 0.5s, build 1.2s)", "0 conv2d layers", "max abs err",
+                 "max abs error vs PyTorch eager: 3.000e-07", "top-5 class ids on the photo (untrained classifier head): "
+                 "[1, 2, 3, 4, 5]", "convpipe speed-up", "2.00x"):
+        assert line in text, (line, text)
+    assert text.rstrip().endswith("demo: every verification passed") and "[green]" not in text

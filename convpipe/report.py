@@ -1,0 +1,332 @@
+"""Every table and report convpipe shows a person: the CLI's output, ``convpipe demo``'s, and the text of the Python
+API's :class:`convpipe.api.VerifyReport`.
+
+The compiler (:mod:`convpipe.compiler`) and the runtime return data (dataclasses, dicts); this module turns that data
+into text: ``*_table`` functions return a :class:`rich.table.Table`, ``*_line``/``*_text`` functions a string,
+``*_json`` functions a JSON-ready dict, and ``print_*`` functions print a report made of several parts onto a
+:class:`rich.console.Console` (from :func:`console`).
+
+Importing this module imports nothing third-party: ``rich`` (installed with the ``compiler`` extra) is imported by
+the functions that build tables, so the runtime-only install can still format a :class:`~convpipe.api.VerifyReport`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+
+# ------------------------------------------------------------------------------------------------------------
+# console and numbers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def console():
+    """The console every report is printed on: at least 150 columns wide (the tables' natural width), markup and
+    highlighting off -- paths and names from the user (``art[v2].cpa``) are printed as they are; styles are
+    explicit (``style=`` / :class:`rich.text.Text`)."""
+    import shutil
+
+    from rich.console import Console
+
+    return Console(highlight=False, markup=False, width=max(shutil.get_terminal_size((160, 40)).columns, 150))
+
+
+def seconds_text(seconds: Mapping[str, float]) -> str:
+    """A compile's stage timings ``{"export": 1.23, "build": 4.5}`` -> ``"export 1.2s, build 4.5s"``."""
+    return ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
+
+
+def knobs_text(knobs: Mapping[str, object]) -> str:
+    """A schedule's knobs ``{"oc_bn": 16, "ow_bn": 8}`` -> ``"oc_bn=16 ow_bn=8"`` (``"-"`` when there are none)."""
+    return " ".join(f"{k}={v}" for k, v in knobs.items()) or "-"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# export / compile / run
+# ------------------------------------------------------------------------------------------------------------
+
+
+def export_line(model: str, shape: Sequence[int], output: str, output_names: Sequence[str]) -> str:
+    """``convpipe export``'s one line: what was exported, at which input shape, where, with which outputs."""
+    return f"exported {model} ({','.join(map(str, shape))}) -> {output}  outputs: {', '.join(output_names)}"
+
+
+def compile_line(model: str, result) -> str:
+    """``convpipe compile``'s closing line for a :class:`convpipe.compiler.build.CompileResult`."""
+    tgt = result.manifest["target"]
+    return f"compiled {model} -> {result.path} for {tgt['arch']}/{tgt['isa']} ({seconds_text(result.seconds)})"
+
+
+def layer_table(layers: list[dict], title: str):
+    """The per-layer conv2d schedule table (``compile``, ``inspect``, ``demo``) from a manifest's ``conv2d`` list:
+    each layer's workload, chosen schedule family, knobs and GFLOP; the caption gives the totals."""
+    from rich.table import Table
+
+    from convpipe.schedules import Conv2dWorkload
+
+    t = Table(title=title, title_justify="left")
+    for col in ("#", "N,C,H,W", "K", "kernel", "stride", "pad t,l,b,r", "dil", "groups", "layout", "schedule", "knobs",
+                "GFLOP"):
+        t.add_column(col, justify="right" if col in ("#", "K", "groups", "GFLOP") else "left")
+    total = 0.0
+    for layer in layers:
+        w = Conv2dWorkload.from_dict(layer["workload"])  # the manifest may omit fields that have defaults
+        total += layer["gflop"]
+        t.add_row(
+            str(layer["index"]),
+            f"{w.batch},{w.in_channels},{w.in_h},{w.in_w}",
+            str(w.out_channels),
+            f"{w.kernel_h}x{w.kernel_w}",
+            f"{w.stride_h}x{w.stride_w}",
+            f"{w.pad_top},{w.pad_left},{w.pad_bottom},{w.pad_right}",
+            f"{w.dilation_h}x{w.dilation_w}",
+            str(w.groups),
+            w.layout,
+            layer["family"],
+            knobs_text(layer["knobs"]),
+            f"{layer['gflop']:.4f}",
+        )
+    t.caption = f"{len(layers)} conv2d layers, {total:.3f} GFLOP"
+    return t
+
+
+def output_line(name: str, array) -> str:
+    """``convpipe run``'s line for one output array: shape, dtype, mean, max."""
+    return f"{name}: shape={list(array.shape)} dtype={array.dtype} mean={array.mean():.6g} max={array.max():.6g}"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# verify
+# ------------------------------------------------------------------------------------------------------------
+
+
+def checks_table(checks, rtol: float, atol: float):
+    """``verify``'s (and ``demo``'s) table of :class:`convpipe.compiler.verify.OutputCheck` s: per output its shape,
+    max abs/rel error vs onnxruntime and whether it matches within ``rtol``/``atol``."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=f"verify vs onnxruntime (CPU)  rtol={rtol:g} atol={atol:g}", title_justify="left")
+    for col in ("output", "shape", "max abs err", "max rel err", "match"):
+        t.add_column(col)
+    for c in checks:
+        t.add_row(c.name, str(list(c.shape)), f"{c.max_abs:.3e}", f"{c.max_rel:.3e}",
+                  Text("yes", style="green") if c.ok else Text("NO", style="red"))
+    return t
+
+
+def verify_verdict(ok: bool):
+    """``verify``'s closing line, green when every output matches, red otherwise."""
+    from rich.text import Text
+
+    return Text("verify: all outputs match onnxruntime" if ok else "verify: MISMATCH", style="green" if ok else "red")
+
+
+def verify_report_text(report) -> str:
+    """A :class:`convpipe.api.VerifyReport` as text, one line per output (``str(report)``); needs no ``rich``."""
+    rows = []
+    for o in report.outputs:
+        vs_torch = "" if o.torch_max_abs is None else (f", vs PyTorch max abs {o.torch_max_abs:.3g} rel "
+                                                        f"{o.torch_max_rel:.3g}")
+        rows.append(f"{o.name} {list(o.shape)}: vs onnxruntime max abs {o.ort_max_abs:.3g} rel "
+                    f"{o.ort_max_rel:.3g}{vs_torch} -> {'ok' if o.ok else 'MISMATCH'}")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# inspect
+# ------------------------------------------------------------------------------------------------------------
+
+
+def print_inspect(con, artifact: str, m: dict) -> None:
+    """``convpipe inspect``: an artifact's manifest ``m`` -- versions, target, inputs and outputs, layout, the CUDA
+    device code's resources, the conv2d layer table and the fallbacks taken."""
+    tgt = m["target"]
+    con.print(f"artifact {artifact}: convpipe {m['convpipe_version']}, TVM {m['tvm_version']}, target "
+              f"{tgt['arch']}/{tgt['isa']} {json.dumps(tgt['tvm_target'])}")
+    for kind in ("inputs", "outputs"):
+        con.print(f"{kind}: " + ", ".join(f"{i['name']} {i['dtype']}{list(i['shape'])}" for i in m[kind]))
+    con.print(f"activation layout between convs: {m.get('layout', 'NCHW')} (model inputs and outputs as in the ONNX)")
+    if "device_code" in m:
+        con.print(device_code_line(m["device_code"]))
+    con.print(layer_table(m["conv2d"], "conv2d layers"))
+    fallbacks = m.get("fallbacks", [])
+    if fallbacks:
+        con.print(f"fallbacks ({len(fallbacks)}): where the compiler took a simpler path instead of failing")
+        for f in fallbacks:
+            con.print(f"  [{f['stage']}] {f['op']}: {f['fallback']} -- {f['why']}")
+    elif "fallbacks" in m:
+        con.print("fallbacks: none")
+
+
+def device_code_line(dc: dict) -> str:
+    """A CUDA artifact's ``device_code`` manifest entry in one line: binary, kernels, registers, shared memory,
+    spills, occupancy."""
+    ks = dc["kernels"]
+    spills = sum(k["spill_stores"] + k["spill_loads"] for k in ks)
+    return (f"device code: {dc['arch']} {dc['format']} ({dc['binary_bytes'] / 1024:.0f} KiB) embedded in "
+            f"{dc['embedded_in']}; {len(ks)} kernel{'s' if len(ks) != 1 else ''}, max {max(k['registers'] for k in ks)} registers/thread, "
+            f"max {max(k['smem_bytes'] for k in ks)} B shared memory, {spills} B spilled, theoretical "
+            f"occupancy {min(k.get('occupancy', 0) for k in ks):.0%} to {max(k.get('occupancy', 0) for k in ks):.0%}; "
+            f"source {dc['source']}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# profile
+# ------------------------------------------------------------------------------------------------------------
+
+#: (substring of a kernel's symbol, the kind it is counted as in ``profile``), first match wins
+KERNEL_KINDS = (("vm.builtin", "VM builtin"), ("layout_transform", "layout transform"), ("conv2d", "conv2d"),
+                ("matmul", "matmul/dense"), ("dense", "matmul/dense"), ("pool", "pooling"), ("resize", "resize"),
+                ("take", "resize/gather"), ("softmax", "softmax"), ("norm", "normalisation"))
+
+
+def kernel_kind(name: str) -> str:
+    """The op class a kernel symbol belongs to (``fused_conv2d_add_relu`` -> ``conv2d``), for ``profile``."""
+    return next((kind for key, kind in KERNEL_KINDS if key in name), "element-wise/other")
+
+
+def profile_json(kernels, run_ms: float) -> dict:
+    """``profile --json``: the instrumented run's mean ms and every :class:`convpipe.runtime.KernelTime` with its
+    kind."""
+    return {"run_ms": run_ms, "kernels": [
+        {"name": k.name, "kind": kernel_kind(k.name), "calls": k.calls, "ms": k.ms} for k in kernels]}
+
+
+def profile_table(kernels, title: str, top: int):
+    """``profile``'s kernel table: the ``top`` slowest kernels (calls, ms and share of the kernels' time per run),
+    the rest summed in one row."""
+    from rich.table import Table
+
+    total = sum(k.ms for k in kernels) or 1e-12
+    t = Table(title=title, title_justify="left")
+    for col, just in (("kernel", "left"), ("kind", "left"), ("calls", "right"), ("ms", "right"), ("%", "right")):
+        t.add_column(col, justify=just)
+    for k in kernels[:top]:
+        t.add_row(k.name, kernel_kind(k.name), f"{k.calls:g}", f"{k.ms:.3f}", f"{100 * k.ms / total:.1f}")
+    if len(kernels) > top:
+        rest = kernels[top:]
+        t.add_row(f"({len(rest)} more)", "", f"{sum(k.calls for k in rest):g}", f"{sum(k.ms for k in rest):.3f}",
+                  f"{100 * sum(k.ms for k in rest) / total:.1f}")
+    return t
+
+
+def profile_summary(kernels, run_ms: float) -> list[str]:
+    """``profile``'s lines under the table: time per kernel kind (largest first), and the kernels' sum against the
+    instrumented run's time."""
+    total = sum(k.ms for k in kernels) or 1e-12
+    by_kind: dict[str, float] = {}
+    for k in kernels:
+        by_kind[kernel_kind(k.name)] = by_kind.get(kernel_kind(k.name), 0.0) + k.ms
+    return [
+        "by kind: " + ", ".join(f"{kind} {ms:.3f} ms ({100 * ms / total:.0f}%)"
+                                for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])),
+        f"kernels {total:.3f} ms of an instrumented run of {run_ms:.3f} ms (means; the rest is the VM and "
+        "the instrument hook)",
+    ]
+
+
+def print_profile(con, artifact: str, kernels, run_ms: float, runs: int, top: int) -> None:
+    """``convpipe profile``: the kernel table (:func:`profile_table`) and its summary (:func:`profile_summary`)."""
+    con.print(profile_table(kernels, f"profile {artifact}: per run, mean of {runs} runs", top))
+    for line in profile_summary(kernels, run_ms):
+        con.print(line)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# bench
+# ------------------------------------------------------------------------------------------------------------
+
+
+def bench_table(res: dict, title: str):
+    """Side-by-side latency (:func:`convpipe.compiler.bench.side_by_side`'s result): median/min/max ms per engine
+    and the speed-up of the first engine (convpipe) over each."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    base = next(iter(res))
+    for col in ("engine", "median ms", "min ms", "max ms", f"{base} speed-up"):
+        t.add_column(col, justify="right" if col != "engine" else "left")
+    ours = res[base]["median_ms"]
+    for name, r in res.items():
+        t.add_row(name, f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
+    t.caption = f"speed-up = engine median / {base} median (> 1: {base} faster)"
+    return t
+
+
+def bench_title(model: str, device: str, threads: int, rounds: int) -> str:
+    """``convpipe bench``'s table title."""
+    return f"bench {model}  device={device}  threads={threads}  batch latency, median of {rounds} interleaved rounds"
+
+
+def remote_bench_line(where: str, times: Sequence[float], number: int) -> str:
+    """``convpipe bench --remote``'s result: the median of the board's ``time_evaluator`` repeats (``times`` in
+    seconds, each the mean of ``number`` runs)."""
+    import statistics
+
+    return (f"convpipe on the board ({where}): median {statistics.median(times) * 1e3:.3f} ms over {len(times)} "
+            f"repeats of {number} runs (time_evaluator on the board). An emulated board "
+            "(scripts/arm_board.sh) is ~20x slower than hardware: its timings are not ARM performance.")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# tune
+# ------------------------------------------------------------------------------------------------------------
+
+
+def tune_table(results, db_path: str, target, threads):
+    """``convpipe tune``'s table of :class:`convpipe.compiler.tune.TuneResult` s: per workload the chosen family,
+    knobs, ms, GFLOP/s, candidates measured, and whether the record was measured now or reused."""
+    from rich.table import Table
+
+    t = Table(title=f"tuning database {db_path} ({target.arch}/{target.isa}), measured at {threads} thread(s)",
+              title_justify="left")
+    for col in ("workload", "family", "knobs", "ms", "GFLOP/s", "candidates", "source"):
+        t.add_column(col)
+    for r in results:
+        rec = r.record
+        t.add_row(r.workload.key(), rec["family"], knobs_text(rec["knobs"]),
+                  f"{rec['ms']:.3f}", f"{rec['gflops']:.1f}", str(rec["candidates"]), "reused" if r.reused else "measured")
+    return t
+
+
+def tune_summary(results, db_path: str) -> str:
+    """``convpipe tune``'s closing line: workloads measured and reused, and how to use the database."""
+    return (f"{sum(not r.reused for r in results)} workload(s) measured, {sum(r.reused for r in results)} reused; "
+            f"compile with --db {db_path}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# demo
+# ------------------------------------------------------------------------------------------------------------
+
+
+def print_demo_heading(con, name: str, description: str) -> None:
+    """The rule that opens one model of ``convpipe demo`` (printed before its work starts)."""
+    con.rule(f"{name}: {description}")
+
+
+def print_demo_result(con, r) -> None:
+    """One model of ``convpipe demo`` (a :class:`convpipe.compiler.demo.DemoResult`): compile line, layer table,
+    verification table, error vs PyTorch, top-5 classes, and the latency table when it was benchmarked."""
+    con.print(f"compiled {r.onnx_path} -> {r.artifact} ({seconds_text(r.seconds)})")
+    con.print(layer_table(r.manifest["conv2d"], f"{r.name}: conv2d schedules (auto, {r.manifest['target']['isa']})"))
+    con.print(checks_table(r.checks, r.rtol, r.atol))
+    con.print(f"max abs error vs PyTorch eager: {r.torch_max_abs:.3e}")
+    if r.top5 is not None:
+        con.print(f"top-5 class ids on the photo (untrained classifier head): {r.top5}")
+    if r.bench is not None:
+        con.print(bench_table(r.bench, f"{r.name} latency, batch 1, {r.threads} thread(s)"))
+
+
+def print_demo(con, results: Iterable) -> bool:
+    """Print each :class:`convpipe.compiler.demo.DemoResult` as ``results`` yields it (:func:`print_demo_result`),
+    then the closing rule and verdict; returns whether every verification passed."""
+    all_ok = True
+    for r in results:
+        print_demo_result(con, r)
+        all_ok &= r.ok
+    con.rule()
+    con.print("demo: every verification passed" if all_ok else "demo: a verification FAILED",
+              style="green" if all_ok else "red")
+    return all_ok
