@@ -15,15 +15,16 @@ autoload skips it silently and every CUDA artifact would carry source only. :fun
 sure the real module factory is registered -- loading, where no driver exists, a *stub* ``libcuda.so.1`` built
 here from :data:`STUB_SOURCE` (the nine driver entry points the runtime links, each returning
 ``CUDA_ERROR_NO_DEVICE``; nothing is ever launched at build time) -- and, for the duration of the build,
-replaces ``tvm_callback_cuda_compile`` by nvcc for the target's arch (:func:`compile_device_code`), recording each
-kernel's ptxas figures for the manifest.
+replaces ``tvm_callback_cuda_compile`` by nvcc for the target's arch (:func:`.nvcc.compile_device_code`), recording
+each kernel's ptxas figures for the manifest. nvcc itself (flags, ptxas figures, occupancy) is :mod:`.nvcc`; loading
+TVM's CUDA runtime is :mod:`convpipe.runtime.cuda`.
 
 **No fast-math by default.** TVM's own nvcc and NVRTC paths (``tvm/support/nvcc.py``: ``_compile_cuda_nvcc`` and the
 NVRTC options) pass ``--use_fast_math``, which implies ``--ftz=true --prec-div=false --prec-sqrt=false`` and maps
 ``expf``/``logf``/``tanhf``/``powf``/``sinf``/``cosf`` to the hardware approximations (``__expf``: ``ex2.approx.ftz``
 on ``x * log2(e)`` without range reduction, so its error grows with ``|x|``; ``tanh.approx.f32``;
 ``lg2.approx.ftz``; ``div.approx.ftz``; ``sqrt.approx.ftz``) -- an attention model's Softmax/GELU/LayerNorm then
-deviates from onnxruntime by ~1e-4 of the output range. :func:`~convpipe.schedules.cuda._common.nvcc_flags` (one
+deviates from onnxruntime by ~1e-4 of the output range. :func:`~convpipe.compiler.nvcc.nvcc_flags` (one
 set of flags for artifacts and the schedules' ptxas checks) compiles IEEE-exact by default
 (``--fmad=true`` kept explicitly: FMA contraction is exact per operation and what the conv kernels are scheduled
 for) and adds ``--use_fast_math`` only when asked (``fast_math=True``). The CUDA C that TVM generates names the
@@ -44,7 +45,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from convpipe.errors import ConvpipeError
-from convpipe.schedules.cuda._common import nvcc_flags
+from convpipe.runtime.cuda import load_cuda_runtime
+
+from .nvcc import NVCC, compile_device_code, nvcc_available, nvcc_flags
 
 #: C source of the build-time driver stub: exactly the ``cu*`` symbols ``libtvm_runtime_cuda.so`` (apache-tvm
 #: 0.27.0.post1) imports (``nm -D --undefined-only``); each fails with CUDA_ERROR_NO_DEVICE (100).
@@ -134,8 +137,6 @@ def ensure_module_factory() -> str:
     if not _driver_present():
         _stub_handle = ctypes.CDLL(stub_library(), mode=ctypes.RTLD_GLOBAL)
         how = "stub"
-    from convpipe.runtime.module import load_cuda_runtime
-
     why = load_cuda_runtime()
     if why:
         raise ConvpipeError(
@@ -147,64 +148,11 @@ def ensure_module_factory() -> str:
     return how
 
 
-def parse_ptxas(output: str, source: str, arch: str) -> list:
-    """Per-kernel figures (:class:`convpipe.schedules.cuda._common.PtxasReport`: registers, shared memory, spills,
-    stack, threads from ``__launch_bounds__``, occupancy) from nvcc's ``-Xptxas -v`` ``output`` for ``source``.
-
-    Raises:
-        RuntimeError: no kernel figures in ``output``.
-    """
-    from convpipe.schedules.cuda import _common as C
-
-    reports, cur, stack = [], None, None
-    for line in output.splitlines():
-        if mm := C._FN_RE.search(line):
-            cur, stack = mm.group(1), None
-        elif (mm := C._SPILL_RE.search(line)) and cur:
-            stack = tuple(int(x) for x in mm.groups())
-        elif (mm := C._USED_RE.search(line)) and cur:
-            st = stack or (0, 0, 0)
-            reports.append(C.PtxasReport(cur, int(mm.group(1)), int(mm.group(2) or 0), st[1], st[2], st[0]))
-            cur = None
-    if not reports:
-        raise RuntimeError(f"could not parse ptxas output:\n{output}")
-    bounds = {name: int(n) for n, name in C._BOUNDS_RE.findall(source)}
-    for rep in reports:
-        rep.threads = bounds.get(rep.kernel, 0)
-        if rep.threads and arch.rstrip("a") in C.SM_LIMITS:
-            rep.occupancy = C.occupancy(arch, rep.threads, rep.registers, rep.smem_bytes)
-    return reports
-
-
-def compile_device_code(source: str, arch: str, fast_math: bool = False, fmt: str = "cubin") -> tuple[bytes, list]:
-    """``(binary, per-kernel ptxas figures)`` of CUDA ``source`` compiled by nvcc with :func:`nvcc_flags`;
-    ``fmt`` ``"cubin"`` (what artifacts embed) or ``"ptx"`` (for inspection: no ptxas figures, ``[]``).
-
-    Raises:
-        RuntimeError: nvcc failed (its command and output are in the message).
-    """
-    from convpipe.schedules.cuda._common import NVCC
-
-    flags = nvcc_flags(arch, fast_math)
-    if fmt == "ptx":
-        flags = [f for f in flags if not f.startswith("--ptxas-options")]
-    with tempfile.TemporaryDirectory() as d:
-        cu, out_path = os.path.join(d, "k.cu"), os.path.join(d, f"k.{fmt}")
-        with open(cu, "w") as f:
-            f.write(source)
-        cmd = [NVCC, f"--{fmt}", *flags, "-o", out_path, cu]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        binary = open(out_path, "rb").read() if r.returncode == 0 else b""
-    out = r.stdout + r.stderr
-    if r.returncode != 0:
-        raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{out}")
-    return binary, ([] if fmt == "ptx" else parse_ptxas(out, source, arch))
-
-
 @dataclass
 class DeviceCode:
     """What the nvcc callback compiled during one build: per CUDA module, its source and binary, and the ptxas
-    figures of every kernel (``PtxasReport``); ``flags``: the nvcc options used (:func:`nvcc_flags`)."""
+    figures of every kernel (:class:`.nvcc.PtxasReport`); ``flags``: the nvcc options used
+    (:func:`.nvcc.nvcc_flags`)."""
 
     arch: str
     flags: list[str] = field(default_factory=list)
@@ -217,15 +165,13 @@ class DeviceCode:
 def cuda_build(arch: str, fast_math: bool = False):
     """Context for ``tvm.compile`` of a CUDA module whose device code must be embedded as a binary for ``arch``
     (``"sm_80"``, ``"sm_90"``): yields a :class:`DeviceCode` filled while TVM's codegen calls back. nvcc compiles
-    with :func:`nvcc_flags` (IEEE-exact math unless ``fast_math``).
+    with :func:`.nvcc.nvcc_flags` (IEEE-exact math unless ``fast_math``).
 
     Raises:
         ConvpipeError: nvcc missing or failing (raised from inside ``tvm.compile``), or see
             :func:`ensure_module_factory`.
     """
     import tvm_ffi
-
-    from convpipe.schedules.cuda._common import NVCC, nvcc_available
 
     if not nvcc_available():
         raise ConvpipeError(f"--target cuda needs nvcc ({NVCC}; CUDA toolkit, or set CONVPIPE_NVCC) to compile device code")

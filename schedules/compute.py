@@ -32,23 +32,6 @@ from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_poi
 from .workload import Conv2dWorkload
 
 
-def unsupported_reason(family: str, wl: Conv2dWorkload) -> str | None:
-    """``None`` when ``family``'s compute applies to ``wl`` (on every target), else why not: ``direct`` needs
-    ``groups == 1``, ``winograd`` a 3x3 stride-1 dilation-1 groups-1 conv, ``depthwise`` ``groups == C_in``;
-    ``im2col`` computes every conv2d. Every family takes NCHW or NCHW[x]c data (depthwise in NCHW[x]c only
-    with channel multiplier 1)."""
-    if family == "direct" and wl.groups != 1:
-        return "direct needs groups == 1 (grouped convs use im2col or depthwise)"
-    if family == "winograd" and not wl.is_winograd_shape():
-        return "Winograd needs a 3x3, stride-1, dilation-1, groups-1 conv"
-    if family == "depthwise" and not wl.is_depthwise:
-        return "not depthwise (groups != C_in)"
-    if family == "depthwise" and (wl.data_block or wl.out_block):
-        if wl.out_channels != wl.in_channels or wl.data_block != wl.out_block:
-            return "depthwise in NCHW[x]c needs channel multiplier 1 (K == C) and the same layout in and out"
-    return None
-
-
 def pad_nchw(data: te.Tensor, wl: Conv2dWorkload, extra_h: int = 0, extra_w: int = 0) -> te.Tensor:
     """Zero-pad NCHW ``data`` by the workload's pads (plus ``extra_h``/``extra_w`` more at bottom/right)."""
     before = [0, 0, wl.pad_top, wl.pad_left]
@@ -290,31 +273,31 @@ def im2col_gemm(wl: Conv2dWorkload) -> list[te.Tensor]:
     return [data, weight, out]
 
 
-def im2col_blocked_packed_shape(wl: Conv2dWorkload, k_block: int) -> tuple[int, ...]:
+def im2col_blocked_packed_shape(wl: Conv2dWorkload, oc_block: int) -> tuple[int, ...]:
     """``(G, ceil((K/G) / kb), C/G * KH * KW, kb)`` -- per group, the GEMM left operand in ``kb``-row panels
     (output channels zero-padded up to whole panels)."""
     g = wl.groups
-    return (g, -(-(wl.out_channels // g) // k_block), (wl.in_channels // g) * wl.kernel_h * wl.kernel_w, k_block)
+    return (g, -(-(wl.out_channels // g) // oc_block), (wl.in_channels // g) * wl.kernel_h * wl.kernel_w, oc_block)
 
 
-def im2col_blocked_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, k_block: int) -> np.ndarray:
+def im2col_blocked_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, oc_block: int) -> np.ndarray:
     """OIHW ``[K, C/G, KH, KW]`` -> ``[G, Kg/kb, C/G*KH*KW, kb]``, zero rows for the padded channels."""
-    g, ko, r, kb = im2col_blocked_packed_shape(wl, k_block)
+    g, ko, r, kb = im2col_blocked_packed_shape(wl, oc_block)
     kg = wl.out_channels // g
     w = np.zeros((g, ko * kb, r), dtype=weight.dtype)
     w[:, :kg] = weight.reshape(g, kg, r)
     return np.ascontiguousarray(w.reshape(g, ko, kb, r).transpose(0, 1, 3, 2))
 
 
-def im2col_rows(wl: Conv2dWorkload, k_block: int, x_block: int) -> list[te.Tensor]:
+def im2col_rows(wl: Conv2dWorkload, oc_block: int, ow_tile: int) -> list[te.Tensor]:
     """im2col with the output rows kept 2-D, then a GEMM per group (any stride, padding, dilation, groups).
 
     Stages:
 
     - ``im2col`` ``col[n, g, r, y, x]`` ``[N, G, C/G*KH*KW, OH, OWp]`` (``r = (ic, kh, kw)``; OW zero-padded up
-      to a multiple of ``x_block``; zero padding of the input folded in);
+      to a multiple of ``ow_tile``; zero padding of the input folded in);
     - ``gemm`` ``[N, G, Kgp, OH, OWp]`` = ``sum_r W[g, k // kb, r, k % kb] * col[n, g, r, y, x]``
-      (``Kgp`` = ``K/G`` rounded up to ``k_block``);
+      (``Kgp`` = ``K/G`` rounded up to ``oc_block``);
     - ``out`` ``[N, K, OH, OW]`` (NCHW, padding cropped).
 
     Keeping ``(y, x)`` 2-D (rather than one flattened ``OH*OW`` axis) makes both the im2col copy and the output
@@ -324,10 +307,10 @@ def im2col_rows(wl: Conv2dWorkload, k_block: int, x_block: int) -> list[te.Tenso
     g, cg, kg = wl.groups, wl.in_channels // wl.groups, wl.out_channels // wl.groups
     khw, kw_ = wl.kernel_h * wl.kernel_w, wl.kernel_w
     r_len = cg * khw
-    ow_p = -(-wl.out_w // x_block) * x_block
-    kgo = -(-kg // k_block)
+    ow_p = -(-wl.out_w // ow_tile) * ow_tile
+    kgo = -(-kg // oc_block)
     arg, data = input_view(wl)
-    weight = te.placeholder(im2col_blocked_packed_shape(wl, k_block), wl.dtype, name="packed_weight")
+    weight = te.placeholder(im2col_blocked_packed_shape(wl, oc_block), wl.dtype, name="packed_weight")
     pt, pl = wl.pad_top, wl.pad_left
 
     def _col(n, gi, r, y, x):
@@ -344,8 +327,8 @@ def im2col_rows(wl: Conv2dWorkload, k_block: int, x_block: int) -> list[te.Tenso
     col = te.compute((wl.batch, g, r_len, wl.out_h, ow_p), _col, name="im2col")
     rk = te.reduce_axis((0, r_len), name="rk")
     gemm = te.compute(
-        (wl.batch, g, kgo * k_block, wl.out_h, ow_p),
-        lambda n, gi, k, y, x: te.sum(weight[gi, k // k_block, rk, k % k_block] * col[n, gi, rk, y, x], axis=rk),
+        (wl.batch, g, kgo * oc_block, wl.out_h, ow_p),
+        lambda n, gi, k, y, x: te.sum(weight[gi, k // oc_block, rk, k % oc_block] * col[n, gi, rk, y, x], axis=rk),
         name="gemm",
     )
     out = te.compute(
@@ -374,24 +357,24 @@ def _round_up(x: int, b: int) -> int:
     return (x + b - 1) // b * b
 
 
-def winograd_packed_shape(wl: Conv2dWorkload, m: int, k_block: int = 1) -> tuple[int, ...]:
+def winograd_packed_shape(wl: Conv2dWorkload, m: int, oc_block: int = 1) -> tuple[int, ...]:
     """``(alpha, alpha, C, K_pad)`` -- the transformed kernel U = G g G^T per (eps, nu), ``alpha = m + 2``.
 
-    ``K_pad = ceil(K / k_block) * k_block``: output channels are zero-padded to a multiple of the GEMM's vector
+    ``K_pad = ceil(K / oc_block) * oc_block``: output channels are zero-padded to a multiple of the GEMM's vector
     block so the batched GEMM never needs a boundary predicate.
     """
     a = m + 2
-    return (a, a, wl.in_channels, _round_up(wl.out_channels, k_block))
+    return (a, a, wl.in_channels, _round_up(wl.out_channels, oc_block))
 
 
-def winograd_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, m: int, k_block: int = 1) -> np.ndarray:
+def winograd_pack_weight(weight: np.ndarray, wl: Conv2dWorkload, m: int, oc_block: int = 1) -> np.ndarray:
     """Kernel transform ``U[eps, nu, c, k] = (G g[k, c] G^T)[eps, nu]``, computed in float64 then cast.
 
-    Output channels ``k >= K`` (padding up to a multiple of ``k_block``) are zero.
+    Output channels ``k >= K`` (padding up to a multiple of ``oc_block``) are zero.
     """
     _, _, g_mat = winograd_matrices(m)
     u = np.einsum("ar,kcrs,bs->abck", g_mat, weight.astype(np.float64), g_mat)
-    out = np.zeros(winograd_packed_shape(wl, m, k_block), dtype=np.float64)
+    out = np.zeros(winograd_packed_shape(wl, m, oc_block), dtype=np.float64)
     out[..., : wl.out_channels] = u
     return np.ascontiguousarray(out.astype(weight.dtype))
 
@@ -428,11 +411,11 @@ def _select(idx, exprs):
     return res
 
 
-def winograd(wl: Conv2dWorkload, m: int, k_block: int = 1, p_block: int = 1) -> list[te.Tensor]:
+def winograd(wl: Conv2dWorkload, m: int, oc_block: int = 1, p_tile: int = 1) -> list[te.Tensor]:
     """Winograd F(m x m, 3 x 3) for a 3x3, stride-1, dilation-1, groups-1 conv (Lavin & Gray 2016).
 
     ``alpha = m + 2``; ``P = N * nH * nW`` tiles (``nH = ceil(OH / m)``), padded to ``P_pad`` (multiple of
-    ``p_block``; extra tiles repeat the last one); ``K_pad`` = K rounded up to ``k_block``. Stages:
+    ``p_tile``; extra tiles repeat the last one); ``K_pad`` = K rounded up to ``oc_block``. Stages:
 
     - ``pad_temp`` ``[N, nH*m+2, nW*m+2, C]``: zero-padded input, channels last (one gather pass over NCHW; every
       tile window then lies inside it, so no bounds test runs in the transforms);
@@ -453,11 +436,11 @@ def winograd(wl: Conv2dWorkload, m: int, k_block: int = 1, p_block: int = 1) -> 
     n_h, n_w = winograd_tiles(wl, m)
     per_img = n_h * n_w
     n_tiles = wl.batch * per_img
-    p_pad = _round_up(n_tiles, p_block)
+    p_pad = _round_up(n_tiles, p_tile)
     c, k = wl.in_channels, wl.out_channels
-    k_pad = _round_up(k, k_block)
+    k_pad = _round_up(k, oc_block)
     arg, data = input_view(wl)
-    weight = te.placeholder(winograd_packed_shape(wl, m, k_block), dt, name="packed_weight")
+    weight = te.placeholder(winograd_packed_shape(wl, m, oc_block), dt, name="packed_weight")
     hp, wp = n_h * m + 2, n_w * m + 2
 
     def _pad(n, y, x, ci):

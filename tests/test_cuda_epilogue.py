@@ -26,10 +26,11 @@ from tvm import relax, s_tir, tirx
 
 from conftest import assert_close, torch_conv
 from convpipe.compiler.lower import lower_conv2d
+from convpipe.compiler.nvcc import NVCC, nvcc_available, ptxas_report
 from convpipe.compiler.pipeline import cuda_schedule_passes
 from convpipe.schedules import Conv2dWorkload, resolve_target
 from convpipe.schedules.cuda import RULES
-from convpipe.schedules.cuda import _common as C
+from convpipe.schedules.cuda.base import MAX_STATIC_SMEM
 from convpipe.schedules.epilogue import CONV_OUT, block_names
 
 ARCHES = ("sm_80", "sm_90")
@@ -61,7 +62,7 @@ PATTERNS = {
 @pytest.fixture(scope="module", autouse=True)
 def nvcc():
     """CI checks the generated CUDA with nvcc: a missing nvcc is a failure, not a skip."""
-    assert C.nvcc_available(), f"nvcc ({C.NVCC}) not found: install the CUDA toolkit or set CONVPIPE_NVCC"
+    assert nvcc_available(), f"nvcc ({NVCC}) not found: install the CUDA toolkit or set CONVPIPE_NVCC"
 
 
 def _target(arch="sm_90"):
@@ -482,9 +483,9 @@ def test_fused_model_nvcc_no_spills(family):
         assert len(names) == len(set(names)) > 0 and src.count("__global__") == 2 * len(names)
         assert all(n.startswith("fused_conv2d_") for n in names), f"a kernel besides the fused convs: {names}"
         assert "0x1.8p+2f" in src, "the ReLU6 clamp (upper bound 6.0) is applied inside the fused kernels"
-        for rep in C.ptxas_report(src, arch):
+        for rep in ptxas_report(src, arch):
             assert rep.spills == 0 and rep.stack_bytes == 0, f"{arch} {family}: {rep}"
-            assert rep.smem_bytes <= C.MAX_STATIC_SMEM
+            assert rep.smem_bytes <= MAX_STATIC_SMEM
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -105,7 +105,8 @@ def test_family_property_blocked_layout(family):
 
 
 def test_blocked_candidate_knobs_are_correct():
-    """The tuner's candidates for blocked workloads (the knobs differ: ic_block = x in place, depthwise x_tile)."""
+    """The tuner's candidates for blocked workloads (the knobs differ: ic_block = x in place, depthwise's ow_tile
+    counts pixels of x channels)."""
     target = resolve_target("x86")
     for wl in (Conv2dWorkload(1, 16, 12, 12, 32, 1, 1).with_layout(8),
                Conv2dWorkload(1, 32, 9, 9, 32, 3, 3, 2, 2, 1, 1, 1, 1, groups=32).with_layout(16),
@@ -215,7 +216,7 @@ def test_knob_space_rejects_with_a_reason():
     assert direct.validate_knobs(wl, target, {"oc_block": 16, "ow_tile": 12}) is None  # optional knobs default
     assert "12" in direct.validate_knobs(wl, target, {**ok, "ow_tile": 10**9})  # at most OW = 12
     assert "register" in direct.validate_knobs(wl, target, {**ok, "ow_tile": 12, "oc_block": 1, "oc_tile": 16})
-    assert "tile" in RULES["winograd"].validate_knobs(wl, target, {"tile": 3, "k_block": 16, "p_block": 4})
+    assert "'m'" in RULES["winograd"].validate_knobs(wl, target, {"m": 3, "oc_block": 16, "p_tile": 4})
     assert "object" in RULES["im2col"].validate_knobs(wl, target, [1, 2])
 
 
@@ -309,7 +310,7 @@ def test_unsupported_reasons():
     with pytest.raises(ValueError, match="divisible"):
         Conv2dWorkload(1, 12, 8, 8, 16, 1, 1, data_block=8)
     with pytest.raises(ValueError, match="cannot compute"):
-        RULES["winograd"].build(Conv2dWorkload(1, 8, 8, 8, 8, 5, 5), target, {"tile": 4})
+        RULES["winograd"].build(Conv2dWorkload(1, 8, 8, 8, 8, 5, 5), target, {"m": 4})
 
 
 RACE_CHECK = r"""
@@ -338,7 +339,7 @@ print("ok")
 
 
 def test_grouped_im2col_with_padded_k_blocks_on_two_threads():
-    """Regression (found by the property test): grouped im2col whose K/G is not a multiple of k_block wrote other
+    """Regression (found by the property test): grouped im2col whose K/G is not a multiple of oc_block wrote other
     groups' output channels from the wrong thread when run on 2 threads. Also runs NCHW[x]c kernels on 2 threads."""
     import os
     import subprocess

@@ -1,16 +1,16 @@
 """Depthwise conv2d for aarch64 NEON: the shared CPU schedule (:mod:`..cpu.depthwise`) with NEON's own defaults.
 
-A register tile of ``y_block`` rows x ``x_vec`` columns (``x_vec / 4`` q registers per row, ``<= 16``
+A register tile of ``oh_tile`` rows x ``ow_tile`` columns (``ow_tile / 4`` q registers per row, ``<= 16``
 accumulators, half the NEON register file) accumulated over the KH x KW window, each step one broadcast weight x
-one input vector ``fmla``. Unlike on AVX-512, the defaults never pick the LLVM-vectorised variant (``x_vec = 0``:
+one input vector ``fmla``. Unlike on AVX-512, the defaults never pick the LLVM-vectorised variant (``ow_tile = 0``:
 measured faster there for strided or very wide/narrow outputs, unmeasured on ARM).
 """
 
 from __future__ import annotations
 
 from ..cpu import DepthwiseCpu
-from ..cpu._util import largest_divisor, vector_registers
-from ..cpu._util import vectors as _vectors
+from ..cpu.base import largest_divisor, vector_registers
+from ..cpu.base import vectors as _vectors
 
 
 def _vector_block(n: int, lanes: int, cap_vectors: int = 2) -> int:
@@ -23,8 +23,8 @@ def _vector_block(n: int, lanes: int, cap_vectors: int = 2) -> int:
 
 
 class DepthwiseArm(DepthwiseCpu):
-    """Knobs as :class:`..cpu.DepthwiseCpu` (``x_vec``, ``y_block``) with NEON defaults (never the x86-only
-    LLVM-vectorised variant ``x_vec = 0``)."""
+    """Knobs as :class:`..cpu.DepthwiseCpu` (NCHW: ``ow_tile``, ``oh_tile``; NCHW[x]c: ``ow_tile``) with NEON
+    defaults in NCHW (never the x86-only LLVM-vectorised variant ``ow_tile = 0``)."""
 
     arch = "arm"
 
@@ -34,7 +34,7 @@ class DepthwiseArm(DepthwiseCpu):
         lanes = target.vector_lanes
         xv = _vector_block(wl.out_w, lanes)
         rows = max(1, min(4, vector_registers(target) // 2 // _vectors(xv, lanes)))
-        return {"x_vec": xv, "y_block": largest_divisor(wl.out_h, rows)}
+        return {"ow_tile": xv, "oh_tile": largest_divisor(wl.out_h, rows)}
 
     def candidate_knobs(self, wl, target):
         if wl.data_block:
@@ -46,7 +46,7 @@ class DepthwiseArm(DepthwiseCpu):
                 continue
             for yb in (1, 2, 4, 7, 8):
                 if wl.out_h % yb == 0 and yb * _vectors(xv, lanes) <= budget:
-                    k = {"x_vec": xv, "y_block": yb}
+                    k = {"ow_tile": xv, "oh_tile": yb}
                     if k not in out:
                         out.append(k)
         return out

@@ -6,7 +6,7 @@ channels blocked too, each reduction step is ``ow_tile x oc_tile`` broadcast-inp
 accumulators that stay in registers. Padding and input-channel blocking happen once, in a ``data_pack`` pass;
 the accumulator tile is written straight to the NCHW output (or, in NCHW[x]c, as whole vectors to the blocked
 output, and a 1x1 conv reads the blocked input in place). Sized by the target's vector lanes and register
-file (:func:`._util.vector_registers`): on NEON each FMA is an ``fmla v.4s``.
+file (:func:`.base.vector_registers`): on NEON each FMA is an ``fmla v.4s``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Knobs
+from ..rule import DirectFamily, Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import (
+from .base import (
     CpuRule,
     begin_schedule,
     register_tile_reason,
@@ -39,22 +39,23 @@ def _ic_block(channels: int, lanes: int) -> int:
     return d if d >= 4 else lanes
 
 
-class DirectCpu(CpuRule):
+class DirectCpu(DirectFamily, CpuRule):
     """Register-tiled direct conv2d. Supports ``groups == 1`` with any kernel, stride, padding, dilation.
 
     Knobs:
-        oc_block: output channels per vector (the vectorised axis; ``K`` is zero-padded up to a multiple).
+        oc_block: output channels per block: the vectorised axis of the accumulators and the innermost axis of
+            the packed weight ``OIHW[ib]i[ob]o`` and of the ``conv`` stage (``K`` zero-padded up to a multiple).
         ic_block: input channels per block of the packed input ``[N, C/ib, Hp, Wp, ib]`` (``C`` zero-padded);
             1 with no padding reads the NCHW input in place. Optional, default 1.
-        ow_tile: output columns per register tile (``OW`` is padded up to a multiple; the extra columns are
-            computed and dropped).
-        oc_tile: output-channel blocks per register tile (divides ``ceil(K / oc_block)``). Optional, default 1.
+        ow_tile: output columns per register tile, unrolled (``OW`` is padded up to a multiple; the extra
+            columns are computed and dropped).
+        oc_tile: output-channel *blocks* (of ``oc_block`` channels) per register tile, unrolled; divides
+            ``ceil(K / oc_block)``. Optional, default 1.
 
     The register tile holds ``ow_tile * oc_tile * ceil(oc_block / lanes)`` vector accumulators; the defaults keep
     that within half the register file: 16 of the 32 zmm (AVX-512) or NEON q registers, 8 of the 16 ymm (AVX2).
     """
 
-    family = "direct"
     optional_knobs = {"ic_block": 1, "oc_tile": 1}
 
     def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
@@ -127,13 +128,20 @@ class DirectCpu(CpuRule):
         kn = self.read_knobs(knobs)
         return compute.direct_blocked_pack_weight(weight, wl, kn["oc_block"], kn["ic_block"])
 
-    def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        self.check(wl, target)
-        kn = self.check_knobs(wl, target, knobs)
-        ob, ib, owt, noc = kn["oc_block"], kn["ic_block"], kn["ow_tile"], kn["oc_tile"]
+    def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
+        """:func:`..compute.direct_blocked` with the knobs' channel blocks and column tile."""
+        return compute.create_prim_func(
+            compute.direct_blocked(wl, knobs["oc_block"], knobs["ic_block"], knobs["ow_tile"])
+        )
+
+    def apply(self, sch: s_tir.Schedule, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> None:
+        """Pack pass parallel (vectorised for a plain zero-padding copy); ``conv`` as ``(n, ko/oc_tile, y,
+        ow/ow_tile)`` parallel, reduction ``(co, rh, rw, ci)``, then the ``oc_tile x ow_tile x oc_block``
+        accumulator tile unrolled/vectorised in registers, written straight to ``out``."""
+        ob, ib, owt, noc = knobs["oc_block"], knobs["ic_block"], knobs["ow_tile"], knobs["oc_tile"]
         lanes = target.vector_lanes
         geo = compute.direct_blocked_geometry(wl, ob, ib, owt)
-        sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.direct_blocked(wl, ob, ib, owt))))
+        begin_schedule(sch)
 
         if geo["needs_pack"]:
             pack = sch.get_sblock("data_pack")
@@ -161,4 +169,3 @@ class DirectCpu(CpuRule):
             sch.vectorize(sch.get_loops(out)[-1])
         sch.set_scope(conv, 0, "local")  # the compacted accumulator tile -> stack -> registers
         sch.decompose_reduction(conv, co)
-        return sch.mod["main"]

@@ -3,9 +3,9 @@
 
 Chellapilla et al. (2006): the input is unrolled into ``col[n, g, (ic, kh, kw), y, x]`` once, then each group is
 one GEMM ``[K/G, C/G*KH*KW] x [C/G*KH*KW, OH*OWp]``. The GEMM is register-blocked like a BLAS micro-kernel
-(Goto & van de Geijn, "Anatomy of High-Performance Matrix Multiplication", 2008): a ``k_block x x_block`` tile of
-accumulators (``k_block`` broadcast weights x ``x_block / lanes`` vectors of output columns) per reduction step,
-stored straight to the NCHW output (on NEON each step is ``k_block`` ``fmla v.4s`` per vector).
+(Goto & van de Geijn, "Anatomy of High-Performance Matrix Multiplication", 2008): an ``oc_block x ow_tile`` tile of
+accumulators (``oc_block`` broadcast weights x ``ow_tile / lanes`` vectors of output columns) per reduction step,
+stored straight to the NCHW output (on NEON each step is ``oc_block`` ``fmla v.4s`` per vector).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Knobs
+from ..rule import Im2colFamily, Knobs
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import (
+from .base import (
     CpuRule,
     begin_schedule,
     loops_below,
@@ -28,7 +28,7 @@ from ._util import (
 )
 
 
-def _x_block(out_w: int, lanes: int) -> int:
+def _ow_tile(out_w: int, lanes: int) -> int:
     """Output columns per tile: 1 or 2 vectors, or a narrower power of two for narrow outputs."""
     if out_w <= lanes:
         return max(1 << (out_w - 1).bit_length(), 4) if out_w > 1 else 1
@@ -37,67 +37,73 @@ def _x_block(out_w: int, lanes: int) -> int:
     return 2 * lanes if two <= one else lanes
 
 
-class Im2colCpu(CpuRule):
+class Im2colCpu(Im2colFamily, CpuRule):
     """im2col + register-blocked GEMM. Supports every conv2d (any stride, padding, dilation, groups).
 
     Knobs:
-        k_block: output channels per register tile (broadcast operand; ``K/G`` zero-padded up to a multiple).
-        x_block: output columns per register tile (vectorised; ``OW`` zero-padded up to a multiple). The tile
-            holds ``k_block * ceil(x_block / lanes)`` vector accumulators: at most half the register file (16 on
-            AVX-512 and NEON, 8 on AVX2).
+        oc_block: output channels per register tile, unrolled (the broadcast operand) and per panel of the
+            packed weight ``[G, ceil((K/G) / oc_block), C/G*KH*KW, oc_block]`` (``K/G`` zero-padded up to a
+            multiple).
+        ow_tile: output columns per register tile, vectorised (``OW`` zero-padded up to a multiple). The tile
+            holds ``oc_block * ceil(ow_tile / lanes)`` vector accumulators; the defaults use at most half the
+            register file (16 on AVX-512 and NEON, 8 on AVX2).
     """
 
-    family = "im2col"
-
     def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
-        """``k_block``: 1 .. K/G (it tiles a group's output channels); ``x_block``: 1 .. max(OW, 2 x lanes) (it
+        """``oc_block``: 1 .. K/G (it tiles a group's output channels); ``ow_tile``: 1 .. max(OW, 2 x lanes) (it
         tiles the output columns, or is up to two whole vectors); together a register tile of
-        ``k_block * ceil(x_block / lanes)`` vectors within the register file (:meth:`knob_constraints`)."""
+        ``oc_block * ceil(ow_tile / lanes)`` vectors within the register file (:meth:`knob_constraints`)."""
         return {
-            "k_block": range(1, wl.out_channels // wl.groups + 1),
-            "x_block": range(1, max(wl.out_w, 2 * target.vector_lanes) + 1),
+            "oc_block": range(1, wl.out_channels // wl.groups + 1),
+            "ow_tile": range(1, max(wl.out_w, 2 * target.vector_lanes) + 1),
         }
 
     def knob_constraints(self, wl, target, knobs):
-        acc = knobs["k_block"] * vectors(knobs["x_block"], target.vector_lanes)
-        return register_tile_reason(acc, target, "k_block x ceil(x_block / lanes)")
+        """The register tile ``oc_block * ceil(ow_tile / lanes)`` fits the vector register file."""
+        acc = knobs["oc_block"] * vectors(knobs["ow_tile"], target.vector_lanes)
+        return register_tile_reason(acc, target, "oc_block x ceil(ow_tile / lanes)")
 
     def default_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> Knobs:
         return self._knobs(wl, target)
 
-    def _knobs(self, wl: Conv2dWorkload, target: TargetInfo, x_block: int | None = None) -> Knobs:
+    def _knobs(self, wl: Conv2dWorkload, target: TargetInfo, ow_tile: int | None = None) -> Knobs:
         lanes = target.vector_lanes
-        xb = _x_block(wl.out_w, lanes) if x_block is None else x_block
+        xb = _ow_tile(wl.out_w, lanes) if ow_tile is None else ow_tile
         vecs = -(-xb // lanes)
         kb = max(vector_registers(target) // 2 // vecs, 1)
         kg = wl.out_channels // wl.groups
         if kg < kb:
             kb = kg
-        return {"k_block": kb, "x_block": xb}
+        return {"oc_block": kb, "ow_tile": xb}
 
     def candidate_knobs(self, wl: Conv2dWorkload, target: TargetInfo) -> list[Knobs]:
         lanes = target.vector_lanes
         cands = [self.default_knobs(wl, target)]
         for xb in (lanes, 2 * lanes, lanes // 2):
             k = self._knobs(wl, target, xb)
-            for kb in (k["k_block"], max(k["k_block"] // 2, 1)):
-                c = {"k_block": kb, "x_block": xb}
+            for kb in (k["oc_block"], max(k["oc_block"] // 2, 1)):
+                c = {"oc_block": kb, "ow_tile": xb}
                 if c not in cands:
                     cands.append(c)
         return cands
 
     def packed_weight_shape(self, wl, knobs):
-        return compute.im2col_blocked_packed_shape(wl, self.read_knobs(knobs)["k_block"])
+        return compute.im2col_blocked_packed_shape(wl, self.read_knobs(knobs)["oc_block"])
 
     def pack_weight(self, weight, wl, knobs):
-        return compute.im2col_blocked_pack_weight(weight, wl, self.read_knobs(knobs)["k_block"])
+        return compute.im2col_blocked_pack_weight(weight, wl, self.read_knobs(knobs)["oc_block"])
 
-    def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        self.check(wl, target)
-        kn = self.check_knobs(wl, target, knobs)
-        kb, xb = kn["k_block"], kn["x_block"]
+    def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
+        """:func:`..compute.im2col_rows` with the knobs' channel panel and column tile."""
+        return compute.create_prim_func(compute.im2col_rows(wl, knobs["oc_block"], knobs["ow_tile"]))
+
+    def apply(self, sch: s_tir.Schedule, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> None:
+        """im2col copy parallel over (n, g, r); GEMM parallel over (n, g, K/oc_block, y), each step an
+        ``oc_block x ow_tile`` accumulator tile (broadcast weight x vectors of columns) stored straight to
+        ``out``."""
+        kb, xb = knobs["oc_block"], knobs["ow_tile"]
         lanes = target.vector_lanes
-        sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.im2col_rows(wl, kb, xb))))
+        begin_schedule(sch)
         col = sch.get_sblock("im2col")
         n, g, r, y, x = sch.get_loops(col)
         sch.parallel(sch.fuse(n, g, r))
@@ -129,10 +135,9 @@ class Im2colCpu(CpuRule):
                 sch.vectorize(sch.get_loops(out)[-1])
             sch.set_scope(gemm, 0, "local")  # the compacted accumulator tile -> stack -> registers
         else:
-            # K/G padded to k_block with several groups: the output channels of one (group, k-block) tile are
+            # K/G padded to oc_block with several groups: the output channels of one (group, k-block) tile are
             # not a contiguous range of K, and TVM's region for a computed-at store would spill into the next
             # group's channels, written by another thread. Store the output in its own parallel pass instead.
             n_, k_, y_, x_ = sch.get_loops(out)
             sch.parallel(sch.fuse(n_, k_))
         sch.decompose_reduction(gemm, rk)
-        return sch.mod["main"]

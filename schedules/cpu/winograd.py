@@ -11,8 +11,8 @@ Schedule (one parallel loop per stage; vector widths from the target's lanes):
 - ``pad_temp``: NCHW -> zero-padded channels-last copy, parallel over rows, vectorised over channels;
 - input transform: ``data_tmp`` (d B) computed at each (tile, channel vector) of ``data_pack`` (B^T d B), both
   fully unrolled over alpha x alpha so every output is its own sparse sum of constants, vectorised over C;
-- batched GEMM: for each (eps, nu) and block of ``k_block`` output channels (parallel), a register tile of
-  ``p_block`` tiles x ``k_block`` channels (``p_block * k_block / lanes`` vector accumulators) accumulates
+- batched GEMM: for each (eps, nu) and block of ``oc_block`` output channels (parallel), a register tile of
+  ``p_tile`` tiles x ``oc_block`` channels (``p_tile * oc_block / lanes`` vector accumulators) accumulates
   broadcast(V) x vector(U) FMAs over C;
 - output transform: ``inv_tmp`` (M A) at each (tile, channel vector) of ``inverse`` (A^T M A), unrolled,
   vectorised over K, parallel over tile rows; then a crop + transpose to NCHW ``out``.
@@ -29,10 +29,10 @@ import tvm
 from tvm import s_tir
 
 from .. import compute
-from ..rule import Knobs
+from ..rule import Knobs, WinogradFamily
 from ..target import TargetInfo
 from ..workload import Conv2dWorkload
-from ._util import CpuRule, begin_schedule, register_tile_reason, vector_registers, vectorize_blocked_store
+from .base import CpuRule, begin_schedule, register_tile_reason, vector_registers, vectorize_blocked_store
 
 #: Documented bound on max |ours - float64| / max |float64| per tile size m (about 2x the worst measured value).
 #: Measured (random N(0,1) data/weights, 3x3 pad 1, 64ch 56x56 / 128ch 28x28 / 256ch 14x14 / 512ch 7x7):
@@ -49,60 +49,60 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return v
 
 
-class WinogradCpu(CpuRule):
+class WinogradCpu(WinogradFamily, CpuRule):
     """Winograd F(m x m, 3 x 3) for 3x3, stride-1, dilation-1, groups-1 convs (any N, C, K, H, W, pads).
 
     Knobs:
-        tile: m, the output tile edge (2, 4 or 6). ``alpha = m + 2``; multiplies per output fall from 9 (direct)
-            to ``alpha^2 / m^2`` (4, 2.25, 1.78); transform cost and fp32 error grow with m (:data:`ERROR_BOUND`).
-        k_block: output channels per GEMM register tile, a multiple of the target's vector lanes (16 AVX-512,
-            8 AVX2, 4 NEON); K is zero-padded up to it in the packed weight.
-        p_block: Winograd tiles per GEMM register tile (accumulators = ``p_block * k_block / lanes``); the tile
-            count is padded up to it.
+        m: the output tile edge of F(m x m, 3 x 3) (2, 4 or 6). ``alpha = m + 2``; multiplies per output fall
+            from 9 (direct) to ``alpha^2 / m^2`` (4, 2.25, 1.78); transform cost and fp32 error grow with m
+            (:data:`ERROR_BOUND`).
+        oc_block: output channels per GEMM register tile, vectorised (defaults: a multiple of the target's
+            vector lanes, 16 AVX-512, 8 AVX2, 4 NEON); K is zero-padded up to a multiple in the packed weight.
+        p_tile: Winograd tiles per GEMM register tile, unrolled (accumulators = ``p_tile * oc_block / lanes``);
+            the tile count is padded up to a multiple.
 
-    Packed weight: ``float32[alpha, alpha, C, ceil(K / k_block) * k_block]`` (U = G g G^T).
+    Packed weight: ``float32[alpha, alpha, C, ceil(K / oc_block) * oc_block]`` (U = G g G^T).
     """
 
-    family = "winograd"
-
-    #: The output tile sizes m of F(m x m, 3 x 3) this rule builds (those with a measured :data:`ERROR_BOUND`).
-    TILES = tuple(sorted(ERROR_BOUND))
+    #: The output tile edges m of F(m x m, 3 x 3) this rule builds (those with a measured :data:`ERROR_BOUND`).
+    M_VALUES = tuple(sorted(ERROR_BOUND))
 
     def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
-        """``tile``: 2, 4 or 6 (:attr:`TILES`); ``k_block``: 1 .. 4 x lanes (up to four vectors of output channels;
-        K is zero-padded up to it); ``p_block``: 1 .. the number of vector registers; together a register tile of
-        ``p_block * k_block / kv`` accumulators (``kv`` the vector width along K, the largest power of two
-        <= lanes dividing ``k_block``) within the register file (:meth:`knob_constraints`)."""
+        """``m``: 2, 4 or 6 (:attr:`M_VALUES`); ``oc_block``: 1 .. 4 x lanes (up to four vectors of output channels;
+        K is zero-padded up to it); ``p_tile``: 1 .. the number of vector registers; together a register tile of
+        ``p_tile * oc_block / kv`` accumulators (``kv`` the vector width along K, the largest power of two
+        <= lanes dividing ``oc_block``) within the register file (:meth:`knob_constraints`)."""
         return {
-            "tile": self.TILES,
-            "k_block": range(1, 4 * target.vector_lanes + 1),
-            "p_block": range(1, vector_registers(target) + 1),
+            "m": self.M_VALUES,
+            "oc_block": range(1, 4 * target.vector_lanes + 1),
+            "p_tile": range(1, vector_registers(target) + 1),
         }
 
     def knob_constraints(self, wl, target, knobs):
-        kb = knobs["k_block"]
-        acc = knobs["p_block"] * (kb // _pow2_divisor(kb, target.vector_lanes))
-        return register_tile_reason(acc, target, "p_block x k_block / kv")
+        """The GEMM register tile ``p_tile * oc_block / kv`` fits the vector register file."""
+        kb = knobs["oc_block"]
+        acc = knobs["p_tile"] * (kb // _pow2_divisor(kb, target.vector_lanes))
+        return register_tile_reason(acc, target, "p_tile x oc_block / kv")
 
     def default_knobs(self, wl, target):
-        """``tile``: F(4, 3) (error bound 1e-5), F(2, 3) when the output is at most 8 pixels on a side (F(4, 3)
+        """``m``: F(4, 3) (error bound 1e-5), F(2, 3) when the output is at most 8 pixels on a side (F(4, 3)
         would pad 7x7 to 8x8 and its 2.25x larger U makes small-spatial, many-channel layers weight-bandwidth
         bound). F(6, 3) is never the default (bound 5e-5, and not faster here); it is a tuning candidate.
-        ``k_block``: up to 4 vectors of output channels; ``p_block``: tiles filling 16 (32-register files:
+        ``oc_block``: up to 4 vectors of output channels; ``p_tile``: tiles filling 16 (32-register files:
         AVX-512, NEON) / 12 (AVX2) vector accumulators (64 x 4 measured best on AVX-512 on the layers in the
         module docstring)."""
         lanes = target.vector_lanes
-        m = self._default_tile(wl)
+        m = self._default_m(wl)
         nkv = max(1, min(4, -(-wl.out_channels // lanes)))
-        k_block = lanes * nkv
+        oc_block = lanes * nkv
         # vector accumulators that leave registers for U and broadcasts
         acc = 16 if vector_registers(target) >= 32 else 12
         n_h, n_w = compute.winograd_tiles(wl, m)
-        p_block = max(1, min(acc // nkv, wl.batch * n_h * n_w))
-        return {"tile": m, "k_block": k_block, "p_block": p_block}
+        p_tile = max(1, min(acc // nkv, wl.batch * n_h * n_w))
+        return {"m": m, "oc_block": oc_block, "p_tile": p_tile}
 
     @staticmethod
-    def _default_tile(wl: Conv2dWorkload) -> int:
+    def _default_m(wl: Conv2dWorkload) -> int:
         return 2 if min(wl.out_h, wl.out_w) <= 8 else 4
 
     def candidate_knobs(self, wl, target):
@@ -110,29 +110,32 @@ class WinogradCpu(CpuRule):
         lanes = target.vector_lanes
         out = [d]
         for m in (2, 4, 6):
-            for kb, pb in ((d["k_block"], d["p_block"]), (lanes * 2, 8), (lanes, 14), (lanes * 3, 5)):
-                cand = {"tile": m, "k_block": kb, "p_block": pb}
+            for kb, pb in ((d["oc_block"], d["p_tile"]), (lanes * 2, 8), (lanes, 14), (lanes * 3, 5)):
+                cand = {"m": m, "oc_block": kb, "p_tile": pb}
                 if cand not in out:
                     out.append(cand)
         return out
 
     def packed_weight_shape(self, wl, knobs):
         kn = self.read_knobs(knobs)
-        return compute.winograd_packed_shape(wl, kn["tile"], kn["k_block"])
+        return compute.winograd_packed_shape(wl, kn["m"], kn["oc_block"])
 
     def pack_weight(self, weight, wl, knobs):
         kn = self.read_knobs(knobs)
-        return compute.winograd_pack_weight(weight, wl, kn["tile"], kn["k_block"])
+        return compute.winograd_pack_weight(weight, wl, kn["m"], kn["oc_block"])
 
-    def build(self, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> tvm.tirx.PrimFunc:
-        self.check(wl, target)
+    def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
+        """:func:`..compute.winograd` with the knobs' ``m``, channel padding and tile padding."""
+        return compute.create_prim_func(compute.winograd(wl, knobs["m"], knobs["oc_block"], knobs["p_tile"]))
+
+    def apply(self, sch: s_tir.Schedule, wl: Conv2dWorkload, target: TargetInfo, knobs: Knobs) -> None:
+        """The schedule of the module docstring, stage by stage."""
         lanes = target.vector_lanes
-        kn = self.check_knobs(wl, target, knobs)
-        m = kn["tile"]
-        kb, pb = kn["k_block"], kn["p_block"]
+        m = knobs["m"]
+        kb, pb = knobs["oc_block"], knobs["p_tile"]
         kv = _pow2_divisor(kb, lanes)  # vector width along K
         cv = _pow2_divisor(wl.in_channels, lanes)  # vector width along C (input transform)
-        sch = begin_schedule(s_tir.Schedule(compute.create_prim_func(compute.winograd(wl, m, kb, pb))))
+        begin_schedule(sch)
 
         # pad + NCHW -> NHWC
         pad = sch.get_sblock("pad_temp")
@@ -205,4 +208,3 @@ class WinogradCpu(CpuRule):
         else:
             sch.reorder(n, y, k, x)
             sch.parallel(sch.fuse(n, y))
-        return sch.mod["main"]

@@ -1,12 +1,13 @@
-"""What the CPU rules share besides their schedules: the register budget of a target, tile-size helpers and the
-base class."""
+"""The base of the CPU conv2d rules (x86 AVX-512 / AVX2, aarch64 NEON), in the manner of TVM dlight's
+``dlight/cpu/`` rules: :class:`CpuRule`, and what the CPU schedules share -- the register budget of a target
+(:func:`vector_registers`, :func:`register_tile_reason`), the NCHW[x]c output store (:func:`begin_schedule`,
+:func:`vectorize_blocked_store`) and tile-size helpers."""
 
 from __future__ import annotations
 
-
 from tvm import s_tir
 
-from ..rule import Conv2dRule, Knobs
+from ..rule import Conv2dRule
 from ..target import TargetInfo
 
 
@@ -54,6 +55,7 @@ def largest_divisor(n: int, cap: int) -> int:
 
 
 def divisors(n: int) -> list[int]:
+    """The divisors of ``n``, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
@@ -103,9 +105,14 @@ def register_tile_reason(accumulators: int, target: TargetInfo, what: str) -> st
 
 
 class CpuRule(Conv2dRule):
-    """Base of the shared CPU rules: subclasses per target set ``arch`` (and may override the knob heuristics)."""
+    """Base of the CPU rules. A family's CPU rule (``cpu/<family>.py``) subclasses it together with its family base
+    (:class:`~..rule.DirectFamily`, ...); the per-target rules (``x86/``, ``arm/``) set ``arch`` and override only
+    the knob heuristics measured on their ISA. CPU rules take NCHW and NCHW[x]c data and output (no
+    :meth:`~..rule.Conv2dRule.target_reason`); every register tile they unroll is bounded by
+    :func:`register_tile_reason`."""
 
-    def read_knobs(self, knobs: Knobs) -> Knobs:
-        """``knobs`` as ints with the :attr:`optional_knobs` filled in (for :meth:`pack_weight` and
-        :meth:`packed_weight_shape`, which take knobs :meth:`build` has validated)."""
-        return self.complete_knobs({k: int(v) for k, v in knobs.items()})
+    def target_reason(self, wl, target: TargetInfo) -> str | None:
+        """An LLVM CPU target (``arch`` ``"x86"`` or ``"arm"``); every workload layout is taken."""
+        if target.arch not in ("x86", "arm"):
+            return f"the CPU schedules need an x86 or ARM target (got {target.arch})"
+        return None
