@@ -110,11 +110,18 @@ def _area_from_integral(sat: np.ndarray, y0, x0, hk, wk, out_h: int, out_w: int)
     ye = y0[:, None] + ((oy[None] + 1) * hk[:, None] + out_h - 1) // out_h
     xs = x0[:, None] + (ox[None] * wk[:, None]) // out_w
     xe = x0[:, None] + ((ox[None] + 1) * wk[:, None] + out_w - 1) // out_w
-    Ys, Ye = ys[:, :, None], ye[:, :, None]
-    Xs, Xe = xs[:, None, :], xe[:, None, :]
-    sums = sat[:, Ye, Xe] - sat[:, Ys, Xe] - sat[:, Ye, Xs] + sat[:, Ys, Xs]  # [C, n, out_h, out_w]
-    kh = (Ye - Ys).astype(np.float32)
-    kw = (Xe - Xs).astype(np.float32)
+    w1 = sat.shape[2]
+    flat = sat.reshape(sat.shape[0], -1)
+    rs, re = (ys * w1)[:, :, None], (ye * w1)[:, :, None]
+    cs, ce = xs[:, None, :], xe[:, None, :]
+
+    def corner(r, c):
+        return np.take(flat, (r + c).reshape(-1), axis=1)
+
+    n = len(y0)
+    sums = (corner(re, ce) - corner(rs, ce) - corner(re, cs) + corner(rs, cs)).reshape(-1, n, out_h, out_w)
+    kh = (ye - ys).astype(np.float32)[:, :, None]
+    kw = (xe - xs).astype(np.float32)[:, None, :]
     out = sums.astype(np.float32) / kh / kw
     return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
