@@ -48,7 +48,7 @@ import numpy as np
 from convpipe.errors import ConvpipeError
 
 __all__ = ["DEFAULT_THRESHOLDS", "DEMO_PHOTOS", "Detections", "MTCNNDetector", "BatchRunner", "PNetRunner",
-           "area_resize", "convpipe_runners", "demo", "detection_table", "draw_detections", "load_photo",
+           "area_resize", "convpipe_runners", "demo", "demo_report", "detection_table", "draw_detections", "load_photo",
            "module_runner", "nms_min", "nms_union", "ort_runners", "pyramid", "torch_runners"]
 
 #: A network: float32 NCHW array -> tuple of float32 arrays (facenet-pytorch's output order).
@@ -745,3 +745,20 @@ def demo(out_dir: str | os.PathLike, photos: Sequence[str] = DEMO_PHOTOS, *, cac
         results[0]["compile_seconds"] = sum(compiled)
         results[0]["artifacts"] = len(compiled)
     return results
+
+
+def demo_report(results: Sequence[dict]) -> str:
+    """:func:`demo`'s results as text: per photo a header (size, faces, convpipe and onnxruntime seconds, the time
+    in the networks) and its :func:`detection_table`, then the compile cost."""
+    lines = []
+    for r in results:
+        d = r["detections"]
+        nets = d.timings.get("pnet", 0) + d.timings.get("rnet", 0) + d.timings.get("onet", 0)
+        head = (f"{r['photo']} ({r['shape'][0]}x{r['shape'][1]}): {len(d)} face(s), convpipe {r['seconds']:.3f} s "
+                f"(networks {nets:.3f} s, {d.counts.get('scales', 0)} pyramid levels)")
+        if "ort_seconds" in r:
+            head += f", onnxruntime {r['ort_seconds']:.3f} s"
+        lines += [head, detection_table(d), f"  -> {r['png']}", ""]
+    if results and results[0].get("artifacts"):
+        lines.append(f"compiled {results[0]['artifacts']} artifact(s) in {results[0]['compile_seconds']:.1f} s")
+    return "\n".join(lines).rstrip()

@@ -153,6 +153,9 @@ def test_ort_runners(photos, reference, tmp_path_factory):
     det = MTCNNDetector(*mtcnn.ort_runners(CACHE))
     for name in ("camera", "coffee"):
         _assert_matches(det.detect(photos[name]), reference[name])
+    for shape in ((10, 10, 3), (100, 80, 3), (64, 64)):  # no pyramid level / nothing found / grey
+        got = det.detect(np.zeros(shape, np.uint8))
+        assert got.boxes.shape == (0, 4) and got.probs.shape == (0,) and got.landmarks.shape == (0, 5, 2)
 
 
 def test_convpipe_runners_need_no_torch(convpipe_detector):
@@ -234,6 +237,15 @@ def test_pyramid_sizes():
     levels = pyramid(512, 512)
     assert len(levels) == 10 and levels[0] == (0.6, (308, 308)) and levels[-1][1] == (14, 14)
     assert pyramid(400, 600)[0][1] == (241, 361)
+
+
+def test_demo(photos, convpipe_detector, tmp_path):
+    """:func:`convpipe.mtcnn.demo` on cached artifacts: a PNG and a table per photo, a text report."""
+    res = mtcnn.demo(tmp_path, ("camera", "coffee"), cache_dir=CACHE, compare_ort=False)
+    assert [len(r["detections"]) for r in res] == [1, 0]
+    assert all(os.path.getsize(r["png"]) > 1000 for r in res)
+    report = mtcnn.demo_report(res)
+    assert "camera (512x512): 1 face(s)" in report and "no face found" in report
 
 
 def test_table_and_png(photos, reference, tmp_path):
