@@ -165,7 +165,7 @@ def atomic_directory(dest: str, sources: tuple[str, ...] = ()):
         tmp = tempfile.mkdtemp(prefix=_temp_prefix(dest_abs, "tmp"), dir=parent)
         os.chmod(tmp, 0o777 & ~current_umask())
     except OSError as e:
-        raise _os_error(dest, e) from None
+        raise _os_error(dest, e) from e
     try:
         yield tmp
         check_output_dir(dest, sources)  # the destination may have changed while we built
@@ -184,7 +184,7 @@ def atomic_directory(dest: str, sources: tuple[str, ...] = ()):
             else:
                 os.rename(tmp, dest_abs)
         except OSError as e:
-            raise _os_error(dest, e) from None
+            raise _os_error(dest, e) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -213,14 +213,14 @@ def write_file_atomically(path: str, data: bytes) -> None:
         clean_stale_temporaries(path)
         tmp = temporary_file_beside(path)
     except OSError as e:
-        raise ConvpipeError(f"-o {path}: cannot write there: {e.strerror or e}") from None
+        raise ConvpipeError(f"-o {path}: cannot write there: {e.strerror or e}") from e
     try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as e:
-        raise ConvpipeError(f"-o {path}: cannot write there: {e.strerror or e}") from None
+        raise ConvpipeError(f"-o {path}: cannot write there: {e.strerror or e}") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

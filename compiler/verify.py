@@ -39,7 +39,7 @@ def onnxruntime_session(onnx_path: str, threads: int | None = None, spinning: bo
     try:
         return ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ConvpipeError(f"{onnx_path}: onnxruntime cannot load it: {e}") from None
+        raise ConvpipeError(f"{onnx_path}: onnxruntime cannot load it: {e}") from e
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -89,7 +89,7 @@ def run_onnxruntime(onnx_path: str, inputs: dict[str, np.ndarray], threads: int 
         return dict(zip(names, sess.run(names, inputs)))
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        raise ConvpipeError(f"{onnx_path}: onnxruntime failed to run it: {msg}") from None
+        raise ConvpipeError(f"{onnx_path}: onnxruntime failed to run it: {msg}") from e
 
 
 def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], rtol: float, atol: float) -> list[OutputCheck]:

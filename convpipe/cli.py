@@ -472,9 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _unsuppress(e: BaseException) -> None:
-    """Show the original exception under ``--traceback``: user errors are raised ``from None`` so that the one-line
-    message stands alone, which hides their ``__context__`` (the onnx / TVM / OS error that caused them) from
-    Python's traceback printer; clear that flag along the chain."""
+    """Show the original exception under ``--traceback``: many user errors are raised ``from None`` so that the
+    one-line message stands alone, which hides their ``__context__`` (the onnx / TVM / OS error that caused them)
+    from Python's traceback printer; clear that flag along the chain (errors raised ``from e`` show it already)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))

@@ -304,3 +304,21 @@ def test_compare_refuses_nothing_to_compare():
         compare({"y": np.zeros(3, "float32")}, {"y": np.zeros(2, "float32")}, 1e-3, 1e-4)
     (c,) = compare({"y": np.zeros((0, 4), "float32")}, {"y": np.zeros((0, 4), "float32")}, 1e-3, 1e-4)
     assert c.ok
+
+
+def test_user_errors_keep_their_cause(tmp_path):
+    """Issue 13: a user error that rewords an OS or onnxruntime error chains it (``raise ... from e``), so a
+    traceback (the API's, or the CLI's ``--traceback``) shows the original error with the paths it names; the
+    one-line message is unchanged."""
+    from convpipe.compiler.output import write_file_atomically
+    from convpipe.compiler.verify import run_onnxruntime
+    from convpipe.errors import ConvpipeError
+
+    with pytest.raises(ConvpipeError, match=r"^-o /proc/x\.bin: cannot write there: ") as e:
+        write_file_atomically("/proc/x.bin", b"x")
+    assert isinstance(e.value.__cause__, OSError)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ConvpipeError, match="onnxruntime cannot load it") as e:
+        run_onnxruntime(str(bad), {})
+    assert e.value.__cause__ is not None
