@@ -140,16 +140,16 @@ CASES = [
     ("im2col", W(1, 8, 10, 10, 16, 3, 3, p=P1), None),
     ("im2col", W(1, 8, 9, 9, 12, 3, 3, s=2, p=P1, g=2), None),
     ("im2col", W(2, 6, 8, 8, 9, 3, 3, p=(0, 1, 2, 1), d=2, g=3), None),
-    ("im2col", W(1, 16, 6, 6, 8, 1, 1), {"x_block": 6, "k_block": 2}),
+    ("im2col", W(1, 16, 6, 6, 8, 1, 1), {"ow_tile": 6, "oc_block": 2}),
     ("winograd", W(1, 16, 12, 12, 16, 3, 3, p=P1), None),
     ("winograd", W(1, 6, 7, 9, 10, 3, 3, p=(1, 0, 2, 1)), None),
     ("winograd", W(2, 4, 4, 4, 4, 3, 3, p=P1), None),
-    ("winograd", W(1, 8, 12, 12, 8, 3, 3, p=P1), {"tile": 6, "k_block": 8, "p_block": 4}),
-    ("winograd", W(1, 8, 10, 10, 12, 3, 3), {"tile": 2, "k_block": 4, "p_block": 8}),
+    ("winograd", W(1, 8, 12, 12, 8, 3, 3, p=P1), {"m": 6, "oc_block": 8, "p_tile": 4}),
+    ("winograd", W(1, 8, 10, 10, 12, 3, 3), {"m": 2, "oc_block": 4, "p_tile": 8}),
     ("depthwise", W(1, 8, 12, 12, 8, 3, 3, p=P1, g=8), None),
     ("depthwise", W(1, 4, 17, 17, 8, 3, 3, s=2, p=P1, g=4), None),
     ("depthwise", W(2, 6, 9, 10, 6, 5, 5, p=(4, 4, 4, 4), d=2, g=6), None),
-    ("depthwise", W(1, 8, 16, 16, 8, 3, 3, p=P1, g=8), {"x_vec": 16, "y_block": 2}),
+    ("depthwise", W(1, 8, 16, 16, 8, 3, 3, p=P1, g=8), {"ow_tile": 16, "oh_tile": 2}),
 ]
 
 #: max |ours - float64 reference| / max |reference| allowed per family (fp32; Winograd loses digits with m).
