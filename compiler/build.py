@@ -53,7 +53,7 @@ def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "au
     """Import + layout + lower + ``tvm.compile``: returns ``(executable, layer records, device code)``.
 
     Math is IEEE-exact unless ``fast_math`` (:mod:`.pipeline`: TVM's ``FastMathTransform`` and fast-math intrinsic
-    rules; nvcc ``--use_fast_math``, :func:`convpipe.schedules.cuda._common.nvcc_flags`).
+    rules; nvcc ``--use_fast_math``, :func:`convpipe.compiler.nvcc.nvcc_flags`).
 
     For CUDA the kernels are compiled by nvcc for ``target.isa`` during ``tvm.compile`` and embedded in the
     executable as a binary (:func:`.cuda_device.cuda_build`); the third element is that

@@ -143,7 +143,7 @@ def cuda_pipeline(target: TargetInfo, fast_math: bool = False) -> tvm.transform.
     epilogue fusion among its dlight rules (:func:`cuda_schedule_passes`), NaN-propagating ``max``/``min``
     (:func:`convpipe.compiler.nan_minmax.PropagateNaN`), then its dataflow lowering and finalisation passes
     unchanged. Device code is compiled by nvcc without ``--use_fast_math`` unless ``fast_math``
-    (:func:`convpipe.schedules.cuda._common.nvcc_flags`)."""
+    (:func:`convpipe.compiler.nvcc.nvcc_flags`)."""
     from .nan_minmax import PropagateNaN
 
     return _in_target_scope(

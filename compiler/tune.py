@@ -8,7 +8,7 @@ of the same model reuses them (nothing is re-measured unless ``--retune``).
 Database file (JSON)::
 
     {"format": 1, "records": {"<target key>": {"<workload key>": {
-        "family": "winograd", "knobs": {"tile": 4, ...}, "ms": 0.41, "gflops": 563.0,
+        "family": "winograd", "knobs": {"m": 4, ...}, "ms": 0.41, "gflops": 563.0,
         "workload": {...}, "candidates": 12, "measured": "2026-11-21T05:00:00+00:00"}}}}
 
 Records are trusted only after checking (:func:`record_problem`): ``family`` names a rule of the target that
@@ -34,6 +34,7 @@ from typing import Callable
 
 from convpipe.errors import ConvpipeError
 from convpipe.schedules import Conv2dWorkload, TargetInfo, rules_for
+from convpipe.schedules.rule import upgrade_knobs
 
 from .kernel import measure_local, remote_measure  # noqa: F401 -- the measurers tune_workloads takes
 
@@ -153,6 +154,8 @@ class TuningDatabase:
         record = None
         if wkey in entry:
             raw = entry[wkey]
+            if isinstance(raw, dict) and isinstance(raw.get("knobs"), dict):  # knob names written before issue 13
+                raw = {**raw, "knobs": upgrade_knobs(raw.get("family"), raw["knobs"])}
             why = record_problem(raw, wl, target)
             if why is None:
                 record = {"candidates": 0, **raw, "knobs": dict(raw["knobs"])}

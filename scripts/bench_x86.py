@@ -454,10 +454,10 @@ def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, wo
             variants.append((fam, fam, d))
             if fam == "winograd":
                 for m in (2, 4, 6):
-                    if m == d.get("tile"):
+                    if m == d.get("m"):
                         continue
-                    cands = [k for k in rule.candidate_knobs(wl, target) if k.get("tile") == m]
-                    variants.append((f"winograd-f{m}", fam, cands[0] if cands else dict(d, tile=m)))
+                    cands = [k for k in rule.candidate_knobs(wl, target) if k.get("m") == m]
+                    variants.append((f"winograd-f{m}", fam, cands[0] if cands else dict(d, m=m)))
         auto_fam, auto_reason = auto_family(wl, rules, target)
         rec["auto"] = {"family": auto_fam, "reason": auto_reason}
         rec["ours_engine"] = auto_fam
@@ -485,8 +485,8 @@ def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, wo
                 err = rel_err(unblock_nchw(y) if wl.out_block else y, ref)
                 rec["ours"][ename] = {"family": fam, "knobs": knobs, "build_s": build_s, "rel_err": err}
                 if fam == "winograd":
-                    rec["errors"][f"winograd F({knobs['tile']}x{knobs['tile']},3x3)"] = {
-                        "tile": knobs["tile"], "rel_err": err, "bound": WINO_BOUND.get(knobs["tile"])}
+                    rec["errors"][f"winograd F({knobs['m']}x{knobs['m']},3x3)"] = {
+                        "tile": knobs["m"], "rel_err": err, "bound": WINO_BOUND.get(knobs["m"])}
                 engines[ename] = (lambda k=kern, a=args_: k(*a))
             except Exception as e:  # noqa: BLE001 -- one broken family must not hide the others
                 rec["failed"][ename] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"

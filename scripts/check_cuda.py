@@ -10,7 +10,7 @@ import sys
 
 from convpipe.schedules import Conv2dWorkload, resolve_target
 from convpipe.schedules.cuda import RULES
-from convpipe.schedules.cuda import _common as C
+from convpipe.compiler.nvcc import cuda_source, ptxas_report
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
             if not rule.supports(wl, t):
                 continue
             kn = rule.default_knobs(wl, t)
-            for rep in C.ptxas_report(C.cuda_source(rule.build(wl, t, kn), t.target), arch):
+            for rep in ptxas_report(cuda_source(rule.build(wl, t, kn), t.target), arch):
                 bad += rep.spills + rep.stack_bytes > 0
                 print(f"{arch} {rule.family:9s} {rep.kernel:13s} regs={rep.registers:3d} smem={rep.smem_bytes:6d} "
                       f"spill={rep.spill_stores}/{rep.spill_loads} stack={rep.stack_bytes}  knobs={kn}")

@@ -430,7 +430,7 @@ def run_entry(entry: dict, work: str, board: Board, timeout: float, targets=TARG
 # ---- the report -------------------------------------------------------------------------------------------------
 def _nvcc_version() -> str:
     try:
-        from convpipe.schedules.cuda._common import NVCC
+        from convpipe.compiler.nvcc import NVCC
 
         out = subprocess.run([NVCC, "--version"], capture_output=True, text=True, timeout=30).stdout
         m = re.search(r"release [\d.]+, (V[\d.]+)", out)

@@ -113,14 +113,12 @@ def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _build(family: str, wl: Conv2dWorkload, arm, knobs: dict | None, path: Path):
-    import tvm
+    from convpipe.compiler.kernel import compile_kernel
 
     rule = rules_for("arm")[family]
     assert rule.supports(wl, arm), rule.unsupported_reason(wl, arm)
     kn = rule.default_knobs(wl, arm) if knobs is None else knobs
-    func = rule.build(wl, arm, kn).with_attr("global_symbol", "main")
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=arm.target)
-    remote.export_for_board(ex, path)
+    remote.export_for_board(compile_kernel(rule, wl, arm, kn), path)
     return rule, kn
 
 

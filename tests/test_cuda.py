@@ -23,7 +23,8 @@ from conftest import assert_close, has_cuda_gpu, torch_conv
 from convpipe.compiler.kernel import compile_func, run_compiled, run_local
 from convpipe.schedules import Conv2dWorkload, resolve_target
 from convpipe.schedules.cuda import RULES
-from convpipe.schedules.cuda import _common as C
+from convpipe.compiler.nvcc import NVCC, cuda_source, nvcc_available, occupancy, ptxas_report
+from convpipe.schedules.cuda.base import MAX_STATIC_SMEM, replay_without_threads
 
 ARCHES = ("sm_80", "sm_90")
 RULE = {r.family: r for r in RULES}
@@ -78,7 +79,7 @@ def _cases(shapes):
 @pytest.fixture(scope="module", autouse=True)
 def nvcc():
     """CI checks the generated CUDA with nvcc: a missing nvcc is a failure, not a skip."""
-    assert C.nvcc_available(), f"nvcc ({C.NVCC}) not found: install the CUDA toolkit or set CONVPIPE_NVCC"
+    assert nvcc_available(), f"nvcc ({NVCC}) not found: install the CUDA toolkit or set CONVPIPE_NVCC"
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_candidate_knobs_build(targets):
         for r in RULES:
             if r.supports(wl, t):
                 for kn in r.candidate_knobs(wl, t):
-                    assert "__global__" in C.cuda_source(r.build(wl, t, kn), t.target), (r.family, kn)
+                    assert "__global__" in cuda_source(r.build(wl, t, kn), t.target), (r.family, kn)
 
 
 @pytest.mark.parametrize("family,wl", _cases(SHAPES))
@@ -117,16 +118,16 @@ def test_build_nvcc_no_spills(family, wl, targets):
     for arch in ARCHES:
         t = targets[arch]
         kn = rule.default_knobs(wl, t)
-        src = C.cuda_source(rule.build(wl, t, kn), t.target)
-        reps = C.ptxas_report(src, arch)
+        src = cuda_source(rule.build(wl, t, kn), t.target)
+        reps = ptxas_report(src, arch)
         for rep in reps:
             assert rep.spills == 0 and rep.stack_bytes == 0, f"{arch} {family} {kn}: {rep}"
-            assert rep.smem_bytes <= C.MAX_STATIC_SMEM
+            assert rep.smem_bytes <= MAX_STATIC_SMEM
 
 
 @pytest.mark.parametrize("family,wl", _cases(SHAPES))
 def test_build_nvcc_exact_math_no_spills(family, wl, targets):
-    """Artifacts compile their device code with IEEE-exact math (``schedules/cuda/_common.nvcc_flags``: ``--fmad=true
+    """Artifacts compile their device code with IEEE-exact math (``compiler/nvcc.nvcc_flags``: ``--fmad=true
     --ftz=false --prec-div=true --prec-sqrt=true``, no ``--use_fast_math``; issue 10): every conv kernel still
     spills nothing and has no stack frame for sm_80 and sm_90, and its register count stays within 8 of the
     ``--use_fast_math`` build (measured: equal for every ResNet-18 conv kernel)."""
@@ -135,7 +136,7 @@ def test_build_nvcc_exact_math_no_spills(family, wl, targets):
     rule = RULE[family]
     for arch in ARCHES:
         t = targets[arch]
-        src = C.cuda_source(rule.build(wl, t, rule.default_knobs(wl, t)), t.target)
+        src = cuda_source(rule.build(wl, t, rule.default_knobs(wl, t)), t.target)
         exact = compile_device_code(src, arch)[1]
         fast = {r.kernel: r for r in compile_device_code(src, arch, fast_math=True)[1]}
         for rep in exact:
@@ -148,7 +149,7 @@ def test_schedule_replay_on_cpu(family, wl, targets):
     rule = RULE[family]
     t = targets["sm_90"]
     kn = rule.default_knobs(wl, t)
-    func = C.replay_without_threads(rule.schedule(wl, t, kn), rule.unscheduled(wl, kn))
+    func = replay_without_threads(rule.schedule(wl, t, kn), rule.unscheduled(wl, kn))
     ex = compile_func(func, "llvm")
     rng = np.random.default_rng(0)
     x = rng.standard_normal(wl.data_shape).astype("float32")
@@ -326,13 +327,13 @@ def test_cuda_library_loads_without_a_compiler(tmp_path):
 
 def test_occupancy():
     """Theoretical occupancy by the CUDA Occupancy Calculator's rules (hand-computed cases)."""
-    assert C.occupancy("sm_90", 256, 32, 0) == 1.0  # thread-limited: 8 blocks x 256 = 2048
-    assert C.occupancy("sm_90", 256, 128, 0) == 0.25  # 128 regs x 256 threads: 2 blocks per SM
-    assert C.occupancy("sm_80", 128, 64, 40000) == 0.25  # shared memory: 164 KiB / (40000 + 1024) B = 4 blocks
-    assert C.occupancy("sm_86", 256, 32, 0) == 1.0  # 1536 threads per SM
-    assert C.occupancy("sm_90", 1024, 65, 0) == 0.0  # 72 regs/thread rounded: 1024 threads do not fit
+    assert occupancy("sm_90", 256, 32, 0) == 1.0  # thread-limited: 8 blocks x 256 = 2048
+    assert occupancy("sm_90", 256, 128, 0) == 0.25  # 128 regs x 256 threads: 2 blocks per SM
+    assert occupancy("sm_80", 128, 64, 40000) == 0.25  # shared memory: 164 KiB / (40000 + 1024) B = 4 blocks
+    assert occupancy("sm_86", 256, 32, 0) == 1.0  # 1536 threads per SM
+    assert occupancy("sm_90", 1024, 65, 0) == 0.0  # 72 regs/thread rounded: 1024 threads do not fit
     with pytest.raises(ValueError, match="unknown arch"):
-        C.occupancy("sm_70", 256, 32, 0)
+        occupancy("sm_70", 256, 32, 0)
 
 
 def test_cuda_arch_compatibility():

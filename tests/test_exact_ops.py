@@ -254,7 +254,7 @@ FAST_MATH_SHOWS = ["softmax_axis-1", "layernorm_axis-1", "erf", "gelu_opset20", 
 
 @pytest.fixture(scope="module")
 def cuda_ready():
-    from convpipe.schedules.cuda._common import NVCC, nvcc_available
+    from convpipe.compiler.nvcc import NVCC, nvcc_available
 
     assert nvcc_available(), f"nvcc ({NVCC}) not found: install the CUDA toolkit or set CONVPIPE_NVCC"
 

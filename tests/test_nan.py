@@ -421,10 +421,10 @@ def test_cuda_ptx_has_no_nan_dropping_max(monkeypatch, tmp_path):
 
     import convpipe.compiler.nan_minmax as nm
     from convpipe.compiler.lower import lower_conv2d
-    from convpipe.schedules.cuda import _common as CC
+    from convpipe.compiler.nvcc import NVCC, nvcc_available
     from test_cuda_epilogue import FAMILY_WL, single_conv_model
 
-    assert CC.nvcc_available(), f"nvcc ({CC.NVCC}) not found: install the CUDA toolkit or set CONVPIPE_NVCC"
+    assert nvcc_available(), f"nvcc ({NVCC}) not found: install the CUDA toolkit or set CONVPIPE_NVCC"
     target = resolve_target("cuda", arch="sm_90")
     lowered, _ = lower_conv2d(single_conv_model(FAMILY_WL["direct"], "bias_relu6")[0], target, "direct")
     float_minmax = re.compile(r"\b(max|min)(\.ftz)?\.f32\b")
@@ -433,7 +433,7 @@ def test_cuda_ptx_has_no_nan_dropping_max(monkeypatch, tmp_path):
         cu = tmp_path / f"{tag}.cu"
         cu.write_text(_cuda_source(lowered, target))
         out = tmp_path / f"{tag}.ptx"
-        subprocess.run([CC.NVCC, "--ptx", "-arch=sm_90", "-O3", "--use_fast_math", "-o", str(out), str(cu)],
+        subprocess.run([NVCC, "--ptx", "-arch=sm_90", "-O3", "--use_fast_math", "-o", str(out), str(cu)],
                        check=True, capture_output=True)
         return out.read_text()
 
