@@ -70,8 +70,18 @@ def run_step(argv: list[str], timeout: float) -> tuple[str, float, subprocess.Co
     return ("ok" if p.returncode == 0 else "failed"), time.perf_counter() - t0, p
 
 
-def check(artifact: str, onnx_path: str) -> dict:
-    """In its own process: run the artifact and onnxruntime on a real photo; per-output errors (JSON-able)."""
+#: an fp32 noise-floor pass: ours within this factor of the PyTorch-eager-vs-onnxruntime difference (see check)
+FLOOR_FACTOR = 1.5
+
+
+def check(artifact: str, onnx_path: str, spec: str | None = None) -> dict:
+    """In its own process: run the artifact and onnxruntime on a real photo; per-output errors (JSON-able).
+
+    When an output misses the tolerance and ``spec`` names the model, the model is rebuilt (seeded, as exported)
+    and run in PyTorch eager on the same input: each output then also gets ``torch_max_abs``, PyTorch's own
+    difference from onnxruntime. Two fp32 engines that sum in different orders differ by about the model's fp32
+    conditioning, so where PyTorch and onnxruntime already disagree beyond the tolerance, no fp32 engine can meet it
+    (:func:`record_check` then accepts ours within ``FLOOR_FACTOR`` x PyTorch's difference, as a separate status)."""
     import numpy as np
 
     from convpipe.compiler.verify import run_onnxruntime
@@ -95,6 +105,17 @@ def check(artifact: str, onnx_path: str) -> dict:
         outs.append({"name": name, "shape": list(r.shape), "max_abs": max_abs, "max_ref": scale,
                      "max_rel": max_abs / scale if scale else (0.0 if max_abs == 0 else float("inf")),
                      "ok": bool(np.isfinite(o).all() == np.isfinite(r64).all() and max_abs <= RTOL * scale + ATOL)})
+    if spec and not all(o["ok"] for o in outs):
+        import torch
+
+        from convpipe.compiler.zoo import hub_model
+
+        model = hub_model(spec, tuple(inp.shape))
+        with torch.no_grad():
+            t = model(torch.from_numpy(x))
+        touts = t if isinstance(t, (tuple, list)) else (t,)
+        for o, r, tv in zip(outs, ref.values(), touts):
+            o["torch_max_abs"] = float(np.abs(tv.numpy().astype(np.float64) - r).max()) if r.size else 0.0
     return {"outputs": outs}
 
 
@@ -122,7 +143,7 @@ def run_entry(entry: dict, work: str, timeout: float) -> dict:
     for layer in manifest["conv2d"]:
         rec["families"][layer["family"]] = rec["families"].get(layer["family"], 0) + 1
     rec["fallbacks"] = manifest.get("fallbacks", [])
-    st, secs, p = run_step([sys.executable, os.path.abspath(__file__), "--check", art, onnx_path], timeout)
+    st, secs, p = run_step([sys.executable, os.path.abspath(__file__), "--check", art, onnx_path, spec], timeout)
     if st != "ok":
         rec["status"] = "timeout" if st == "timeout" else "check-failed"
         rec["error"] = first_error_line(p.stderr) if p else f"check exceeded {timeout:.0f} s"
@@ -131,12 +152,27 @@ def run_entry(entry: dict, work: str, timeout: float) -> dict:
 
 
 def record_check(rec: dict, stdout: str) -> dict:
-    """Fill ``rec``'s ``max_abs``, ``max_rel`` and ``status`` (``pass``/``mismatch``) from a check process's last
-    stdout line (JSON ``{"outputs": [{"max_abs", "max_rel", "ok"}, ...]}``); returns ``rec``."""
+    """Fill ``rec``'s ``max_abs``, ``max_rel`` and ``status`` from a check process's last stdout line (JSON
+    ``{"outputs": [{"max_abs", "max_rel", "max_ref", "ok", "torch_max_abs"?}, ...]}``); returns ``rec``.
+
+    ``pass``: every output within the tolerance. ``pass-fp32-floor``: some output is not, but every such output has
+    PyTorch eager's own difference from onnxruntime (``torch_max_abs``) beyond the tolerance too and ours within
+    ``FLOOR_FACTOR`` x that + ``ATOL`` (``rec["torch_max_rel"]`` records PyTorch's worst relative difference).
+    ``mismatch``: anything else."""
     res = json.loads(stdout.strip().splitlines()[-1])
-    rec["max_abs"] = max(o["max_abs"] for o in res["outputs"])
-    rec["max_rel"] = max(o["max_rel"] for o in res["outputs"])
-    rec["status"] = "pass" if all(o["ok"] for o in res["outputs"]) else "mismatch"
+    outs = res["outputs"]
+    rec["max_abs"] = max(o["max_abs"] for o in outs)
+    rec["max_rel"] = max(o["max_rel"] for o in outs)
+    bad = [o for o in outs if not o["ok"]]
+    if not bad:
+        rec["status"] = "pass"
+        return rec
+    floor = all("torch_max_abs" in o and o["torch_max_abs"] > RTOL * o["max_ref"] + ATOL
+                and o["max_abs"] <= FLOOR_FACTOR * o["torch_max_abs"] + ATOL for o in bad)
+    if any("torch_max_abs" in o for o in outs):
+        rec["torch_max_rel"] = max(o["torch_max_abs"] / o["max_ref"] if o["max_ref"] else 0.0
+                                   for o in outs if "torch_max_abs" in o)
+    rec["status"] = "pass-fp32-floor" if floor else "mismatch"
     return rec
 
 
@@ -154,11 +190,14 @@ def write_report(report: dict, out_dir: str) -> str:
     """Write ``corpus.json`` and ``corpus.md`` (atomically each); returns the one-line summary."""
     os.makedirs(out_dir, exist_ok=True)
     recs = report["results"]
-    passed = [r for r in recs if r["status"] == "pass"]
+    passed = [r for r in recs if r["status"] in ("pass", "pass-fp32-floor")]
+    floor = [r for r in recs if r["status"] == "pass-fp32-floor"]
     times = sorted(r["compile_s"] for r in recs if r["compile_s"] is not None)
     with_fb = [r for r in recs if r["fallbacks"]]
     listed = report.get("listed", len(recs))
     summary = (f"{len(passed)}/{len(recs)} models pass (default flags, x86, tolerance 1e-4*max|ref|+1e-5"
+               + (f"; {len(floor)} only within the fp32 noise floor: PyTorch eager itself differs from onnxruntime "
+                  f"beyond the tolerance" if floor else "")
                + (f"; {len(recs)} of the {listed} listed models run so far" if len(recs) < listed else "") + "); "
                + (f"compile s median {statistics.median(times):.1f}, p90 {times[int(0.9 * (len(times) - 1))]:.1f}, "
                   f"max {times[-1]:.1f}; " if times else "")
@@ -179,7 +218,9 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu']} ({m.get('isa', '?')}), {m['cores']} cores; {report['created']}; `scripts/corpus.py` over "
         "`scripts/corpus.json` (each model exported with `convpipe export`, compiled with default flags, verified "
-        "on a real photo against onnxruntime: pass = max |ours - ort| <= 1e-4 * max |ort| + 1e-5 on every output).",
+        "on a real photo against onnxruntime: pass = max |ours - ort| <= 1e-4 * max |ort| + 1e-5 on every output; "
+        "pass-fp32-floor = an output misses that, but PyTorch eager misses it too (its own |torch - ort| is beyond the "
+        f"tolerance: the model's fp32 conditioning) and ours is within {FLOOR_FACTOR}x PyTorch's difference + 1e-5).",
         "",
         f"**{report['summary']}**",
         "",
@@ -206,7 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=os.path.join(REPO, "out", "corpus"), help="exported models and artifacts")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per step (export, compile, check)")
     p.add_argument("--resume", action="store_true", help="keep entries already in the report")
-    p.add_argument("--check", nargs=2, metavar=("ARTIFACT", "ONNX"), help=argparse.SUPPRESS)
+    p.add_argument("--check", nargs="+", metavar="ARTIFACT ONNX [SPEC]", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.check:
         print(json.dumps(check(*args.check)))
@@ -250,7 +291,7 @@ def main(argv=None) -> int:
         write_report(report, args.out)
     summary = write_report(report, args.out)
     print(summary)
-    return 0 if all(r["status"] == "pass" for r in report["results"]) else 1
+    return 0 if all(r["status"] in ("pass", "pass-fp32-floor") for r in report["results"]) else 1
 
 
 if __name__ == "__main__":
