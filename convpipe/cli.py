@@ -463,10 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="device key for --tracker")
     s.set_defaults(func=cmd_tune)
 
-    s = sub.add_parser("demo", help="the main job: ResNet-18 + MTCNN end to end on real images")
+    s = sub.add_parser("demo", help="the main job: ResNet-18 compile/verify/latency, then MTCNN face detection on "
+                                    "real photos (annotated PNGs)")
     s.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
     s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    s.add_argument("--no-mtcnn", action="store_true", help="skip the MTCNN nets")
+    s.add_argument("--no-mtcnn", action="store_true", help="skip the MTCNN face detector")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -48,8 +48,8 @@ import numpy as np
 from convpipe.errors import ConvpipeError
 
 __all__ = ["DEFAULT_THRESHOLDS", "DEMO_PHOTOS", "Detections", "MTCNNDetector", "BatchRunner", "PNetRunner",
-           "area_resize", "convpipe_runners", "demo", "demo_report", "detection_table", "draw_detections", "load_photo",
-           "module_runner", "nms_min", "nms_union", "ort_runners", "pyramid", "torch_runners"]
+           "area_resize", "box_iou", "compiler_key", "convpipe_runners", "demo", "draw_detections", "facenet_reference", "load_photo",
+           "match", "module_runner", "nms_min", "nms_union", "ort_runners", "pyramid", "torch_runners"]
 
 #: A network: float32 NCHW array -> tuple of float32 arrays (facenet-pytorch's output order).
 Runner = Callable[[np.ndarray], tuple]
@@ -515,6 +515,27 @@ def _load_or_compile(net: str, shape: tuple, path: str, threads, compile_missing
     return load(path, threads=threads)
 
 
+def compiler_key() -> str:
+    """12 hex digits of SHA-1 over the sources of :mod:`convpipe.compiler`, :mod:`convpipe.schedules` and
+    :mod:`convpipe.runtime` (every ``.py`` file, by relative path and content): the artifact cache's key, so that
+    artifacts built by other compiler code are never reused. Imports none of those packages."""
+    import hashlib
+    import importlib.util
+
+    h = hashlib.sha1()
+    for pkg in ("convpipe.compiler", "convpipe.schedules", "convpipe.runtime"):
+        for root in importlib.util.find_spec(pkg).submodule_search_locations:
+            for dirpath, dirnames, files in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+                for f in sorted(files):
+                    if f.endswith(".py"):
+                        path = os.path.join(dirpath, f)
+                        h.update(f"{pkg}/{os.path.relpath(path, root)}".encode())
+                        with open(path, "rb") as fh:
+                            h.update(fh.read())
+    return h.hexdigest()[:12]
+
+
 def convpipe_runners(cache_dir: str | os.PathLike, image_sizes: Iterable[tuple[int, int]] = (), *,
                      rnet_batch: int = 16, onet_batch: int = 4, threads: int | None = None,
                      min_face_size: int = 20, factor: float = 0.709, compile_missing: bool = True,
@@ -527,8 +548,8 @@ def convpipe_runners(cache_dir: str | os.PathLike, image_sizes: Iterable[tuple[i
     artifacts have static shapes: :class:`BatchRunner` runs them in chunks of ``rnet_batch`` / ``onet_batch`` rows,
     zero-padding the last chunk (exact: rows are independent).
 
-    Artifacts found in ``cache_dir`` are loaded, not rebuilt (one that fails to load is rebuilt): remove the
-    directory after changing the compiler. Compiling imports torch (the nets are facenet-pytorch's, with their
+    Artifacts live in ``cache_dir/build-{compiler_key()}``, so a change to the compiler's sources builds afresh;
+    artifacts found there are loaded, not rebuilt (one that fails to load is rebuilt). Compiling imports torch (the nets are facenet-pytorch's, with their
     trained weights); loading needs only :mod:`convpipe.runtime`.
 
     Args:
@@ -544,7 +565,7 @@ def convpipe_runners(cache_dir: str | os.PathLike, image_sizes: Iterable[tuple[i
         ``(pnet, rnet, onet)`` runners for :class:`MTCNNDetector`. ``pnet.compiled`` and the ``compiled``
         attribute of the other two give the seconds spent compiling.
     """
-    cache_dir = os.fspath(cache_dir)
+    cache_dir = os.path.join(os.fspath(cache_dir), f"build-{compiler_key()}")
     pnet = PNetRunner(cache_dir, threads, compile_missing, target)
     pnet.prepare({size for hw in image_sizes for _, size in pyramid(hw[0], hw[1], min_face_size, factor)})
     nets = []
@@ -639,17 +660,6 @@ def torch_runners(channels_last: bool = True) -> tuple[Runner, Runner, Runner]:
 
 
 # ------------------------------------------------------------------------------------------------------- output
-def detection_table(det: Detections) -> str:
-    """A text table of the faces: one row ``#, x1, y1, x2, y2, p`` per face (pixels, 1 decimal; p to 5 decimals);
-    ``"no face found"`` when there is none."""
-    if not len(det):
-        return "no face found"
-    rows = [f"{'#':>3} {'x1':>8} {'y1':>8} {'x2':>8} {'y2':>8} {'p':>8}"]
-    for k, (b, p) in enumerate(zip(det.boxes, det.probs)):
-        rows.append(f"{k:>3} {b[0]:8.1f} {b[1]:8.1f} {b[2]:8.1f} {b[3]:8.1f} {p:8.5f}")
-    return "\n".join(rows)
-
-
 def draw_detections(image, det: Detections, path: str | os.PathLike, title: str | None = None) -> str:
     """Write a PNG of ``image`` (``[H, W, 3]`` uint8 RGB, or grey) with each face's box, its 5 landmarks and its
     probability, drawn with matplotlib (Agg backend, no display needed). Returns ``path``."""
@@ -709,35 +719,49 @@ def load_photo(name: str) -> np.ndarray:
 
 
 def demo(out_dir: str | os.PathLike, photos: Sequence[str] = DEMO_PHOTOS, *, cache_dir: str | os.PathLike | None = None,
-         threads: int | None = None, compare_ort: bool = True) -> list[dict]:
+         threads: int | None = None, compare_ort: bool = True, compare_facenet: bool = True,
+         repeats: int = 3) -> list[dict]:
     """Detect the faces in ``photos`` with convpipe-compiled MTCNN networks and write ``mtcnn_{photo}.png``
     (annotated: :func:`draw_detections`) to ``out_dir``.
 
     Artifacts are cached in ``cache_dir`` (default ``{out_dir}/mtcnn_artifacts``; P-Net levels for all photos are
-    compiled first). With ``compare_ort`` the same pipeline also runs with onnxruntime sessions for a timing.
+    compiled first). With ``compare_ort`` the same pipeline also runs on onnxruntime sessions; with
+    ``compare_facenet`` facenet-pytorch's own ``MTCNN.detect`` runs in eager PyTorch (:func:`facenet_reference`) and
+    each photo's faces are matched against it (:func:`match`). Times are the median of ``repeats`` whole detections
+    per photo (wall seconds, in this process, one engine after the other).
 
     Returns:
-        One dict per photo: ``photo``, ``shape`` (H, W), ``detections`` (:class:`Detections`), ``table``
-        (:func:`detection_table`), ``png`` (path), ``seconds`` (convpipe detection, wall) and, with
-        ``compare_ort``, ``ort_seconds`` and ``ort_detections``; the first dict also carries ``compile_seconds``
-        and ``artifacts`` (how many were compiled now, 0 when all were cached).
+        One dict per photo: ``photo``, ``shape`` (H, W), ``detections`` (:class:`Detections`), ``png`` (path),
+        ``seconds``; with ``compare_ort`` ``ort_detections``, ``ort_seconds``, ``ort_match``; with
+        ``compare_facenet`` ``facenet_detections``, ``facenet_seconds``, ``match``. The first dict also carries
+        ``compile_seconds`` and ``artifacts`` (how many were compiled now, 0 when all were cached).
     """
+    import statistics
+
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else os.path.join(out_dir, "mtcnn_artifacts")
     images = {p: load_photo(p) for p in photos}
     pnet, rnet, onet = convpipe_runners(cache_dir, [im.shape[:2] for im in images.values()], threads=threads)
     compiled = list(pnet.compiled.values()) + list(rnet.compiled.values()) + list(onet.compiled.values())
-    det = MTCNNDetector(pnet, rnet, onet)
-    ort_det = MTCNNDetector(*ort_runners(cache_dir, threads)) if compare_ort else None
+    engines = {"": MTCNNDetector(pnet, rnet, onet)}
+    if compare_ort:
+        engines["ort_"] = MTCNNDetector(*ort_runners(cache_dir, threads))
+    refs = [facenet_reference(images) for _ in range(repeats)] if compare_facenet else []
     results = []
     for name, im in images.items():
-        d = det.detect(im)
-        res = {"photo": name, "shape": im.shape[:2], "detections": d, "table": detection_table(d),
-               "seconds": d.timings["total"]}
-        if ort_det is not None:
-            od = ort_det.detect(im)
-            res["ort_detections"], res["ort_seconds"] = od, od.timings["total"]
+        res = {"photo": name, "shape": im.shape[:2]}
+        for prefix, det in engines.items():
+            runs = [det.detect(im) for _ in range(max(1, repeats))]
+            res[f"{prefix}detections"] = runs[0]
+            res[f"{prefix}seconds"] = statistics.median(r.timings["total"] for r in runs)
+        if refs:
+            res["facenet_detections"] = refs[0][name]
+            res["facenet_seconds"] = statistics.median(r[name].timings["total"] for r in refs)
+            res["match"] = match(res["detections"], refs[0][name])
+            if compare_ort:
+                res["ort_match"] = match(res["ort_detections"], refs[0][name])
+        d = res["detections"]
         res["png"] = draw_detections(im, d, os.path.join(out_dir, f"mtcnn_{os.path.basename(name)}.png"),
                                      title=f"{name}: {len(d)} face(s), convpipe MTCNN")
         results.append(res)
@@ -747,18 +771,90 @@ def demo(out_dir: str | os.PathLike, photos: Sequence[str] = DEMO_PHOTOS, *, cac
     return results
 
 
-def demo_report(results: Sequence[dict]) -> str:
-    """:func:`demo`'s results as text: per photo a header (size, faces, convpipe and onnxruntime seconds, the time
-    in the networks) and its :func:`detection_table`, then the compile cost."""
-    lines = []
-    for r in results:
-        d = r["detections"]
-        nets = d.timings.get("pnet", 0) + d.timings.get("rnet", 0) + d.timings.get("onet", 0)
-        head = (f"{r['photo']} ({r['shape'][0]}x{r['shape'][1]}): {len(d)} face(s), convpipe {r['seconds']:.3f} s "
-                f"(networks {nets:.3f} s, {d.counts.get('scales', 0)} pyramid levels)")
-        if "ort_seconds" in r:
-            head += f", onnxruntime {r['ort_seconds']:.3f} s"
-        lines += [head, detection_table(d), f"  -> {r['png']}", ""]
-    if results and results[0].get("artifacts"):
-        lines.append(f"compiled {results[0]['artifacts']} artifact(s) in {results[0]['compile_seconds']:.1f} s")
-    return "\n".join(lines).rstrip()
+def _torch_nms(boxes, scores, threshold):
+    """torchvision's CPU ``nms`` kernel (``torchvision/csrc/ops/cpu/nms_kernel.cpp``) in plain torch: areas without
+    ``+1``, stable descending score order, drop IoU > ``threshold`` (float32). ``boxes`` float32[N, 4] (x1, y1, x2,
+    y2), ``scores`` float32[N] -> int64 indices kept, best first."""
+    import torch
+
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1) * (y2 - y1)
+    order = torch.sort(scores, stable=True, descending=True)[1]
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    keep = []
+    for i in order.tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        w = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
+        h = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
+        inter = w * h
+        suppressed |= inter / (areas[i] + areas - inter) > threshold
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def _torch_batched_nms(boxes, scores, idxs, threshold):
+    """torchvision's ``batched_nms`` (boxes of different ``idxs`` offset apart, then one :func:`_torch_nms`)."""
+    import torch
+
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64)
+    offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
+    return _torch_nms(boxes + offsets[:, None], scores, threshold)
+
+
+def facenet_reference(images: dict) -> dict:
+    """facenet-pytorch's own ``MTCNN().detect(image, landmarks=True)`` (default thresholds) per image, as
+    :class:`Detections` (empty arrays where it finds nothing) with its wall seconds in ``timings["total"]``.
+
+    The CPU-only torch here cannot run torchvision's compiled ``batched_nms`` (``Couldn't load custom C++ ops``), so
+    facenet-pytorch runs with an exact pure-torch equivalent (:func:`_torch_batched_nms`) patched in for the call.
+    Imports torch and facenet-pytorch.
+    """
+    import time
+
+    from convpipe.compiler.zoo import import_torchvision
+
+    import_torchvision()
+    import facenet_pytorch.models.utils.detect_face as detect_face
+    from facenet_pytorch import MTCNN
+
+    saved = detect_face.batched_nms
+    detect_face.batched_nms = _torch_batched_nms
+    try:
+        model = MTCNN()
+        out = {}
+        for name, img in images.items():
+            t = time.perf_counter()
+            boxes, probs, points = model.detect(img, landmarks=True)
+            dt = time.perf_counter() - t
+            if boxes is None:
+                out[name] = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                                       np.zeros((0, 5, 2), np.float32), {"total": dt})
+            else:
+                out[name] = Detections(boxes.astype(np.float32), np.asarray(probs, np.float32),
+                                       points.astype(np.float32), {"total": dt})
+        return out
+    finally:
+        detect_face.batched_nms = saved
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two boxes ``(x1, y1, x2, y2)`` in pixels (no ``+1``)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+
+
+def match(got: Detections, ref: Detections) -> dict:
+    """How ``got`` agrees with ``ref`` face by face (both in :class:`MTCNNDetector`'s order): ``same_count``,
+    ``min_iou`` (1.0 when neither found a face, 0.0 when the counts differ), ``max_dp`` (largest probability
+    difference) and ``max_landmark_px``."""
+    if len(got) != len(ref):
+        return {"same_count": False, "min_iou": 0.0, "max_dp": float("nan"), "max_landmark_px": float("nan")}
+    if not len(ref):
+        return {"same_count": True, "min_iou": 1.0, "max_dp": 0.0, "max_landmark_px": 0.0}
+    return {"same_count": True, "min_iou": min(box_iou(g, r) for g, r in zip(got.boxes, ref.boxes)),
+            "max_dp": float(np.abs(got.probs.astype(np.float64) - ref.probs).max()),
+            "max_landmark_px": float(np.abs(got.landmarks.astype(np.float64) - ref.landmarks).max())}

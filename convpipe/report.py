@@ -308,7 +308,11 @@ def print_demo_heading(con, name: str, description: str) -> None:
 
 def print_demo_result(con, r) -> None:
     """One model of ``convpipe demo`` (a :class:`convpipe.compiler.demo.DemoResult`): compile line, layer table,
-    verification table, error vs PyTorch, top-5 classes, and the latency table when it was benchmarked."""
+    verification table, error vs PyTorch, top-5 classes, and the latency table when it was benchmarked; or the face
+    detector (a :class:`convpipe.compiler.demo.DetectorResult`, :func:`print_mtcnn`)."""
+    if hasattr(r, "photos"):
+        print_mtcnn(con, r)
+        return
     con.print(f"compiled {r.onnx_path} -> {r.artifact} ({seconds_text(r.seconds)})")
     con.print(layer_table(r.manifest["conv2d"], f"{r.name}: conv2d schedules (auto, {r.manifest['target']['isa']})"))
     con.print(checks_table(r.checks, r.rtol, r.atol))
@@ -317,6 +321,51 @@ def print_demo_result(con, r) -> None:
         con.print(f"top-5 class ids on the photo (untrained classifier head): {r.top5}")
     if r.bench is not None:
         con.print(bench_table(r.bench, f"{r.name} latency, batch 1, {r.threads} thread(s)"))
+
+
+def detection_table(det) -> str:
+    """A text table of a :class:`convpipe.mtcnn.Detections`: one row ``#, x1, y1, x2, y2, p`` per face (pixels,
+    1 decimal; p to 5 decimals); ``"no face found"`` when there is none."""
+    if not len(det):
+        return "no face found"
+    rows = [f"{'#':>3} {'x1':>8} {'y1':>8} {'x2':>8} {'y2':>8} {'p':>8}"]
+    for k, (b, p) in enumerate(zip(det.boxes, det.probs)):
+        rows.append(f"{k:>3} {b[0]:8.1f} {b[1]:8.1f} {b[2]:8.1f} {b[3]:8.1f} {p:8.5f}")
+    return "\n".join(rows)
+
+
+def mtcnn_table(photos: Sequence[dict]):
+    """The face detector per photo (:func:`convpipe.mtcnn.demo`'s dicts): faces found, whole-detector seconds with
+    convpipe artifacts, onnxruntime sessions and facenet-pytorch (eager), and how convpipe's faces match
+    facenet-pytorch's (same count, smallest IoU, largest probability difference)."""
+    from rich.table import Table
+
+    t = Table(title="MTCNN face detection per photo (whole detector: pyramid, P/R/O-Net, NMS, glue)",
+              title_justify="left")
+    for col in ("photo", "size", "faces", "convpipe s", "onnxruntime s", "facenet-pytorch s", "vs facenet: count",
+                "min IoU", "max |dp|"):
+        t.add_column(col, justify="left" if col == "photo" else "right")
+    for r in photos:
+        m = r.get("match")
+        t.add_row(r["photo"], f"{r['shape'][1]}x{r['shape'][0]}", str(len(r["detections"])), f"{r['seconds']:.3f}",
+                  f"{r['ort_seconds']:.3f}" if "ort_seconds" in r else "-",
+                  f"{r['facenet_seconds']:.3f}" if "facenet_seconds" in r else "-",
+                  ("same" if m["same_count"] else "DIFFERENT") if m else "-",
+                  f"{m['min_iou']:.6f}" if m else "-", f"{m['max_dp']:.1e}" if m else "-")
+    t.caption = "seconds: median of whole detections of the photo, engines one after the other in this process"
+    return t
+
+
+def print_mtcnn(con, r) -> None:
+    """The face detector of ``convpipe demo`` (a :class:`convpipe.compiler.demo.DetectorResult`): each photo's faces
+    and annotated PNG, the per-photo table (:func:`mtcnn_table`) and the compile cost."""
+    for p in r.photos:
+        con.print(f"{p['photo']}: {len(p['detections'])} face(s) -> {p['png']}")
+        con.print(detection_table(p["detections"]))
+    con.print(mtcnn_table(r.photos))
+    if r.photos and r.photos[0].get("artifacts"):
+        con.print(f"compiled {r.photos[0]['artifacts']} artifact(s) in {r.photos[0]['compile_seconds']:.1f} s "
+                  f"(P-Net per pyramid size, R-Net and O-Net at a fixed batch)")
 
 
 def print_demo(con, results: Iterable) -> bool:

@@ -4,11 +4,12 @@ matplotlib's grace_hopper.jpg.
 
 The reference is facenet-pytorch itself; the CPU-only torch here cannot run torchvision's compiled
 ``batched_nms`` (its wheel is a CUDA build), so the reference runs with an exact pure-torch equivalent
-(:func:`_batched_nms`: torchvision's coordinate trick + its CPU kernel's greedy loop, stable descending order).
+(:func:`convpipe.mtcnn.facenet_reference`: torchvision's coordinate trick + its CPU kernel's greedy loop, stable order).
 
 The convpipe artifacts (29 P-Net sizes for the four photos + R-Net + O-Net) are compiled once into
-``.cache/mtcnn`` (or ``$CONVPIPE_MTCNN_CACHE``) and reused afterwards: the first run takes minutes, later ones
-seconds. The cache is not keyed by the compiler's sources: remove it after changing the compiler.
+``.cache/mtcnn/build-<compiler key>`` (``$CONVPIPE_MTCNN_CACHE`` overrides ``.cache/mtcnn``) and reused
+afterwards: the first run takes minutes, later ones seconds; a change to the compiler's sources builds afresh
+(:func:`convpipe.mtcnn.compiler_key`).
 """
 
 from __future__ import annotations
@@ -21,45 +22,15 @@ import numpy as np
 import pytest
 
 from convpipe import mtcnn
-from convpipe.mtcnn import (BatchRunner, Detections, MTCNNDetector, area_resize, detection_table, draw_detections,
-                            load_photo, nms_min, nms_union, pyramid)
+from convpipe.mtcnn import (BatchRunner, Detections, MTCNNDetector, area_resize, box_iou, draw_detections, load_photo,
+                            nms_min, nms_union, pyramid)
+from convpipe.report import detection_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("CONVPIPE_MTCNN_CACHE", os.path.join(REPO, ".cache", "mtcnn"))
 PHOTOS = ("astronaut", "camera", "coffee", "grace_hopper")
 #: faces facenet-pytorch finds (and the probability the issue quotes, when it does)
 EXPECTED = {"astronaut": 1, "camera": 1, "coffee": 0, "grace_hopper": 1}
-
-
-def _nms(boxes, scores, threshold):
-    """torchvision's CPU ``nms`` kernel in plain torch: areas without +1, stable descending score order, drop
-    IoU > threshold (float32)."""
-    import torch
-
-    x1, y1, x2, y2 = boxes.unbind(1)
-    areas = (x2 - x1) * (y2 - y1)
-    order = torch.sort(scores, stable=True, descending=True)[1]
-    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
-    keep = []
-    for i in order.tolist():
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        w = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
-        h = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
-        inter = w * h
-        suppressed |= inter / (areas[i] + areas - inter) > threshold
-    return torch.tensor(keep, dtype=torch.int64)
-
-
-def _batched_nms(boxes, scores, idxs, threshold):
-    """torchvision's ``batched_nms`` (coordinate trick) over :func:`_nms`."""
-    import torch
-
-    if boxes.numel() == 0:
-        return torch.empty((0,), dtype=torch.int64)
-    offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
-    return _nms(boxes + offsets[:, None], scores, threshold)
 
 
 @pytest.fixture(scope="session")
@@ -69,34 +40,9 @@ def photos():
 
 @pytest.fixture(scope="session")
 def reference(photos):
-    """facenet-pytorch's ``MTCNN()`` (defaults) ``.detect(photo, landmarks=True)`` per photo, as
-    :class:`Detections` (empty arrays for no face), with seconds in ``timings["total"]``."""
-    import time
-
-    from convpipe.compiler.zoo import import_torchvision
-
-    import_torchvision()
-    import facenet_pytorch.models.utils.detect_face as detect_face
-    from facenet_pytorch import MTCNN
-
-    saved = detect_face.batched_nms
-    detect_face.batched_nms = _batched_nms
-    try:
-        model = MTCNN()
-        out = {}
-        for name, img in photos.items():
-            t = time.perf_counter()
-            boxes, probs, points = model.detect(img, landmarks=True)
-            dt = time.perf_counter() - t
-            if boxes is None:
-                out[name] = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                                       np.zeros((0, 5, 2), np.float32), {"total": dt})
-            else:
-                out[name] = Detections(boxes.astype(np.float32), np.asarray(probs, np.float32),
-                                       points.astype(np.float32), {"total": dt})
-        yield out
-    finally:
-        detect_face.batched_nms = saved
+    """facenet-pytorch's ``MTCNN()`` (defaults) ``.detect(photo, landmarks=True)`` per photo
+    (:func:`convpipe.mtcnn.facenet_reference`: torchvision's ``batched_nms`` replaced by an exact pure-torch one)."""
+    return mtcnn.facenet_reference(photos)
 
 
 @pytest.fixture(scope="session")
@@ -106,19 +52,12 @@ def convpipe_detector(photos):
     return MTCNNDetector(*runners)
 
 
-def _iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def _assert_matches(got: Detections, ref: Detections, p_tol: float = 1e-5, lm_tol: float = 0.1):
     assert len(got) == len(ref), (detection_table(got), detection_table(ref))
     assert got.boxes.shape == (len(ref), 4) and got.probs.shape == (len(ref),)
     assert got.landmarks.shape == (len(ref), 5, 2)
     for k in range(len(ref)):
-        assert _iou(got.boxes[k], ref.boxes[k]) >= 0.99, (got.boxes[k], ref.boxes[k])
+        assert box_iou(got.boxes[k], ref.boxes[k]) >= 0.99, (got.boxes[k], ref.boxes[k])
         assert abs(float(got.probs[k]) - float(ref.probs[k])) <= p_tol, (got.probs[k], ref.probs[k])
         assert np.abs(got.landmarks[k] - ref.landmarks[k]).max() <= lm_tol, (got.landmarks[k], ref.landmarks[k])
 
@@ -196,7 +135,7 @@ def test_area_resize_is_torch_area_interpolation():
 
 
 def test_nms_variants():
-    """:func:`nms_union` = torchvision's nms (via :func:`_nms`); :func:`nms_min` = facenet-pytorch's nms_numpy."""
+    """:func:`nms_union` = torchvision's nms (via :func:`convpipe.mtcnn._torch_nms`); :func:`nms_min` = facenet-pytorch's nms_numpy."""
     import torch
 
     from convpipe.compiler.zoo import import_torchvision
@@ -210,7 +149,7 @@ def test_nms_variants():
     boxes = np.concatenate([xy, xy + wh], axis=1)
     scores = rng.choice(np.linspace(0.6, 1, 50, dtype=np.float32), 300)  # ties included
     for thr in (0.5, 0.7):
-        ref = _nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).numpy()
+        ref = mtcnn._torch_nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).numpy()
         assert np.array_equal(nms_union(boxes, scores, thr), ref)
         assert np.array_equal(nms_min(boxes, scores, thr, "Min"), detect_face.nms_numpy(boxes, scores, thr, "Min"))
     assert len(nms_union(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5)) == 0
@@ -240,12 +179,27 @@ def test_pyramid_sizes():
 
 
 def test_demo(photos, convpipe_detector, tmp_path):
-    """:func:`convpipe.mtcnn.demo` on cached artifacts: a PNG and a table per photo, a text report."""
-    res = mtcnn.demo(tmp_path, ("camera", "coffee"), cache_dir=CACHE, compare_ort=False)
+    """:func:`convpipe.mtcnn.demo` on cached artifacts: a PNG per photo, faces matched against facenet-pytorch,
+    and the report's tables."""
+    import io
+
+    from rich.console import Console
+
+    from convpipe import report
+    from convpipe.compiler.demo import DetectorResult
+
+    res = mtcnn.demo(tmp_path, ("camera", "coffee"), cache_dir=CACHE, compare_ort=False, repeats=1)
     assert [len(r["detections"]) for r in res] == [1, 0]
     assert all(os.path.getsize(r["png"]) > 1000 for r in res)
-    report = mtcnn.demo_report(res)
-    assert "camera (512x512): 1 face(s)" in report and "no face found" in report
+    assert res[0]["match"]["same_count"] and res[0]["match"]["min_iou"] >= 0.99 and res[1]["match"]["min_iou"] == 1
+    det = DetectorResult(res)
+    assert det.ok
+    out = io.StringIO()
+    report.print_mtcnn(Console(file=out, width=200, markup=False, highlight=False), det)
+    text = out.getvalue()
+    assert "camera: 1 face(s)" in text and "no face found" in text and "min IoU" in text and "same" in text
+    res[0]["match"] = mtcnn.match(res[1]["detections"], res[0]["detections"])  # 0 faces vs 1: not ok
+    assert not DetectorResult(res).ok
 
 
 def test_table_and_png(photos, reference, tmp_path):
