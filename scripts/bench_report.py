@@ -159,19 +159,18 @@ def analyse(raw: dict, peak: dict) -> dict:
             worst = max(vals)
             add("models ahead of PyTorch eager (latency ratio < 1)", ts, f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})",
                 "< 1.00x each", ok == len(vals))
-    for ts in sorted(an["layers"], key=int):
-        vals = [(r["vs_pytorch"], r["name"]) for r in an["layers"][ts] if r["vs_pytorch"] is not None]
-        if vals:
-            ok = sum(v > 1 for v, _ in vals)
-            worst = min(vals)
-            add("layers ahead of PyTorch eager (speed ratio > 1)", ts, f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})",
-                "> 1.00x each", ok == len(vals))
-    for ts in sorted(an["layers"], key=int):
-        vals = [(r["vs_metaschedule"], r["name"]) for r in an["layers"][ts] if r["vs_metaschedule"] is not None]
-        if vals:
-            ok = sum(v > 1 for v, _ in vals)
-            add("reference: layers ahead of MetaSchedule", ts, f"{ok}/{len(vals)}; worst {min(vals)[0]:.2f}x ({min(vals)[1]})",
-                "(reference)", None)
+    # layer speed ratios (> 1: ours faster), per thread count: a goal against PyTorch, a reference against MetaSchedule
+    for key, target, goal in (
+        ("vs_pytorch", "layers ahead of PyTorch eager (speed ratio > 1)", "> 1.00x each"),
+        ("vs_metaschedule", "reference: layers ahead of MetaSchedule", "(reference)"),
+    ):
+        for ts in sorted(an["layers"], key=int):
+            vals = [(r[key], r["name"]) for r in an["layers"][ts] if r[key] is not None]
+            if vals:
+                ok = sum(v > 1 for v, _ in vals)
+                worst = min(vals)
+                add(target, ts, f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})", goal,
+                    None if goal == "(reference)" else ok == len(vals))
     return an
 
 

@@ -104,16 +104,14 @@ def machine_info(thread_counts: list[int], work: str) -> dict:
 def describe(info: dict) -> str:
     """One Markdown paragraph: CPU, ISA, cores, FMA peak and bandwidth per thread count."""
     parts = [f"**Machine:** {info['cpu']} ({info['isa']}, {info['cores']} logical cores)."]
-    fp = info.get("fma_peak", {}).get("per_threads", {})
-    if fp:
-        parts.append("Measured FP32 FMA peak: " + ", ".join(
-            f"{v['gflops']:.0f} GFLOP/s at {t} thread{'s' if int(t) > 1 else ''}" for t, v in fp.items()) + ".")
-    elif "error" in info.get("fma_peak", {}):
-        parts.append(f"FMA peak not measured ({info['fma_peak']['error'][:120]}).")
-    bw = info.get("bandwidth", {}).get("per_threads", {})
-    if bw:
-        parts.append("Measured memory bandwidth (STREAM triad): " + ", ".join(
-            f"{v['triad_gbs']:.1f} GB/s at {t} thread{'s' if int(t) > 1 else ''}" for t, v in bw.items()) + ".")
-    elif "error" in info.get("bandwidth", {}):
-        parts.append(f"Bandwidth not measured ({info['bandwidth']['error'][:120]}).")
+    for probe, measured, value, not_measured in (
+        ("fma_peak", "Measured FP32 FMA peak", lambda v: f"{v['gflops']:.0f} GFLOP/s", "FMA peak"),
+        ("bandwidth", "Measured memory bandwidth (STREAM triad)", lambda v: f"{v['triad_gbs']:.1f} GB/s", "Bandwidth"),
+    ):
+        res = info.get(probe, {})
+        if res.get("per_threads"):
+            parts.append(f"{measured}: " + ", ".join(
+                f"{value(v)} at {t} thread{'s' if int(t) > 1 else ''}" for t, v in res["per_threads"].items()) + ".")
+        elif "error" in res:
+            parts.append(f"{not_measured} not measured ({res['error'][:120]}).")
     return " ".join(parts)
