@@ -190,15 +190,7 @@ def measure_local(rule, wl: Conv2dWorkload, target: TargetInfo, knobs: dict, min
     return time_local(ex, kernel_arrays(rule, wl, knobs), dev, min_repeat_ms=min_repeat_ms)
 
 
-def remote_measure(
-    remote_addr: str | None,
-    tracker: str | None = None,
-    key: str | None = None,
-    timeout_s: float = 30.0,
-    number: int = 3,
-    repeat: int = 3,
-    session=None,
-) -> Measure:
+def remote_measure(*where, timeout_s: float = 30.0, number: int = 3, repeat: int = 3, session=None) -> Measure:
     """A ``measure(rule, wl, target, knobs) -> seconds`` for :func:`convpipe.compiler.tune.tune_workloads` that
     times each candidate kernel on a board or GPU host over TVM RPC: :func:`compile_kernel`, export
     (:func:`convpipe.compiler.build.export_library`: cross-linked for aarch64 for ARM; for CUDA the device
@@ -207,9 +199,9 @@ def remote_measure(
     the mean of ``number`` runs) on the server's CPU, or its GPU 0 for a CUDA target. Inputs:
     :func:`kernel_arrays` (seed 0).
 
-    One RPC session is opened now (``remote_addr`` / ``tracker`` + ``key``, ``timeout_s``: as
-    :func:`convpipe.remote.connect`; or pass an open ``session``) and reused -- a TVM RPC server serves one session
-    at a time. The returned function carries it as ``measure.session`` and a temporary directory for the
+    One RPC session is opened now -- ``where`` (``remote, tracker, key``) and ``timeout_s`` are passed to
+    :func:`convpipe.remote.connect` as they are; or pass an open ``session`` -- and reused: a TVM RPC server
+    serves one session at a time. The returned function carries it as ``measure.session`` and a temporary directory for the
     libraries as ``measure.tmpdir`` (both live as long as the function). On an emulated board the ranking is only
     indicative (QEMU's costs are not a Cortex-A72's).
 
@@ -223,7 +215,7 @@ def remote_measure(
 
     from .build import export_library
 
-    sess = session if session is not None else remote.connect(remote_addr, tracker, key, timeout_s)
+    sess = session if session is not None else remote.connect(*where, timeout_s=timeout_s)
     tmp = tempfile.TemporaryDirectory(prefix="convpipe-measure-")
     counter = [0]
 
