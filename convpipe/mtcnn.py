@@ -728,7 +728,7 @@ def demo(out_dir: str | os.PathLike, photos: Sequence[str] = DEMO_PHOTOS, *, cac
     compiled first). With ``compare_ort`` the same pipeline also runs on onnxruntime sessions; with
     ``compare_facenet`` facenet-pytorch's own ``MTCNN.detect`` runs in eager PyTorch (:func:`facenet_reference`) and
     each photo's faces are matched against it (:func:`match`). Times are the median of ``repeats`` whole detections
-    per photo (wall seconds, in this process, one engine after the other).
+    per photo after one untimed warm-up (wall seconds, in this process, one engine after the other).
 
     Returns:
         One dict per photo: ``photo``, ``shape`` (H, W), ``detections`` (:class:`Detections`), ``png`` (path),
@@ -747,12 +747,13 @@ def demo(out_dir: str | os.PathLike, photos: Sequence[str] = DEMO_PHOTOS, *, cac
     engines = {"": MTCNNDetector(pnet, rnet, onet)}
     if compare_ort:
         engines["ort_"] = MTCNNDetector(*ort_runners(cache_dir, threads))
-    refs = [facenet_reference(images) for _ in range(repeats)] if compare_facenet else []
+    # one untimed warm-up of every engine first (artifact loading, first-call allocations)
+    refs = [facenet_reference(images) for _ in range(max(1, repeats) + 1)][1:] if compare_facenet else []
     results = []
     for name, im in images.items():
         res = {"photo": name, "shape": im.shape[:2]}
         for prefix, det in engines.items():
-            runs = [det.detect(im) for _ in range(max(1, repeats))]
+            runs = [det.detect(im) for _ in range(max(1, repeats) + 1)][1:]
             res[f"{prefix}detections"] = runs[0]
             res[f"{prefix}seconds"] = statistics.median(r.timings["total"] for r in runs)
         if refs:
