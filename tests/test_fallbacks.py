@@ -57,26 +57,27 @@ def conv_transpose(path):
     return _save(path, nodes, i0 + i1 + [ct], "c1")
 
 
+def _channel_split(path, seed: int, sizes: list[int], branch: int, cat: list[str]) -> str:
+    """conv ``c0`` (16 -> 32) -> Split(``sizes``, axis=1) into ``s0``, ``s1`` -> conv ``c1`` (-> 16) on part
+    ``branch`` -> Concat of ``cat`` (names among ``s0``, ``s1``, ``c1``) -> conv ``c2`` (-> 16)."""
+    rng = np.random.default_rng(seed)
+    width = {"s0": sizes[0], "s1": sizes[1], "c1": 16}
+    n0, i0 = _conv("c0", "x", 16, 32, rng)
+    n1, i1 = _conv("c1", f"s{branch}", sizes[branch], 16, rng)
+    n2, i2 = _conv("c2", "cat", sum(width[n] for n in cat), 16, rng)
+    nodes = (n0 + [helper.make_node("Split", ["c0", "sp"], ["s0", "s1"], axis=1)] + n1
+             + [helper.make_node("Concat", cat, ["cat"], axis=1)] + n2)
+    return _save(path, nodes, i0 + i1 + i2 + [_const("sp", sizes, "int64")], "c2")
+
+
 def uneven_channel_split(path):
     """YOLO-style: conv (16 -> 32) -> Split([8, 24], axis=1) -> conv on the 8 -> Concat with the 24 -> conv."""
-    rng = np.random.default_rng(1)
-    n0, i0 = _conv("c0", "x", 16, 32, rng)
-    n1, i1 = _conv("c1", "s0", 8, 16, rng)
-    n2, i2 = _conv("c2", "cat", 40, 16, rng)
-    nodes = (n0 + [helper.make_node("Split", ["c0", "sp"], ["s0", "s1"], axis=1)] + n1
-             + [helper.make_node("Concat", ["c1", "s1"], ["cat"], axis=1)] + n2)
-    return _save(path, nodes, i0 + i1 + i2 + [_const("sp", [8, 24], "int64")], "c2")
+    return _channel_split(path, 1, [8, 24], 0, ["c1", "s1"])
 
 
 def even_channel_split(path):
     """YOLOv8 C2f: conv (16 -> 32) -> Split([16, 16], axis=1) -> conv on one half -> Concat of all three -> conv."""
-    rng = np.random.default_rng(2)
-    n0, i0 = _conv("c0", "x", 16, 32, rng)
-    n1, i1 = _conv("c1", "s1", 16, 16, rng)
-    n2, i2 = _conv("c2", "cat", 48, 16, rng)
-    nodes = (n0 + [helper.make_node("Split", ["c0", "sp"], ["s0", "s1"], axis=1)] + n1
-             + [helper.make_node("Concat", ["s0", "s1", "c1"], ["cat"], axis=1)] + n2)
-    return _save(path, nodes, i0 + i1 + i2 + [_const("sp", [16, 16], "int64")], "c2")
+    return _channel_split(path, 2, [16, 16], 1, ["s0", "s1", "c1"])
 
 
 def operand_of_other_rank(path):

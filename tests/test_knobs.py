@@ -23,29 +23,30 @@ TARGETS = {
     "cuda": lambda: resolve_target("cuda", arch="sm_90"),
 }
 
+#: ``default_knobs()`` of the CPU rules for WORKLOADS as the code before the rename returned them (old names),
+#: per (family, workload): on x86 (AVX-512) and on ARM (the same knobs, NEON-sized values).
+OLD_CPU_DEFAULTS = {
+    ("direct", "conv3x3"): (
+        {"oc_block": 16, "ic_block": 1, "ow_tile": 7, "oc_tile": 2},
+        {"oc_block": 4, "ic_block": 1, "ow_tile": 7, "oc_tile": 2},
+    ),
+    ("im2col", "conv3x3"): ({"k_block": 16, "x_block": 16}, {"k_block": 8, "x_block": 8}),
+    ("im2col", "dw"): ({"k_block": 1, "x_block": 32}, {"k_block": 1, "x_block": 4}),
+    ("im2col", "dw_s2"): ({"k_block": 1, "x_block": 16}, {"k_block": 1, "x_block": 8}),
+    ("im2col", "dw_blocked"): ({"k_block": 1, "x_block": 32}, {"k_block": 1, "x_block": 4}),
+    ("im2col", "grouped"): ({"k_block": 16, "x_block": 16}, {"k_block": 8, "x_block": 8}),
+    ("winograd", "conv3x3"): ({"tile": 4, "k_block": 64, "p_block": 4}, {"tile": 4, "k_block": 8, "p_block": 8}),
+    ("depthwise", "dw"): ({"x_vec": 28, "y_block": 1}, {"x_vec": 4, "y_block": 4}),
+    ("depthwise", "dw_s2"): ({"x_vec": 0, "y_block": 1}, {"x_vec": 2, "y_block": 2}),
+    ("depthwise", "dw_blocked"): ({"x_tile": 7}, {"x_tile": 2}),
+}
 #: ``default_knobs()`` of every rule for WORKLOADS as the code before the rename returned them (old names): a
 #: tuning database written then holds exactly these.
 OLD_DEFAULTS = [
-    ("x86", "direct", "conv3x3", {"oc_block": 16, "ic_block": 1, "ow_tile": 7, "oc_tile": 2}),
-    ("x86", "im2col", "conv3x3", {"k_block": 16, "x_block": 16}),
-    ("x86", "im2col", "dw", {"k_block": 1, "x_block": 32}),
-    ("x86", "im2col", "dw_s2", {"k_block": 1, "x_block": 16}),
-    ("x86", "im2col", "dw_blocked", {"k_block": 1, "x_block": 32}),
-    ("x86", "im2col", "grouped", {"k_block": 16, "x_block": 16}),
-    ("x86", "winograd", "conv3x3", {"tile": 4, "k_block": 64, "p_block": 4}),
-    ("x86", "depthwise", "dw", {"x_vec": 28, "y_block": 1}),
-    ("x86", "depthwise", "dw_s2", {"x_vec": 0, "y_block": 1}),
-    ("x86", "depthwise", "dw_blocked", {"x_tile": 7}),
-    ("arm", "direct", "conv3x3", {"oc_block": 4, "ic_block": 1, "ow_tile": 7, "oc_tile": 2}),
-    ("arm", "im2col", "conv3x3", {"k_block": 8, "x_block": 8}),
-    ("arm", "im2col", "dw", {"k_block": 1, "x_block": 4}),
-    ("arm", "im2col", "dw_s2", {"k_block": 1, "x_block": 8}),
-    ("arm", "im2col", "dw_blocked", {"k_block": 1, "x_block": 4}),
-    ("arm", "im2col", "grouped", {"k_block": 8, "x_block": 8}),
-    ("arm", "winograd", "conv3x3", {"tile": 4, "k_block": 8, "p_block": 8}),
-    ("arm", "depthwise", "dw", {"x_vec": 4, "y_block": 4}),
-    ("arm", "depthwise", "dw_s2", {"x_vec": 2, "y_block": 2}),
-    ("arm", "depthwise", "dw_blocked", {"x_tile": 2}),
+    (tname, family, wname, per_target[i])
+    for i, tname in enumerate(("x86", "arm"))
+    for (family, wname), per_target in OLD_CPU_DEFAULTS.items()
+] + [
     ("cuda", "direct", "conv3x3",
      {"oc_block": 4, "k_thr": 4, "y_thr": 2, "y_reg": 1, "x_thr": 14, "x_reg": 1, "ic_tile": 8}),
     ("cuda", "im2col", "conv3x3", {"k_thr": 16, "k_reg": 4, "p_thr": 16, "p_reg": 1, "r_tile": 8}),

@@ -298,6 +298,15 @@ def _f(name, vals, dtype="float32"):
     return numpy_helper.from_array(np.array(vals, dtype), name)
 
 
+#: The opsets whose op takes ``X, scales``: opset -> (op, [(mode, scales) per node], output shapes).
+SCALES_INPUT = {
+    9: ("Upsample", [("nearest", [1, 1, 2, 2]), ("linear", [1, 1, 1.5, 2.5]), ("nearest", [1, 1, 1.7, 1.15])],
+        [[1, 2, 12, 28], [1, 2, 9, 35], [1, 2, 10, 16]]),
+    10: ("Resize", [("nearest", [1, 1, 0.6, 2.3]), ("linear", [1, 1, 0.5, 1.5]), ("nearest", [1, 1, 1.7, 0.4])],
+         [[1, 2, 3, 32], [1, 2, 3, 21], [1, 2, 10, 5]]),
+}
+
+
 def _opset_model(opset: int):
     """Nodes valid at ``opset``: Upsample (7: ``scales`` attribute, 9: input), Resize 10 (``X, scales``),
     Resize 11/13 (``X, roi, scales, sizes``)."""
@@ -305,18 +314,11 @@ def _opset_model(opset: int):
         nodes = [helper.make_node("Upsample", ["x"], ["y0"], mode="nearest", scales=[1.0, 1.0, 2.0, 3.0]),
                  helper.make_node("Upsample", ["x"], ["y1"], mode="linear", scales=[1.0, 1.0, 1.5, 2.5])]
         return _one_node_model(nodes, X_SHAPE, [], 7, 2, [[1, 2, 12, 42], [1, 2, 9, 35]])
-    if opset == 9:
-        nodes = [helper.make_node("Upsample", ["x", "s0"], ["y0"], mode="nearest"),
-                 helper.make_node("Upsample", ["x", "s1"], ["y1"], mode="linear"),
-                 helper.make_node("Upsample", ["x", "s2"], ["y2"], mode="nearest")]
-        inits = [_f("s0", [1, 1, 2, 2]), _f("s1", [1, 1, 1.5, 2.5]), _f("s2", [1, 1, 1.7, 1.15])]
-        return _one_node_model(nodes, X_SHAPE, inits, 9, 3, [[1, 2, 12, 28], [1, 2, 9, 35], [1, 2, 10, 16]])
-    if opset == 10:
-        nodes = [helper.make_node("Resize", ["x", "s0"], ["y0"], mode="nearest"),
-                 helper.make_node("Resize", ["x", "s1"], ["y1"], mode="linear"),
-                 helper.make_node("Resize", ["x", "s2"], ["y2"], mode="nearest")]
-        inits = [_f("s0", [1, 1, 0.6, 2.3]), _f("s1", [1, 1, 0.5, 1.5]), _f("s2", [1, 1, 1.7, 0.4])]
-        return _one_node_model(nodes, X_SHAPE, inits, 10, 3, [[1, 2, 3, 32], [1, 2, 3, 21], [1, 2, 10, 5]])
+    if opset in SCALES_INPUT:
+        op, cases, shapes = SCALES_INPUT[opset]
+        nodes = [helper.make_node(op, ["x", f"s{i}"], [f"y{i}"], mode=mode) for i, (mode, _) in enumerate(cases)]
+        inits = [_f(f"s{i}", scales) for i, (_, scales) in enumerate(cases)]
+        return _one_node_model(nodes, X_SHAPE, inits, opset, len(cases), shapes)
     nodes = [helper.make_node("Resize", ["x", "r", "s0"], ["y0"], mode="linear",
                               coordinate_transformation_mode="pytorch_half_pixel"),
              helper.make_node("Resize", ["x", "r", "e", "z1"], ["y1"], mode="nearest",
