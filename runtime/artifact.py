@@ -21,8 +21,31 @@
 
 ``fallbacks`` (optional; absent in older artifacts): where the compiler took a simpler, still correct path instead
 of failing -- ``stage`` ``"layout"`` (an op the blocked NCHW[x]c layout could not be carried into ran on NCHW,
-or ``op`` ``"model"``: the whole model in NCHW) or ``"epilogue"`` (a consumer left as its own kernel instead of
-being inlined into the conv kernel); ``op``, ``fallback`` and ``why`` are free text for people.
+or ``op`` ``"model"``: the whole model in NCHW), ``"epilogue"`` (a consumer left as its own kernel instead of
+being inlined into the conv kernel) or ``"generic"`` (a step a variable-size artifact's generic build could not
+take on symbolic shapes: NCHW throughout, a conv2d left to TVM's legalization, TVM's Resize); ``op``,
+``fallback`` and ``why`` are free text for people.
+
+``dynamic`` (optional; issue 16, variable input sizes; absent: a one-build artifact, as before)::
+
+    "dynamic": {
+      "inputs": [{"name": "x", "dims": [1, 3, [32, 1024], [32, 1024]], "dtype": "float32"}],  # int or [lo, hi]
+      "builds": [
+        {"name": "default", "kind": "bucket", "library": {"file": "model.so", "sha256": "..."},
+         "inputs": [{"name": "x", "shape": [1, 3, 224, 224], "dtype": "float32"}],
+         "outputs": [...], "layout": "NCHW16c", "conv2d": [...], "fallbacks": [...]},
+        {"name": "generic", "kind": "generic", "library": {"file": "model.generic.so", "sha256": "..."},
+         "outputs": [{"name": "y", "shape": [1, 4, "(h - 1) // 2 + 1", "(w - 1) // 2 + 1"], "dtype": "float32"}],
+         "layout": "NCHW", "conv2d": [], "fallbacks": [{"stage": "generic", ...}, ...]}
+      ],
+      "no_generic": "why there is no generic build"                                        # only then
+    }
+
+A bucket build serves exactly its ``inputs`` shapes; the generic build (at most one) serves every other shape
+whose dims lie in ``dynamic.inputs``; without one, only the bucket shapes are accepted. The first build is the
+*default*: the top-level ``library``, ``inputs``, ``outputs``, ``conv2d``, ``layout`` and ``fallbacks`` are its
+own (for a generic default: its inputs and outputs at the low end of each range), so a reader that knows only
+one-build artifacts finds a valid one.
 
 :func:`read_manifest` checks a manifest against this schema (:func:`manifest_problems`) and refuses it with one
 single-line :class:`ConvpipeError` naming every problem (key path, expected vs got), so no reader of a manifest
@@ -274,9 +297,59 @@ _DEVICE_CODE = _record(
     {"binary_sha256": _list(_sha256)},
 )
 #: ``fallbacks[i].stage`` values: where the compiler took a simpler path instead of failing
-FALLBACK_STAGES = ("layout", "epilogue")
+FALLBACK_STAGES = ("layout", "epilogue", "generic")
 _FALLBACK = _record(
     {"stage": _one_of(*FALLBACK_STAGES), "op": _string, "fallback": _string, "why": _text},
+)
+
+
+def _dim_spec(v, path, problems) -> None:
+    """An accepted input dim: a positive int, or an inclusive range ``[lo, hi]`` with ``1 <= lo <= hi``."""
+    if _is_int(v):
+        if v < 1 or v > MAX_ELEMENTS:
+            problems.append(f"{path}: expected a positive int or [lo, hi], got {_value(v)}")
+    elif not (isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v) and 1 <= v[0] <= v[1] <= MAX_ELEMENTS):
+        problems.append(f"{path}: expected a positive int or [lo, hi] with 1 <= lo <= hi, got "
+                        f"{_value(v) if not isinstance(v, list) else v}")
+
+
+def _out_dim(v, path, problems) -> None:
+    """A generic build's output dim: a positive int, or the text of a symbolic expression."""
+    if not ((_is_int(v) and v >= 1) or (isinstance(v, str) and v)):
+        problems.append(f"{path}: expected a positive int or an expression's text, got {_value(v)}")
+
+
+_DYN_INPUT = _record({"name": _string, "dims": _list(_dim_spec, non_empty=True), "dtype": _one_of(*DTYPES)})
+_DYN_OUTPUT = _record({"name": _string, "shape": _list(_out_dim), "dtype": _one_of(*DTYPES)})
+
+
+def _build_consistent(b, path, problems) -> None:
+    if b["kind"] == "bucket" and "inputs" not in b:
+        problems.append(f"{path}.inputs: missing (a bucket build names its exact input shapes)")
+
+
+_BUILD = _record(
+    {"name": _string, "kind": _one_of("bucket", "generic"), "library": _record({"file": _relative_path,
+                                                                                 "sha256": _sha256}),
+     "outputs": _list(_DYN_OUTPUT, non_empty=True), "conv2d": _list(_LAYER)},
+    {"inputs": _tensors, "layout": _layout, "fallbacks": _list(_FALLBACK)},
+    then=_build_consistent,
+)
+
+
+def _dynamic_consistent(d, path, problems) -> None:
+    names = [b["name"] for b in d["builds"]]
+    if len(set(names)) != len(names):
+        problems.append(f"{path}.builds: expected distinct names, got {names}")
+    if sum(b["kind"] == "generic" for b in d["builds"]) > 1:
+        problems.append(f"{path}.builds: expected at most one generic build")
+
+
+#: ``dynamic`` (optional; variable-size artifacts, issue 16): the dims each input accepts and every build.
+_DYNAMIC = _record(
+    {"inputs": _list(_DYN_INPUT, non_empty=True), "builds": _list(_BUILD, non_empty=True)},
+    {"no_generic": _text},
+    then=_dynamic_consistent,
 )
 _MANIFEST = _record(
     {
@@ -292,7 +365,7 @@ _MANIFEST = _record(
         "conv2d": _list(_LAYER),
     },
     {"schedule": _string, "layout": _layout, "created": _string, "device_code": _DEVICE_CODE,
-     "fallbacks": _list(_FALLBACK)},
+     "fallbacks": _list(_FALLBACK), "dynamic": _DYNAMIC},
 )
 
 

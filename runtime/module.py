@@ -36,6 +36,7 @@ weights) is shared; each thread that runs the model (the main thread, each runne
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import platform
 import queue
@@ -130,19 +131,24 @@ def check_target(manifest: dict, device: str) -> None:
         raise ConvpipeError(f"artifact has unknown target arch {arch!r}")
 
 
-def check_inputs(expected: Sequence[IOInfo], inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
+def check_inputs(expected: Sequence[IOInfo], inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+                 accepted: Sequence[dict] | None = None) -> list[np.ndarray]:
     """Validate inputs against ``expected`` (by name, or positionally) and return them in input order.
 
     Args:
         expected: the model's inputs.
         inputs: ``{name: np.ndarray}``, or a list/tuple of arrays in input order.
+        accepted: a variable-size artifact's ``dynamic.inputs`` (one ``{"name", "dims", "dtype"}`` per input, a
+            dim an int or ``[lo, hi]``): shapes are checked against these dims (:func:`check_shape`) instead of
+            ``expected``'s exact shapes.
 
     Returns:
         C-contiguous arrays in input order.
 
     Raises:
         ConvpipeError: ``inputs`` is neither a mapping nor a list/tuple (e.g. ``None``, a string, a bare array);
-            a missing, unexpected, non-array, wrong-shape or wrong-dtype input (names it, expected vs got).
+            a missing, unexpected, non-array, wrong-shape or wrong-dtype input (names it, expected vs got; for a
+            variable-size artifact the axis, its range and the size given).
     """
     names = [i.name for i in expected]
     if type(inputs) not in (list, tuple, dict) and (  # the common types first: ABC checks cost ~0.3 us each
@@ -166,15 +172,43 @@ def check_inputs(expected: Sequence[IOInfo], inputs: Mapping[str, np.ndarray] | 
         if len(arrays) != len(names):
             raise ConvpipeError(f"got {len(arrays)} positional input(s), the model takes {len(names)}: {names}")
     out = []
-    for info, a in zip(expected, arrays):
+    for k, (info, a) in enumerate(zip(expected, arrays)):
         if not isinstance(a, np.ndarray):
             raise ConvpipeError(f"input {info.name!r}: expected a NumPy array, got {type(a).__name__}")
-        if a.shape != tuple(info.shape):
+        if accepted is not None:
+            check_shape(info.name, accepted[k]["dims"], a.shape)
+        elif a.shape != tuple(info.shape):
             raise ConvpipeError(f"input {info.name!r}: expected shape {list(info.shape)}, got {list(a.shape)}")
         if a.dtype != _np_dtype(info.dtype):
             raise ConvpipeError(f"input {info.name!r}: expected dtype {info.dtype}, got {a.dtype}")
         out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))  # ascontiguousarray makes 0-d 1-d
     return out
+
+
+def dims_text(dims: Sequence) -> str:
+    """An accepted shape as text: ``[1, 3, 32..1024, 32..1024]``."""
+    return "[" + ", ".join(f"{d[0]}..{d[1]}" if isinstance(d, (list, tuple)) else str(d) for d in dims) + "]"
+
+
+def check_shape(name: str, dims: Sequence, shape: Sequence[int]) -> None:
+    """Check an input's ``shape`` against the dims a variable-size artifact accepts (``dims``: an int or an
+    inclusive ``[lo, hi]`` per axis).
+
+    Raises:
+        ConvpipeError: wrong rank (names the input, the accepted shape and the shape given), or a size outside
+            an axis's range or unequal to its exact size (names the input, axis, range and size).
+    """
+    if len(shape) != len(dims):
+        raise ConvpipeError(f"input {name!r}: expected rank {len(dims)} (shape {dims_text(dims)}), got rank "
+                            f"{len(shape)} (shape {list(shape)})")
+    for axis, (d, s) in enumerate(zip(dims, shape)):
+        if isinstance(d, (list, tuple)):
+            if not d[0] <= s <= d[1]:
+                raise ConvpipeError(f"input {name!r} axis {axis}: expected a size in {d[0]}..{d[1]}, got {s} "
+                                    f"(accepted shape {dims_text(dims)})")
+        elif s != d:
+            raise ConvpipeError(f"input {name!r} axis {axis}: expected {d}, got {s} (accepted shape "
+                                f"{dims_text(dims)})")
 
 
 _NP_DTYPES: dict[str, np.dtype] = {}
@@ -210,13 +244,54 @@ def io_info(manifest: dict, kind: str) -> list[IOInfo]:
     return [IOInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest[kind]]
 
 
+@dataclass
+class Build:
+    """One build of a loaded artifact (a one-build artifact has one, ``"default"``): its name, kind
+    (``"bucket"``: exact input shapes; ``"generic"``: symbolic dims), the loaded library, its exact ``inputs``
+    (``None`` for a generic build) and ``outputs`` (:class:`IOInfo`; a generic build's symbolic dims are the
+    expression's text, e.g. ``"(h - 1) // 2 + 1"``)."""
+
+    name: str
+    kind: str
+    lib: object
+    inputs: list | None
+    outputs: list
+
+    def check_outputs(self, outputs: Sequence) -> None:
+        """:func:`check_outputs`, the symbolic dims of a generic build matching any size.
+
+        Raises:
+            ConvpipeError: count, rank, a static dim or a dtype differs from the manifest's (names the output).
+        """
+        if self.kind != "generic":
+            return check_outputs(self.outputs, outputs)
+        if len(outputs) != len(self.outputs):
+            raise ConvpipeError(f"library returned {len(outputs)} outputs, manifest lists {len(self.outputs)}")
+        for info, a in zip(self.outputs, outputs):
+            ok = len(a.shape) == len(info.shape) and all(isinstance(d, str) or d == s for d, s in zip(info.shape, a.shape))
+            if not ok:
+                raise ConvpipeError(f"output {info.name!r}: expected shape {list(info.shape)} (manifest), got "
+                                    f"{list(a.shape)} from the library")
+            if str(a.dtype) != info.dtype:
+                raise ConvpipeError(f"output {info.name!r}: expected dtype {info.dtype} (manifest), got {a.dtype} "
+                                    "from the library")
+
+
 class Module:
     """A loaded artifact. Use :func:`load` to make one (same arguments).
 
     Attributes:
         path: the artifact directory.
         manifest: the parsed, schema-checked ``manifest.json`` (see :mod:`convpipe.runtime.artifact`).
-        inputs, outputs: lists of :class:`IOInfo` in graph order.
+        inputs, outputs: lists of :class:`IOInfo` in graph order (a variable-size artifact: its default build's).
+        input_dims: a variable-size artifact's accepted dims (the manifest's ``dynamic.inputs``: per input
+            ``{"name", "dims", "dtype"}``, a dim an int or ``[lo, hi]``); ``None`` for a one-build artifact.
+        builds: every :class:`Build` (one, ``"default"``, for a one-build artifact); :meth:`select` picks one.
+
+    Variable-size artifacts (issue 16): every build's library is checked (inside the artifact, its manifest
+    sha256, a well-formed ELF) and loaded at load time; ``expected_sha256`` pins the default build's library
+    (``model.so``) only -- the others are covered by the manifest's sha256, which detects corruption, not
+    tampering.
     """
 
     def __init__(self, path: str, device: str | None = None, threads: int | None = None,
@@ -235,29 +310,90 @@ class Module:
         self.inputs = io_info(self.manifest, "inputs")
         self.outputs = io_info(self.manifest, "outputs")
         self._dev = tvm.cuda(0) if self.manifest["target"]["arch"] == "cuda" else tvm.cpu(0)
-        # dlopen a private copy with the checked bytes (see private_copy: no swap after the check, and no stale
-        # image when an artifact is rebuilt at the same path)
-        with private_copy(lib, self.manifest["library"]["sha256"]) as private:
-            check_elf(private, shown_as=lib)  # what dlopen maps (a CUDA library: host code + device binary)
-            try:
-                self._lib = tvm.runtime.load_module(private)
-            except Exception as e:
-                raise ConvpipeError(f"{lib}: TVM could not load the library: {' '.join(str(e).split())}") from None
+        self._lib = self._load_library(lib, self.manifest["library"]["sha256"])
+        dyn = self.manifest.get("dynamic")
+        #: a variable-size artifact's accepted dims (the manifest's ``dynamic.inputs``); ``None``: exact shapes
+        self.input_dims: list[dict] | None = dyn["inputs"] if dyn else None
+        if dyn is None:
+            self.builds = [Build("default", "bucket", self._lib, self.inputs, self.outputs)]
+        else:
+            self.builds = []
+            for k, b in enumerate(dyn["builds"]):
+                if b["library"]["file"] == self.manifest["library"]["file"]:
+                    blib = self._lib
+                else:  # each further library: inside the artifact, its manifest sha256 (verify_library)
+                    blib = self._load_library(verify_library(path, b), b["library"]["sha256"],
+                                              quiet=b["kind"] == "generic")
+                ins = io_info(b, "inputs") if b["kind"] == "bucket" else None
+                outs = [IOInfo(o["name"], tuple(o["shape"]), o["dtype"]) for o in b["outputs"]]
+                self.builds.append(Build(b["name"], b["kind"], blib, ins, outs))
+            names = [i.name for i in self.inputs]
+            if [i["name"] for i in self.input_dims] != names:
+                raise ConvpipeError(f"{path}: malformed manifest: dynamic.inputs names "
+                                    f"{[i['name'] for i in self.input_dims]}, inputs {names}")
+        self._exact = {tuple(tuple(i.shape) for i in b.inputs): b for b in self.builds if b.kind == "bucket"}
+        self._generic = next((b for b in self.builds if b.kind == "generic"), None)
         self._local = threading.local()
 
+    def _load_library(self, lib: str, sha256: str, quiet: bool = False):
+        """dlopen a private copy of ``lib`` with the checked bytes (see private_copy: no swap after the check, and
+        no stale image when an artifact is rebuilt at the same path). ``quiet``: a generic build's library, whose
+        loading makes TVM 0.27 log one ``Warning: Scope Loaded:`` line per memory scope of its executable to the
+        process's stderr (:func:`quiet_native_stderr`)."""
+        import tvm
+
+        with private_copy(lib, sha256) as private:
+            check_elf(private, shown_as=lib)  # what dlopen maps (a CUDA library: host code + device binary)
+            try:
+                with quiet_native_stderr() if quiet else contextlib.nullcontext():
+                    return tvm.runtime.load_module(private)
+            except Exception as e:
+                raise ConvpipeError(f"{lib}: TVM could not load the library: {' '.join(str(e).split())}") from None
+
+    def select(self, shapes: Sequence[Sequence[int]]) -> Build:
+        """The build that serves inputs of these ``shapes`` (in input order, already checked against the accepted
+        dims): the bucket whose shapes equal them exactly, else the generic build.
+
+        Raises:
+            ConvpipeError: no bucket has these shapes and the artifact has no generic build (names the shapes
+                accepted and why there is no generic build).
+        """
+        key = tuple(tuple(s) for s in shapes)
+        b = self._exact.get(key)
+        if b is not None:
+            return b
+        if self._generic is not None:
+            return self._generic
+        given = "; ".join(f"{i.name}={list(s)}" for i, s in zip(self.inputs, key))
+        buckets = " | ".join("; ".join(f"{i.name}={list(s)}" for i, s in zip(self.inputs, k)) for k in self._exact)
+        why = (self.manifest.get("dynamic") or {}).get("no_generic")
+        raise ConvpipeError(f"input shapes {given}: this artifact accepts only its bucket shapes ({buckets}): it has "
+                            f"no generic build" + (f" ({why})" if why else ""))
+
     # -- running --------------------------------------------------------------------------------------------
-    def _vm(self):
-        """This OS thread's VirtualMachine for the model (created on first use)."""
-        vm = getattr(self._local, "vm", None)
+    def _vm(self, build: Build | None = None):
+        """This OS thread's VirtualMachine for ``build`` (default: the default build; created on first use)."""
+        build = build or self.builds[0]
+        vms = getattr(self._local, "vms", None)
+        if vms is None:
+            vms = self._local.vms = {}
+        vm = vms.get(build.name)
         if vm is None:
             from tvm.runtime.vm import VirtualMachine
 
-            vm = self._local.vm = VirtualMachine(self._lib, self._dev)
+            vm = vms[build.name] = VirtualMachine(build.lib, self._dev)
         return vm
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Validate and order inputs (see :func:`check_inputs`)."""
-        return check_inputs(self.inputs, inputs)
+        """Validate and order inputs (see :func:`check_inputs`; a variable-size artifact checks each dim
+        against its accepted size or range)."""
+        return check_inputs(self.inputs, inputs, self.input_dims)
+
+    def _checked(self, inputs) -> tuple[list[np.ndarray], tuple]:
+        """Checked arrays, and ``(build,)`` for a variable-size artifact (``()`` for a one-build artifact, whose
+        ``_run_here`` & co. are called as before)."""
+        arrays = self.check_inputs(inputs)
+        return arrays, (() if self.input_dims is None else (self.select([a.shape for a in arrays]),))
 
     def run(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model once. On a thread other than the main thread the run is carried out by one of the
@@ -265,45 +401,56 @@ class Module:
 
         Args:
             inputs: ``{name: array}`` or a list/tuple of arrays in input order; NumPy arrays whose shapes and
-                dtypes are exactly those of :attr:`inputs`.
+                dtypes are exactly those of :attr:`inputs` -- for a variable-size artifact, shapes within
+                :attr:`input_dims` (served by the bucket build of exactly that shape, else the generic build:
+                :meth:`select`).
 
         Returns:
-            ``{output name: np.ndarray}`` in graph output order, shapes and dtypes as :attr:`outputs`.
+            ``{output name: np.ndarray}`` in graph output order, shapes and dtypes as :attr:`outputs` (a
+            variable-size artifact: as the serving build's outputs, whose sizes follow the input's).
 
         Raises:
             ConvpipeError: bad inputs (see :func:`check_inputs`); the library failed on inputs the manifest
                 accepts, or returned outputs whose count, shapes or dtypes differ from the manifest's (see
                 :func:`check_outputs`): the manifest does not describe this library.
         """
-        arrays = self.check_inputs(inputs)
+        arrays, extra = self._checked(inputs)
         if _runs_here():
-            return self._run_here(arrays)
-        return RUNNERS.call(self._run_here, arrays)
+            return self._run_here(arrays, *extra)
+        return RUNNERS.call(self._run_here, arrays, *extra)
 
-    def _input_buffers(self) -> tuple[list, list[np.ndarray]]:
+    def _input_buffers(self, build: Build | None = None) -> tuple[list, list[np.ndarray]]:
         """This OS thread's input tensors for a CPU artifact (allocated by TVM, 64-byte aligned, shapes and dtypes
         of :attr:`inputs`) and NumPy views of them: :meth:`run` copies the caller's arrays in with ``np.copyto``
         (``tvm.runtime.tensor`` per call cost ~20-50 us of Python-side allocation and copy on a tiny input)."""
-        got = getattr(self._local, "inputs", None)
+        build = build or self.builds[0]
+        cache = getattr(self._local, "inputs", None)
+        if cache is None:
+            cache = self._local.inputs = {}
+        got = cache.get(build.name)
         if got is None:
             import tvm
 
-            bufs = [tvm.runtime.empty(tuple(i.shape), i.dtype, self._dev) for i in self.inputs]
-            got = self._local.inputs = (bufs, [np.from_dlpack(b) for b in bufs])
+            bufs = [tvm.runtime.empty(tuple(i.shape), i.dtype, self._dev) for i in build.inputs]
+            got = cache[build.name] = (bufs, [np.from_dlpack(b) for b in bufs])
         return got
 
-    def _run_here(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_here(self, arrays: list[np.ndarray], build: Build | None = None) -> dict[str, np.ndarray]:
         import tvm
 
+        build = build or self.builds[0]
         cpu = self._dev.dlpack_device_type() == 1
         try:
-            if cpu:
-                bufs, views = self._input_buffers()
+            if cpu and build.kind == "bucket":
+                bufs, views = self._input_buffers(build)
                 for view, a in zip(views, arrays):
                     np.copyto(view, a)
-                res = self._vm()["main"](*bufs)
+                res = self._vm(build)["main"](*bufs)
+            elif cpu:  # a generic build: shapes vary per call, so no reused buffers
+                views = [a if a.ctypes.data % 64 == 0 else _aligned_copy(a) for a in arrays]
+                res = self._vm(build)["main"](*[tvm.runtime.from_dlpack(v) for v in views])
             else:
-                res = self._vm()["main"](*[tvm.runtime.tensor(a, self._dev) for a in arrays])
+                res = self._vm(build)["main"](*[tvm.runtime.tensor(a, self._dev) for a in arrays])
         except Exception as e:  # noqa: BLE001 -- inputs passed the manifest's checks, so the artifact disagrees with itself
             msg = " ".join(str(e).split())[:400] or type(e).__name__
             raise ConvpipeError(f"{self.path}: the library failed on inputs that match the manifest (was the "
@@ -312,8 +459,8 @@ class Module:
             out = _distinct(views, [np.from_dlpack(t) for t in flatten_outputs(res)])
         else:
             out = [t.numpy() for t in flatten_outputs(res)]
-        check_outputs(self.outputs, out)
-        return {o.name: a for o, a in zip(self.outputs, out)}
+        build.check_outputs(out)
+        return {o.name: a for o, a in zip(build.outputs, out)}
 
     def run_tensors(self, tensors: Sequence) -> list:
         """Run once on DLPack tensors, without copying what already lives on the artifact's device.
@@ -351,30 +498,29 @@ class Module:
                 if t is None:
                     raise ConvpipeError(f"input {info.name!r}: cannot take it through DLPack (a C-contiguous tensor "
                                         f"is needed): {' '.join(str(e).split())[:200]}") from None
-            if tuple(t.shape) != tuple(info.shape):
+            if self.input_dims is not None:
+                check_shape(info.name, self.input_dims[len(args)]["dims"], tuple(t.shape))
+            elif tuple(t.shape) != tuple(info.shape):
                 raise ConvpipeError(f"input {info.name!r}: expected shape {list(info.shape)}, got {list(t.shape)}")
             if str(t.dtype) != info.dtype:
                 raise ConvpipeError(f"input {info.name!r}: expected dtype {info.dtype}, got {t.dtype}")
             if t.device.dlpack_device_type() != self._dev.dlpack_device_type():
                 raise ConvpipeError(f"input {info.name!r}: on {t.device}, the artifact runs on {self._dev}")
             args.append(t)
+        extra = () if self.input_dims is None else (self.select([tuple(t.shape) for t in args]),)
         if _runs_here():
-            return self._run_tensors_here(args)
-        return RUNNERS.call(self._run_tensors_here, args)
+            return self._run_tensors_here(args, *extra)
+        return RUNNERS.call(self._run_tensors_here, args, *extra)
 
-    def _run_tensors_here(self, args: list) -> list:
+    def _run_tensors_here(self, args: list, build: Build | None = None) -> list:
+        build = build or self.builds[0]
         try:
-            res = self._vm()["main"](*args)
+            res = self._vm(build)["main"](*args)
         except Exception as e:  # noqa: BLE001 -- inputs passed the manifest's checks
             msg = " ".join(str(e).split())[:400] or type(e).__name__
             raise ConvpipeError(f"{self.path}: the library failed on inputs that match the manifest: {msg}") from None
         out = flatten_outputs(res)
-        if len(out) != len(self.outputs):
-            raise ConvpipeError(f"library returned {len(out)} outputs, manifest lists {len(self.outputs)}")
-        for info, t in zip(self.outputs, out):
-            if tuple(t.shape) != tuple(info.shape) or str(t.dtype) != info.dtype:
-                raise ConvpipeError(f"output {info.name!r}: expected {list(info.shape)} {info.dtype} (manifest), got "
-                                    f"{list(t.shape)} {t.dtype} from the library")
+        build.check_outputs(out)
         return out
 
     def profile(self, inputs, runs: int = 10) -> tuple[list[KernelTime], float]:
@@ -392,19 +538,19 @@ class Module:
         """
         if runs < 1:
             raise ConvpipeError(f"runs: expected at least 1, got {runs}")
-        arrays = self.check_inputs(inputs)
+        arrays, extra = self._checked(inputs)
         if _runs_here():
-            return self._profile_here(arrays, runs)
-        return RUNNERS.call(self._profile_here, arrays, runs)
+            return self._profile_here(arrays, runs, *extra)
+        return RUNNERS.call(self._profile_here, arrays, runs, *extra)
 
-    def _profile_here(self, arrays, runs: int):
+    def _profile_here(self, arrays, runs: int, build: Build | None = None):
         import statistics
         import time as _time
 
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
-        vm = VirtualMachine(self._lib, self._dev)
+        vm = VirtualMachine((build or self.builds[0]).lib, self._dev)
         args = [tvm.runtime.tensor(a, self._dev) for a in arrays]
         sync = self._dev.sync if self._dev.dlpack_device_type() != 1 else (lambda: None)
         totals: dict[str, list] = {}
@@ -444,20 +590,56 @@ class Module:
         Raises:
             ConvpipeError: bad inputs (see :func:`check_inputs`).
         """
-        arrays = self.check_inputs(inputs)
+        arrays, extra = self._checked(inputs)
         if _runs_here():
-            return self._time_here(arrays, number, repeat)
-        return RUNNERS.call(self._time_here, arrays, number, repeat)
+            return self._time_here(arrays, number, repeat, *extra)
+        return RUNNERS.call(self._time_here, arrays, number, repeat, *extra)
 
-    def _time_here(self, arrays, number, repeat) -> list[float]:
+    def _time_here(self, arrays, number, repeat, build: Build | None = None) -> list[float]:
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
-        vm = VirtualMachine(self._lib, self._dev)
+        vm = VirtualMachine((build or self.builds[0]).lib, self._dev)
         args = [tvm.runtime.tensor(a, self._dev) for a in arrays]
         vm.set_input("main", *args)
         fn = vm.time_evaluator("invoke_stateful", self._dev, number=number, repeat=repeat)
         return list(fn("main").results)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Send what native code writes to file descriptor 2 to ``/dev/null`` while active (Python's ``sys.stderr``
+    is flushed first and restored after). Used around TVM calls that log noise through ``LOG(WARNING)``, which no
+    setting turns off: saving and loading a Relax executable with symbolic shapes logs ``Warning: Scope
+    Saving:`` / ``Scope Loaded:`` per memory scope (``src/runtime/vm/executable.cc``). Errors still arrive as
+    exceptions. Other threads' writes to fd 2 in that window are lost too, so keep it short."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A 64-byte aligned C-contiguous copy of ``a`` (TVM aliases only aligned CPU memory through DLPack)."""
+    raw = np.empty(a.nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    out = raw[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    np.copyto(out, a)
+    return out
 
 
 def _distinct(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> list[np.ndarray]:
