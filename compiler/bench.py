@@ -95,8 +95,10 @@ def model_engines(
     engines: dict[str, Callable[[], object]] = {}
     for name, path in ({"convpipe": artifact} if isinstance(artifact, str) else artifact).items():
         module = load(path, device=device, expected_sha256=expected_sha256)
-        vm, dev = module._vm(), module._dev
-        args = [tvm.runtime.tensor(a, dev) for a in module.check_inputs(inputs)]
+        arrays = module.check_inputs(inputs)  # a variable-size artifact: the build serving these shapes
+        build = module.select([a.shape for a in arrays]) if module.input_dims is not None else None
+        vm, dev = module._vm(build), module._dev
+        args = [tvm.runtime.tensor(a, dev) for a in arrays]
         if device == "cuda":
             engines[name] = lambda vm=vm, args=args, dev=dev: (vm["main"](*args), dev.sync())
         else:

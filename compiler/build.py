@@ -17,10 +17,12 @@ import tvm
 import convpipe
 from convpipe.errors import ConvpipeError
 from convpipe.runtime.artifact import FORMAT, LIBRARY, MANIFEST, sha256_file
+from convpipe.runtime.module import quiet_native_stderr
 from convpipe.schedules import TargetError, TargetInfo, resolve_target
 
 from .cuda_device import DeviceCode, cuda_build
-from .importer import ImportedModel, import_onnx, to_relax
+from .importer import (ImportedModel, bucket_shapes, has_ranges, import_onnx, import_onnx_generic, load_onnx,
+                       resolve_input_dims, sym_text, to_relax, to_relax_generic)
 from .lower import LayerRecord, lower_conv2d
 from .output import atomic_directory, check_output_dir
 from .layout import Fallback, convert_layout_checked, one_line
@@ -148,15 +150,22 @@ def compile_model(
     layout: str = "auto",
     max_memory: int | None = None,
     fast_math: bool = False,
+    buckets: list[dict[str, tuple[int, ...]]] | None = None,
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (see :mod:`convpipe.runtime.artifact`).
+
+    Variable input sizes (issue 16): when ``input_shapes`` gives a dim as a range ``(lo, hi)`` or ``buckets``
+    is given, the artifact holds several builds (:func:`compile_dynamic`): one exact-shape build per bucket made by
+    the fixed-shape pipeline below, and one generic build with symbolic dims serving every other size in range.
 
     Args:
         onnx_path: the source ``.onnx``.
         output: artifact directory to create (replaced atomically if it exists).
         target: ``"x86"``, ``"arm"``, ``"cuda"``, a TVM target JSON, or a :class:`TargetInfo`.
         schedule: ``"auto"`` or a family (``direct``, ``im2col``, ``winograd``, ``depthwise``).
-        input_shapes: dims to pin by input name.
+        input_shapes: dims to pin by input name; a dim may be an inclusive range ``(lo, hi)``.
+        buckets: exact shapes (``{input name: shape}`` each; inputs not named keep their exact dims) to compile
+            ahead with the full fixed-shape pipeline in one variable-size artifact.
         db: an optional tuning database (measured per-layer choices take precedence).
         arch: CUDA arch for ``target="cuda"``.
         layout: ``"auto"`` (NCHW[x]c through the network on CPU targets, :mod:`.layout`), ``"nchw"`` or
@@ -172,6 +181,9 @@ def compile_model(
             artifact), tensors over ``max_memory``, or a failure while building; nothing is written then.
     """
     check_output_dir(output, (onnx_path,))
+    if buckets or has_ranges(input_shapes):
+        return compile_dynamic(onnx_path, output, target, schedule, input_shapes, buckets, db, arch, layout,
+                               max_memory, fast_math)
     times = {}
     t0 = time.perf_counter()
     try:
@@ -217,3 +229,270 @@ def compile_model(
     return CompileResult(os.path.abspath(output), manifest, layers, times)
 
 
+
+
+# ---- variable input sizes (issue 16) ---------------------------------------------------------------------------
+@dataclass
+class _Build:
+    """One build of a variable-size artifact, before it is written."""
+
+    name: str
+    kind: str  # "bucket" | "generic"
+    ex: object
+    inputs: list  # IOInfo (bucket: exact shapes) or the manifest's dynamic.inputs dicts (generic)
+    outputs: list  # IOInfo; generic: shapes hold an expression's text per symbolic dim
+    layers: list
+    fallbacks: list
+    device_code: object = None
+
+    @property
+    def library(self) -> str:
+        return LIBRARY if self.name == "default" else f"model.{self.name}.so"
+
+
+def _accepted_dims(onnx_path: str, input_shapes: dict | None, buckets: list[dict]) -> list[dict]:
+    """The manifest's ``dynamic.inputs``: from ``input_shapes`` (ranges kept); a dynamic axis given neither a size
+    nor a range takes the sizes the buckets give it (one size, or the span ``[min, max]`` of theirs)."""
+    model = load_onnx(onnx_path)
+    specs = dict(input_shapes or {})
+    if buckets:
+        from .importer import _graph_inputs
+
+        inputs = _graph_inputs(model)
+        names = [i.name for i in inputs]
+        if "" in specs and len(names) == 1:
+            specs[names[0]] = specs.pop("")
+        for vi in inputs:
+            if vi.name in specs:
+                continue
+            dims = vi.type.tensor_type.shape.dim
+            given = [b.get(vi.name, b.get("", None) if len(names) == 1 else None) for b in buckets]
+            if any(g is None or len(g) != len(dims) for g in given):
+                continue  # resolve_input_dims / bucket_shapes name the problem
+            spec = []
+            for axis, d in enumerate(dims):
+                sizes = sorted({g[axis] for g in given})
+                static = d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                spec.append(static if static is not None else (sizes[0] if len(sizes) == 1 else (sizes[0], sizes[-1])))
+            specs[vi.name] = tuple(spec)
+    return resolve_input_dims(model, specs, onnx_path)
+
+
+def compile_dynamic(onnx_path: str, output: str, target: str | TargetInfo = "x86", schedule: str = "auto",
+                    input_shapes: dict | None = None, buckets: list[dict] | None = None, db=None,
+                    arch: str | None = None, layout: str = "auto", max_memory: int | None = None,
+                    fast_math: bool = False) -> CompileResult:
+    """A variable-size artifact (issue 16): one exact-shape build per bucket, by the fixed-shape pipeline
+    (:func:`build_relax`: convpipe's conv schedules, the blocked layout, exact Resize), and -- when
+    ``input_shapes`` gives a range -- one *generic* build whose ranged dims stay symbolic (:func:`build_generic`).
+    The runtime runs a bucket's build on its exact shape and the generic build on any other shape in range.
+
+    Measured on a small fully convolutional net (see the README, "Variable input sizes"): the generic build's
+    convs run TVM's unscheduled legalization, several times slower than a bucket's; buckets are how the common
+    sizes keep the fast pipeline.
+
+    Manifest (:mod:`convpipe.runtime.artifact`): the top-level ``inputs``/``outputs``/``library``/``conv2d``/
+    ``layout``/``fallbacks`` describe the *default* build (the first bucket, else the generic build at the low
+    end of every range), so a reader of fixed artifacts still finds one runnable build; ``dynamic`` holds the
+    accepted dims (``inputs``: an int or ``[lo, hi]`` per axis), every build (``builds``: name, kind, library,
+    exact inputs of a bucket, outputs, layout, conv2d, fallbacks) and, when there is no generic build,
+    ``no_generic`` (why).
+
+    Args: as :func:`compile_model`; ``input_shapes`` dims may be ``(lo, hi)``; ``buckets``: ``{input: shape}``
+    each (inputs not named keep their exact dims).
+
+    Raises:
+        ConvpipeError: a bucket outside the ranges or of the wrong rank (names the input, axis, range and size);
+            no bucket and no range; no range and no bucket; the generic build failed or disagreed with
+            onnxruntime and there is no bucket to fall back on (names why); anything :func:`compile_model` raises.
+            Nothing is written then.
+    """
+    times: dict = {}
+    t0 = time.perf_counter()
+    try:
+        tinfo = target if isinstance(target, TargetInfo) else resolve_target(target, arch)
+    except TargetError as e:
+        raise ConvpipeError(str(e)) from None
+    buckets = list(buckets or [])
+    dims = _accepted_dims(onnx_path, input_shapes, buckets)
+    ranged = has_ranges(input_shapes)  # buckets alone (their span recorded in dims) make no generic build
+    shapes: list[dict] = []
+    for b in buckets:
+        s = bucket_shapes(dims, b, onnx_path)
+        if s not in shapes:
+            shapes.append(s)
+    builds: list[_Build] = []
+    for k, s in enumerate(shapes):
+        imported = import_onnx(onnx_path, s, max_memory=max_memory)
+        taken: list[Fallback] = []
+        ex, layers, code = build_relax(imported, tinfo, schedule, db, layout, fast_math, taken)
+        name = "default" if k == 0 else "b" + "_".join("x".join(map(str, v)) for v in s.values())
+        builds.append(_Build(name, "bucket", ex, imported.inputs, imported.outputs, layers, taken, code))
+    times["buckets"] = time.perf_counter() - t0
+    no_generic = None
+    t0 = time.perf_counter()
+    if not ranged:
+        no_generic = "no input dim was given a range (give one as LO..HI in --input-shape)"
+    elif tinfo.arch == "cuda":
+        no_generic = "generic (symbolic-shape) builds are made for CPU targets only; CUDA artifacts take buckets"
+    else:
+        try:
+            builds.append(build_generic(onnx_path, dims, tinfo, fast_math, max_memory, name="default" if not builds
+                                        else "generic"))
+        except ConvpipeError as e:
+            no_generic = str(e)
+        except Exception as e:  # noqa: BLE001 -- a TVM error in the symbolic build
+            no_generic = f"TVM could not build it: {one_line(e)}"
+    times["generic"] = time.perf_counter() - t0
+    if not builds:
+        raise ConvpipeError(f"{onnx_path}: no generic (symbolic-shape) build is possible: {no_generic}; give the "
+                            "exact shapes to serve with --buckets")
+    if no_generic and ranged:
+        import logging
+
+        logging.getLogger("convpipe.build").warning(
+            f"{onnx_path}: no generic build ({no_generic}); the artifact accepts only its bucket shapes")
+    default = builds[0]
+    if default.kind == "generic":  # the top-level entries describe the generic build at the low end of each range
+        low = {i["name"]: tuple(d[0] if isinstance(d, list) else d for d in i["dims"]) for i in dims}
+        at_low = import_onnx(onnx_path, low, max_memory=max_memory)
+        top_inputs, top_outputs = at_low.inputs, at_low.outputs
+    else:
+        top_inputs, top_outputs = default.inputs, default.outputs
+    t0 = time.perf_counter()
+    with atomic_directory(output, (onnx_path,)) as tmp:
+        entries = []
+        for b in builds:
+            lib = os.path.join(tmp, b.library)
+            workspace = os.path.join(tmp, ".build")
+            os.mkdir(workspace)
+            with quiet_native_stderr() if b.kind == "generic" else contextlib.nullcontext():
+                export_library(b.ex, lib, tinfo, workspace)  # TVM logs "Scope Saving" lines for symbolic shapes
+            shutil.rmtree(workspace)
+            block = max((layer.workload.out_block for layer in b.layers), default=0)
+            entry = {
+                "name": b.name, "kind": b.kind,
+                "library": {"file": b.library, "sha256": sha256_file(lib)},
+                "outputs": [o.to_dict() for o in b.outputs],
+                "layout": f"NCHW{block}c" if block else "NCHW",
+                "conv2d": [layer.to_dict() for layer in b.layers],
+                "fallbacks": [f.to_dict() for f in b.fallbacks],
+            }
+            if b.kind == "bucket":
+                entry["inputs"] = [i.to_dict() for i in b.inputs]
+            entries.append(entry)
+        first = entries[0]
+        manifest = {
+            "format": FORMAT,
+            "convpipe_version": convpipe.__version__,
+            "tvm_version": tvm.__version__,
+            "target": tinfo.to_json(),
+            "library": dict(first["library"]),
+            "source_onnx": {"file": os.path.abspath(onnx_path), "sha256": sha256_file(onnx_path)},
+            "inputs": [i.to_dict() for i in top_inputs],
+            "outputs": [o.to_dict() for o in top_outputs],
+            "schedule": schedule,
+            "layout": first["layout"],
+            "conv2d": first["conv2d"],
+            "fallbacks": first["fallbacks"],
+            "dynamic": {"inputs": dims, "builds": entries},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if no_generic:
+            manifest["dynamic"]["no_generic"] = no_generic
+        if default.device_code is not None:
+            manifest["device_code"] = write_cuda_source(default.device_code, tmp)
+        if fast_math:
+            manifest["fast_math"] = True
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2)
+    times["export"] = time.perf_counter() - t0
+    return CompileResult(os.path.abspath(output), manifest, default.layers, times)
+
+
+def build_generic(onnx_path: str, dims: list[dict], target: TargetInfo, fast_math: bool = False,
+                  max_memory: int | None = None, name: str = "generic", check: bool = True) -> _Build:
+    """The generic build of a variable-size artifact: the model imported with its ranged dims symbolic
+    (:func:`.importer.import_onnx_generic`, :func:`.importer.to_relax_generic`) and compiled by convpipe's
+    CPU pipeline (:func:`.pipeline.relax_pipeline`: the injective/dense/reduction schedules handle symbolic
+    extents). Steps that need exact shapes step aside, each recorded as a fallback of stage ``"generic"``:
+    the NCHW[x]c layout pass (the generic build runs NCHW), convpipe's conv2d schedules (each conv2d is left to
+    TVM's own legalization, ``topi`` NCHW conv2d), and the exact Resize planner where a Resize's input shape is
+    symbolic (TVM's converter instead).
+
+    ``check``: on an x86 target that this host can run, the build is run at the low end of every range (and at
+    the high end when that input is small, at most 2**18 elements) and compared with onnxruntime (rtol 1e-4,
+    atol 1e-5); a mismatch refuses the build.
+
+    Raises:
+        ConvpipeError: import, conversion or the onnxruntime check failed (names why).
+    """
+    from .conv_calls import conv2d_calls
+
+    gm = import_onnx_generic(onnx_path, {d["name"]: tuple(tuple(x) if isinstance(x, list) else x for x in d["dims"])
+                                         for d in dims}, max_memory=max_memory)
+    resized: list[str] = []
+    mod = pre_lowering(to_relax_generic(gm, resized))
+    fallbacks = [Fallback("generic", "model", "NCHW throughout",
+                          "the NCHW[x]c layout pass plans blocks for exact shapes")]
+    for k, call in enumerate(conv2d_calls(mod)):
+        shape = [sym_text(d) for d in call.args[0].ty.shape]
+        fallbacks.append(Fallback("generic", f"conv2d #{k} (data [{', '.join(shape)}])",
+                                  "TVM's conv2d legalization (topi NCHW), no convpipe schedule",
+                                  "convpipe's conv2d schedules are built for exact shapes"))
+    for r in resized:
+        fallbacks.append(Fallback("generic", r, "TVM's Resize converter",
+                                  "convpipe's exact Resize planner needs a static input shape"))
+    ctx = tvm.transform.PassContext.current()
+    scope = tvm.transform.PassContext(ctx.opt_level, list(ctx.required_pass), list(ctx.disabled_pass),
+                                      list(ctx.instruments), {**dict(ctx.config.items()), **pass_config(fast_math)})
+    with target.target, scope:
+        ex = tvm.compile(fast_math_transform(mod, fast_math), target=target.target,
+                         relax_pipeline=relax_pipeline(target, fast_math))
+    if check:
+        _check_generic(ex, onnx_path, dims, target)
+    return _Build(name, "generic", ex, dims, gm.outputs, [], fallbacks)
+
+
+def _check_generic(ex, onnx_path: str, dims: list[dict], target: TargetInfo) -> None:
+    """Run the generic build at the low end (and, for small inputs, the high end) of each range and compare it
+    with onnxruntime; raise :class:`ConvpipeError` naming the size and the error on a mismatch. Skipped where this
+    host cannot run the target (ARM, CUDA, an ISA this CPU lacks)."""
+    import platform
+
+    import numpy as np
+
+    from convpipe.runtime.module import flatten_outputs
+
+    from .importer import random_inputs
+    from .verify import compare, run_onnxruntime
+
+    if target.arch != "x86" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    from convpipe.runtime.module import IOInfo, _host_flags
+
+    need = {"avx512": "avx512f", "avx2": "avx2"}.get(target.isa)
+    if need and need not in _host_flags():
+        return
+    ends = [0]
+    high = [tuple(d[1] if isinstance(d, list) else d for d in i["dims"]) for i in dims]
+    if all(int(np.prod(s)) <= 1 << 18 for s in high):
+        ends.append(1)
+    vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+    for end in ends:
+        infos = [IOInfo(i["name"], tuple(d[end] if isinstance(d, list) else d for d in i["dims"]), i["dtype"])
+                 for i in dims]
+        inputs = random_inputs(infos)
+        res = flatten_outputs(vm["main"](*[tvm.runtime.tensor(inputs[i.name]) for i in infos]))
+        ref = run_onnxruntime(onnx_path, inputs)
+        ours = {name: t.numpy() for name, t in zip(ref, res)}
+        bad = [c for c in compare(ours, ref, 1e-4, 1e-5) if not c.ok]
+        shape = "; ".join(f"{i.name}={list(i.shape)}" for i in infos)
+        for name in ref:
+            if ours[name].shape != ref[name].shape:
+                raise ConvpipeError(f"the generic build returns {name!r} of shape {list(ours[name].shape)} at {shape}, "
+                                    f"onnxruntime {list(ref[name].shape)}")
+        if bad:
+            c = bad[0]
+            raise ConvpipeError(f"the generic build disagrees with onnxruntime at {shape}: output {c.name!r} max abs "
+                                f"error {c.max_abs:.3g} (max rel {c.max_rel:.3g})")

@@ -588,3 +588,339 @@ def random_inputs(infos: list[IOInfo], seed: int = 0) -> dict[str, np.ndarray]:
         else:
             out[info.name] = rng.integers(0, 10, info.shape).astype(info.dtype)
     return out
+
+
+# ---- variable input sizes (issue 16) ---------------------------------------------------------------------------
+def parse_dim(text: str, spec: str) -> int | tuple[int, int]:
+    """``"224"`` -> ``224``; ``"32..1024"`` -> ``(32, 1024)`` (inclusive; ``LO..LO`` is the exact size ``LO``).
+
+    Raises:
+        ConvpipeError: not a positive integer or ``LO..HI`` with ``1 <= LO <= HI`` (names ``spec``).
+    """
+    lo_s, sep, hi_s = text.strip().partition("..")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if sep else lo
+    except ValueError:
+        raise ConvpipeError(f"bad shape {spec!r}: dim {text.strip()!r} is neither an integer nor a range LO..HI "
+                            "such as 32..1024") from None
+    if lo < 1 or hi < lo:
+        raise ConvpipeError(f"bad shape {spec!r}: dim {text.strip()!r}: expected 1 <= LO <= HI")
+    return (lo, hi) if hi != lo else lo
+
+
+def parse_shape_spec(text: str) -> tuple:
+    """``"1,3,32..1024,32..1024"`` -> ``(1, 3, (32, 1024), (32, 1024))``: exact dims and inclusive ranges.
+
+    Raises:
+        ConvpipeError: an empty shape, or a dim that is neither a positive integer nor ``LO..HI`` (see
+            :func:`parse_dim`).
+    """
+    parts = [d for d in text.split(",") if d.strip()]
+    if not parts:
+        raise ConvpipeError(f"bad shape {text!r}: expected comma-separated dims such as 1,3,32..1024,32..1024")
+    return tuple(parse_dim(d, text) for d in parts)
+
+
+def parse_input_specs(specs: list[str] | None) -> dict[str, tuple]:
+    """``["x=1,3,32..1024,32..1024", ...]`` -> ``{"x": (1, 3, (32, 1024), (32, 1024))}`` (``--input-shape`` with
+    ranges); a bare shape keys the first input as ``""``. Exact specs give the same as :func:`parse_input_shapes`."""
+    out: dict[str, tuple] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition("=")
+        out[name if sep else ""] = parse_shape_spec(dims) if ".." in dims else parse_shape(dims)
+    return out
+
+
+def parse_buckets(specs: list[str] | None) -> list[dict[str, tuple[int, ...]]]:
+    """``--buckets`` values -> one ``{input name: exact shape}`` per bucket. A value names every input it fixes,
+    ``;``-separated (``"x=1,3,224,224"``, ``"a=1,3,64,64;b=1,8"``); a bare shape keys the first input as ``""``.
+
+    Raises:
+        ConvpipeError: a dim that is a range or not a positive integer (buckets are exact shapes), an input named
+            twice in one bucket.
+    """
+    buckets = []
+    for spec in specs or []:
+        bucket: dict[str, tuple[int, ...]] = {}
+        for part in [p for p in spec.split(";") if p.strip()]:
+            name, sep, dims = part.strip().rpartition("=")
+            key = name if sep else ""
+            if key in bucket:
+                raise ConvpipeError(f"--buckets {spec!r}: input {key!r} given twice")
+            shape = parse_shape_spec(dims)
+            if any(isinstance(d, tuple) for d in shape):
+                raise ConvpipeError(f"--buckets {spec!r}: a bucket is an exact shape; ranges go in --input-shape")
+            bucket[key] = shape
+        if not bucket:
+            raise ConvpipeError(f"--buckets {spec!r}: expected NAME=D0,D1,...")
+        buckets.append(bucket)
+    return buckets
+
+
+def has_ranges(specs: dict[str, tuple] | None) -> bool:
+    """Whether an input spec (:func:`parse_input_specs`) holds a range ``(lo, hi)``."""
+    return any(isinstance(d, (tuple, list)) for dims in (specs or {}).values() for d in dims)
+
+
+def _sym_name(name: str, axis: int, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_]", "_", f"{name}_d{axis}")
+    base = base if base[:1].isalpha() else "d_" + base
+    new, k = base, 1
+    while new in taken:
+        new, k = f"{base}_{k}", k + 1
+    taken.add(new)
+    return new
+
+
+def resolve_input_dims(model: onnx.ModelProto, specs: dict[str, tuple], path: str = "model") -> list[dict]:
+    """Each graph input's accepted dims: ``[{"name", "dims": [int | [lo, hi]], "dtype"}]`` (the manifest's
+    ``dynamic.inputs``), from ``specs`` (:func:`parse_input_specs`) where given, else the model's static dims.
+
+    Raises:
+        ConvpipeError: a name that is not a graph input, a rank that disagrees, a range or size given for an axis
+            the model has static with another size, a dynamic axis given neither a size nor a range (names the
+            input and axis and how to give one).
+    """
+    inputs = _graph_inputs(model)
+    names = [i.name for i in inputs]
+    specs = dict(specs)
+    if "" in specs:
+        if len(inputs) != 1:
+            raise ConvpipeError(f"{path}: a bare --input-shape needs a model with one input; inputs are {names}")
+        specs[names[0]] = specs.pop("")
+    for name in specs:
+        if name not in names:
+            raise ConvpipeError(f"{path}: --input-shape names {name!r}, which is not a graph input; inputs are {names}")
+    out = []
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        given = specs.get(vi.name)
+        if given is not None and len(given) != len(dims):
+            raise ConvpipeError(f"{path}: input {vi.name!r} has rank {len(dims)}, --input-shape gives {len(given)} "
+                                f"dims {_spec_text(given)}")
+        accepted = []
+        for axis, d in enumerate(dims):
+            static = d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            if given is not None:
+                g = given[axis]
+                if static is not None and g != static:
+                    raise ConvpipeError(f"{path}: input {vi.name!r} axis {axis} is static {static}, --input-shape "
+                                        f"gives {_dim_text(g)}")
+                accepted.append(list(g) if isinstance(g, tuple) else g)
+            elif static is not None:
+                accepted.append(static)
+            else:
+                raise ConvpipeError(f"{path}: input {vi.name!r} axis {axis} is dynamic ({d.dim_param or '?'!r}); give "
+                                    f"it a size or a range LO..HI: --input-shape {vi.name}=D0,D1,... (e.g. 32..1024)")
+        out.append({"name": vi.name, "dims": accepted, "dtype": _elem_dtype(vi, "input")})
+    return out
+
+
+def _dim_text(d) -> str:
+    return f"{d[0]}..{d[1]}" if isinstance(d, (tuple, list)) else str(d)
+
+
+def _spec_text(dims) -> str:
+    return ",".join(_dim_text(d) for d in dims)
+
+
+def bucket_shapes(dims: list[dict], bucket: dict[str, tuple[int, ...]], path: str = "model") -> dict[str, tuple]:
+    """A bucket's exact shape for every input: those ``bucket`` names, and the exact dims of the others.
+
+    Raises:
+        ConvpipeError: the bucket names an input the model lacks, has the wrong rank, or a size outside the range
+            (or unequal to the exact size) the input accepts on some axis; an input with a range is not named.
+    """
+    names = [d["name"] for d in dims]
+    bucket = dict(bucket)
+    if "" in bucket:
+        if len(names) != 1:
+            raise ConvpipeError(f"{path}: a bare --buckets shape needs a model with one input; inputs are {names}")
+        bucket[names[0]] = bucket.pop("")
+    for name in bucket:
+        if name not in names:
+            raise ConvpipeError(f"{path}: --buckets names {name!r}, which is not a graph input; inputs are {names}")
+    out = {}
+    for inp in dims:
+        accepted = inp["dims"]
+        shape = bucket.get(inp["name"])
+        if shape is None:
+            if any(isinstance(d, list) for d in accepted):
+                raise ConvpipeError(f"{path}: bucket {_bucket_text(bucket)} does not give input {inp['name']!r}, "
+                                    f"whose shape {_spec_text(accepted)} has ranges")
+            out[inp["name"]] = tuple(accepted)
+            continue
+        if len(shape) != len(accepted):
+            raise ConvpipeError(f"{path}: bucket input {inp['name']!r}: expected rank {len(accepted)} "
+                                f"({_spec_text(accepted)}), got {len(shape)} dims {list(shape)}")
+        for axis, (a, s) in enumerate(zip(accepted, shape)):
+            ok = a[0] <= s <= a[1] if isinstance(a, list) else a == s
+            if not ok:
+                raise ConvpipeError(f"{path}: bucket input {inp['name']!r} axis {axis}: expected "
+                                    f"{'a size in ' if isinstance(a, list) else ''}{_dim_text(a)}, got {s}")
+        out[inp["name"]] = tuple(shape)
+    return out
+
+
+def _bucket_text(bucket: dict) -> str:
+    return ";".join(f"{k}={','.join(map(str, v))}" for k, v in bucket.items())
+
+
+@dataclass
+class GenericModel:
+    """A checked, simplified ONNX model whose ranged input dims stay symbolic (``dim_param``), for
+    :func:`to_relax_generic`. ``dims``: :func:`resolve_input_dims`'s list; ``outputs``: ``IOInfo`` whose shape
+    is filled in after conversion (:func:`to_relax_generic`: an int per static dim, the symbolic expression's text
+    per other dim)."""
+
+    model: onnx.ModelProto
+    dims: list[dict]
+    outputs: list
+    path: str
+
+
+def import_onnx_generic(path: str, specs: dict[str, tuple], simplify: bool = True,
+                        max_memory: int | None = None) -> GenericModel:
+    """Load and check a model, pin its exact dims and leave each ranged dim symbolic (its ONNX ``dim_param``, or a
+    new name ``<input>_d<axis>``), then the steps of :func:`import_onnx` that work on symbolic shapes: ONNX shape
+    inference, onnxslim, explicit Conv/ConvTranspose pads (nodes whose shapes stay symbolic keep their
+    ``auto_pad``: TVM's converter resolves it), the op, training-mode and dtype checks. Tensor sizes are checked
+    with every range at its upper end.
+
+    Raises:
+        ConvpipeError: see :func:`resolve_input_dims`, :func:`import_onnx`.
+    """
+    model = load_onnx(path)
+    dims = resolve_input_dims(model, specs, path)
+    high = onnx.ModelProto()
+    high.CopyFrom(model)
+    pin_input_shapes(high, {d["name"]: tuple(x[1] if isinstance(x, list) else x for x in d["dims"]) for d in dims},
+                     path)
+    check_tensor_sizes(_infer(high, path), path, max_memory)
+    del high
+    taken = {d.dim_param for vi in _graph_inputs(model) for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    by_name = {d["name"]: d["dims"] for d in dims}
+    for vi in _graph_inputs(model):
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            want = by_name[vi.name][axis]
+            if isinstance(want, list):
+                name = d.dim_param if d.dim_param and _IDENT.fullmatch(d.dim_param) else _sym_name(vi.name, axis, taken)
+                d.Clear()
+                d.dim_param = name
+            else:
+                d.Clear()
+                d.dim_value = want
+    model = _infer(model, path)
+    if simplify:
+        model = _slim(model, path)
+    make_conv_pads_explicit(model)
+    make_conv_transpose_pads_explicit(model, path)
+    _check_supported_ops(model, path)
+    _check_inference_graph(model, path)
+    _check_conv_dtypes(model, path)
+    outputs = [IOInfo(vi.name, (), _elem_dtype(vi, "output")) for vi in model.graph.output]
+    return GenericModel(model, dims, outputs, path)
+
+
+def _slim(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
+    """onnxslim with the checks and retry of :func:`import_onnx` (the unsimplified graph when it fails)."""
+    import logging
+
+    import onnxslim
+
+    errors = []
+    for options in ({}, {"skip_optimizations": ["graph_fusion"]}):
+        try:
+            slimmed = onnxslim.slim(model, **options)
+            onnx.checker.check_model(slimmed)
+            return _infer(slimmed, path)
+        except Exception as e:  # noqa: BLE001 -- retried, or the unsimplified graph is kept
+            errors.append(" ".join(str(e).split())[:300])
+    logging.getLogger("convpipe.importer").warning(f"{path}: onnxslim failed ({errors[-1]}); importing the graph "
+                                                   "unsimplified")
+    return model
+
+
+def _generic_converters(stepped_aside: list[str]):
+    """The converter table for a symbolic-shape import: convpipe's, except that a Resize/Upsample whose input
+    shape is not static (convpipe's exact planner needs it) uses TVM's own converter; each such node's name is
+    appended to ``stepped_aside``."""
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    from .convert import overrides
+
+    table = overrides()
+    for op in ("Resize", "Upsample"):
+        ours, base = table[op], getattr(fe, op)
+
+        def get_converter(cls, opset, ours=ours, base=base, op=op):
+            mine, theirs = ours.get_converter(opset), base.get_converter(opset)
+
+            def convert(bb, inputs, attr, params):
+                try:
+                    [int(d) for d in inputs[0].ty.shape]
+                except (TypeError, ValueError, AttributeError):
+                    stepped_aside.append(f"{op} {attr.get('tvm_custom', {}).get('name', '')}".strip())
+                    return theirs(bb, inputs, attr, params)
+                return mine(bb, inputs, attr, params)
+
+            return convert
+
+        table[op] = type(f"Generic{op}", (ours,), {"get_converter": classmethod(get_converter)})
+    return table
+
+
+def sym_text(expr) -> str:
+    """A symbolic dim as text for people: TVM's script form without its ``T.int64(...)`` wrappers
+    (``"(h - 1) // 2 + 1"``)."""
+    return re.sub(r"T\.int(?:32|64)\((-?\d+)\)", r"\1", str(expr))
+
+
+def to_relax_generic(gm: GenericModel, resize_fallbacks: list[str] | None = None):
+    """Convert a :class:`GenericModel` to a Relax ``IRModule`` whose ranged input dims are ``tirx`` variables
+    (TVM's frontend makes one per ``dim_param``). Fills ``gm.outputs`` shapes (an int per static dim, the
+    expression's text, e.g. ``"(h - 1) // 2 + 1"``, per symbolic dim). Resize/Upsample nodes on symbolic shapes
+    use TVM's converter (their names appended to ``resize_fallbacks``).
+
+    Raises:
+        ConvpipeError: TVM's ONNX frontend failed, or the graph returns a different number of outputs.
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    holder = ImportedModel(gm.model, [], [], gm.path)
+    model, mapping = with_identifier_names(holder)
+    dtype_dict = {mapping.get(d["name"], d["name"]): d["dtype"] for d in gm.dims}
+    stepped: list[str] = []
+    table = _generic_converters(stepped)
+    original = fe._get_convert_map
+
+    def patched():
+        t = original()
+        t.update(table)
+        return t
+
+    fe._get_convert_map = patched
+    try:
+        mod = from_onnx(model, dtype_dict=dtype_dict, keep_params_in_input=False)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise ConvpipeError(f"{gm.path}: TVM's ONNX frontend failed on the symbolic shapes: {msg}") from None
+    finally:
+        fe._get_convert_map = original
+    if resize_fallbacks is not None:
+        resize_fallbacks.extend(stepped)
+    ty = mod["main"].body.ty
+    fields = list(ty.fields) if hasattr(ty, "fields") else [ty]
+    if len(fields) != len(gm.outputs):
+        raise ConvpipeError(f"{gm.path}: the converted graph returns {len(fields)} outputs, the model declares "
+                            f"{len(gm.outputs)}")
+    for k, (info, field) in enumerate(zip(gm.outputs, fields)):
+        shape = getattr(field, "shape", None)
+        shape = getattr(shape, "values", shape)
+        if shape is None or not hasattr(shape, "__iter__"):
+            raise ConvpipeError(f"{gm.path}: output {info.name!r} has no known rank after conversion ({shape})")
+        dims = tuple(int(d.value) if hasattr(d, "value") else sym_text(d) for d in shape)
+        gm.outputs[k] = IOInfo(info.name, dims, info.dtype)
+    return mod

@@ -29,6 +29,8 @@ from convpipe.errors import ConvpipeError
 
 #: Files a convpipe artifact directory may hold (see :mod:`convpipe.runtime.artifact`).
 ARTIFACT_FILES = frozenset({"manifest.json", "model.so", "device.cu"})
+#: The further libraries of a variable-size artifact (one per build: ``model.<build>.so``, issue 16).
+_BUILD_LIBRARY = re.compile(r"^model\.[A-Za-z0-9_]+\.so$")
 
 _STALE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 
@@ -80,7 +82,7 @@ def check_output_dir(dest: str, sources: tuple[str, ...] = ()) -> None:
             if not _is_artifact(absd):
                 raise ConvpipeError(f"-o {dest}: exists and is not a convpipe artifact (no convpipe manifest.json); "
                                     "refusing to replace it: remove it yourself or choose another -o")
-            foreign = sorted(set(entries) - ARTIFACT_FILES)
+            foreign = sorted(e for e in set(entries) - ARTIFACT_FILES if not _BUILD_LIBRARY.match(e))
             if foreign:
                 shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
                 raise ConvpipeError(f"-o {dest}: is a convpipe artifact but also holds other files ({shown}); "

@@ -180,7 +180,8 @@ class CompiledModule:
             ta = tr = None
             if theirs is not None and k < len(theirs):
                 ta, tr = _errors(ours[o.name], theirs[k])
-            reports.append(OutputReport(o.name, tuple(o.shape), oa, orel, ta, tr, oa <= rtol * scale + atol))
+            reports.append(OutputReport(o.name, tuple(np.shape(ours[o.name])), oa, orel, ta, tr,
+                                        oa <= rtol * scale + atol))
         return VerifyReport(reports)
 
     def __repr__(self) -> str:
@@ -201,16 +202,52 @@ def _example_shapes(example) -> list[tuple[int, ...]]:
     return shapes
 
 
-def compile(model, example=None, *, input_shapes: Mapping[str, Sequence[int]] | None = None, target: str | None = None,
+def _index(d) -> int | None:
+    """``d`` as an int when it is an integer (Python or NumPy), else ``None``."""
+    import operator
+
+    try:
+        return operator.index(d)
+    except TypeError:
+        return None
+
+
+def _dims(name: str, dims, what: str, ranges: bool) -> tuple:
+    """``input_shapes`` / ``buckets`` dims as the compiler takes them: ints, and ``(lo, hi)`` ranges where allowed."""
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence):
+        raise ConvpipeError(f"{what}[{name!r}]: expected a sequence of dims, got {type(dims).__name__}")
+    out = []
+    for axis, d in enumerate(dims):
+        if isinstance(d, (list, tuple)) and ranges:
+            lo_hi = [_index(x) if not isinstance(x, bool) else None for x in d]
+            if len(d) != 2 or None in lo_hi or not 1 <= lo_hi[0] <= lo_hi[1]:
+                raise ConvpipeError(f"{what}[{name!r}] axis {axis}: expected a range (lo, hi) with 1 <= lo <= hi, "
+                                    f"got {d!r}")
+            out.append(tuple(lo_hi) if lo_hi[0] != lo_hi[1] else lo_hi[0])
+        elif not isinstance(d, bool) and _index(d) is not None and _index(d) >= 1:
+            out.append(_index(d))
+        else:
+            raise ConvpipeError(f"{what}[{name!r}] axis {axis}: expected a positive int"
+                                f"{' or a range (lo, hi)' if ranges else ''}, got {d!r}")
+    return tuple(out)
+
+
+def compile(model, example=None, *, input_shapes: Mapping[str, Sequence] | None = None, target: str | None = None,
             schedule: str = "auto", layout: str = "auto", db: str | None = None, output: str | os.PathLike | None = None,
-            arch: str | None = None, fast_math: bool = False, threads: int | None = None) -> CompiledModule:
+            arch: str | None = None, fast_math: bool = False, threads: int | None = None,
+            buckets: Sequence[Mapping[str, Sequence[int]]] | None = None) -> CompiledModule:
     """Compile a ``torch.nn.Module`` (with example inputs) or an ONNX file into a loaded :class:`CompiledModule`.
 
     Args:
         model: an ``nn.Module`` (exported with ``torch.onnx.export`` at the examples' shapes, float32, eval mode)
             or the path of an ``.onnx`` file.
         example: for a module: a tensor or a tuple of tensors (their shapes are compiled in; values unused).
-        input_shapes: for an ONNX file: dims to pin by input name (as ``--input-shape``).
+        input_shapes: for an ONNX file: dims to pin by input name (as ``--input-shape``); a dim may be an inclusive
+            range ``(lo, hi)``, e.g. ``{"x": (1, 3, (32, 1024), (32, 1024))}``: the artifact then takes any size in
+            range (a generic build with symbolic dims, :func:`convpipe.compiler.build.compile_dynamic`).
+        buckets: for an ONNX file: exact shapes compiled ahead with the full fixed-shape pipeline, one
+            ``{input name: shape}`` per bucket (as ``--buckets``), e.g. ``[{"x": (1, 3, 224, 224)}]``; a run at a
+            bucket's shape uses that build, any other size in range the generic one.
         target: ``"x86"``, ``"arm"``, ``"cuda"`` or a TVM target JSON; default: this host's CPU.
         schedule, layout, db, arch, fast_math: as ``convpipe compile`` (``db``: a tuning database path).
         output: also keep the artifact directory there (written atomically; an existing directory is replaced only
@@ -222,13 +259,26 @@ def compile(model, example=None, *, input_shapes: Mapping[str, Sequence[int]] | 
         ``output=`` and load it where the GPU is).
 
     Raises:
-        ConvpipeError: no example for a module; the export, import or build failed (the message names the op, node
-            or input); ``output`` must not be written.
+        ConvpipeError: no example for a module; ranges or buckets for a module (export it with dynamic axes and
+            compile the ``.onnx``); a bad dim in ``input_shapes``/``buckets`` (names the input and axis); the export,
+            import or build failed (the message names the op, node or input); ``output`` must not be written.
     """
     from convpipe.compiler.build import compile_model
     from convpipe.compiler.tune import TuningDatabase
     from convpipe.runtime import load as load_artifact
 
+    specs = {k: _dims(k, v, "input_shapes", True) for k, v in (input_shapes or {}).items()}
+    if buckets is not None and (isinstance(buckets, Mapping) or not isinstance(buckets, Sequence)):
+        raise ConvpipeError(f"buckets: expected a list of {{input name: shape}}, got {type(buckets).__name__}")
+    bucket_list = []
+    for b in buckets or []:
+        if not isinstance(b, Mapping):
+            raise ConvpipeError(f"buckets: expected a list of {{input name: shape}}, got an item {type(b).__name__}")
+        bucket_list.append({k: _dims(k, v, "buckets", False) for k, v in b.items()})
+    if not isinstance(model, (str, os.PathLike)) and (bucket_list or any(isinstance(d, tuple) for v in specs.values()
+                                                                         for d in v)):
+        raise ConvpipeError("ranges in input_shapes and buckets apply to an ONNX file: export the module with "
+                            "torch.onnx.export(..., dynamic_axes={...}) and compile the .onnx")
     tmp = tempfile.mkdtemp(prefix="convpipe-")
     try:
         source = None
@@ -245,9 +295,8 @@ def compile(model, example=None, *, input_shapes: Mapping[str, Sequence[int]] | 
             onnx_path = os.path.join(tmp, "model.onnx")
             export_onnx(model, _example_shapes(example), onnx_path)
         art = os.fspath(output) if output is not None else os.path.join(tmp, "model.cpa")
-        compile_model(onnx_path, art, target or _host_target(), schedule,
-                      {k: tuple(v) for k, v in (input_shapes or {}).items()}, TuningDatabase(db) if db else None, arch,
-                      layout, fast_math=fast_math)
+        compile_model(onnx_path, art, target or _host_target(), schedule, specs, TuningDatabase(db) if db else None,
+                      arch, layout, fast_math=fast_math, buckets=bucket_list or None)
         module = load_artifact(art, threads=threads)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

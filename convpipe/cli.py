@@ -61,6 +61,26 @@ def _load_inputs(specs: list[str] | None, infos) -> dict:
     return out
 
 
+def _sized_infos(infos, specs: list[str] | None) -> list:
+    """The inputs to generate (``run``/``verify``/``bench``/``profile`` without ``--input``): ``infos`` (the
+    artifact's default shapes) with the exact shapes ``--input-shape NAME=D0,D1,...`` gives (a bare shape: the
+    first input) -- how a variable-size artifact is run at another size in its range.
+
+    Raises:
+        ConvpipeError: a bad shape, or a name that is not an input of the artifact."""
+    from convpipe.compiler.importer import parse_input_shapes
+    from convpipe.runtime import IOInfo
+
+    shapes = parse_input_shapes(specs)
+    names = [i.name for i in infos]
+    if "" in shapes:
+        shapes[names[0]] = shapes.pop("")
+    bad = [n for n in shapes if n not in names]
+    if bad:
+        raise ConvpipeError(f"--input-shape names {bad}, not inputs of the artifact; its inputs are {names}")
+    return [IOInfo(i.name, tuple(shapes.get(i.name, i.shape)), i.dtype) for i in infos]
+
+
 class _Runner:
     """Runs an artifact locally (:mod:`convpipe.runtime`) or on a board over TVM RPC (``--remote``/``--tracker``)."""
 
@@ -145,7 +165,7 @@ def cmd_export(args) -> int:
 
 def cmd_compile(args) -> int:
     from convpipe.compiler.build import compile_model
-    from convpipe.compiler.importer import parse_input_shapes
+    from convpipe.compiler.importer import parse_buckets, parse_input_specs
 
     db = None
     if args.db:
@@ -153,12 +173,14 @@ def cmd_compile(args) -> int:
 
         db = TuningDatabase(args.db, strict=args.strict)
     res = compile_model(
-        args.model, args.output, args.target, args.schedule, parse_input_shapes(args.input_shape), db, args.arch,
-        args.layout, max_memory=args.max_memory, fast_math=args.fast_math,
+        args.model, args.output, args.target, args.schedule, parse_input_specs(args.input_shape), db, args.arch,
+        args.layout, max_memory=args.max_memory, fast_math=args.fast_math, buckets=parse_buckets(args.buckets),
     )
     con = report.console()
     if not args.quiet:
         con.print(report.layer_table(res.manifest["conv2d"], f"{args.output}: conv2d schedules ({res.manifest['target']['isa']})"))
+    if "dynamic" in res.manifest and not args.quiet:
+        report.print_dynamic(con, res.manifest["dynamic"])
     con.print(report.compile_line(args.model, res))
     return 0
 
@@ -171,7 +193,7 @@ def cmd_run(args) -> int:
     if not inputs:
         from convpipe.compiler.importer import random_inputs
 
-        inputs = random_inputs(module.inputs, args.seed)
+        inputs = random_inputs(_sized_infos(module.inputs, args.input_shape), args.seed)
     outputs = module.run(inputs)
     if args.output:
         try:
@@ -197,7 +219,7 @@ def cmd_profile(args) -> int:
     if not inputs:
         from convpipe.compiler.importer import random_inputs
 
-        inputs = random_inputs(module.inputs, args.seed)
+        inputs = random_inputs(_sized_infos(module.inputs, args.input_shape), args.seed)
     kernels, run_ms = module.profile(inputs, args.runs)
     if args.json:
         print(json.dumps(report.profile_json(kernels, run_ms), indent=1))
@@ -212,7 +234,7 @@ def cmd_verify(args) -> int:
 
     module = _Runner(args)
     inputs = _load_inputs(args.input, module.inputs)
-    generated = [i for i in module.inputs if i.name not in inputs]
+    generated = [i for i in _sized_infos(module.inputs, args.input_shape) if i.name not in inputs]
     inputs.update(random_inputs(generated, args.seed))
     ours = module.run(inputs)
     ref = run_onnxruntime(args.model, inputs)
@@ -263,13 +285,19 @@ def cmd_bench(args) -> int:
         raise ConvpipeError("--schedule/--layout/--target/--arch apply when benchmarking an .onnx (an artifact's are fixed)")
     else:
         artifact = target
+    inputs = None
+    if args.input_shape and onnx_path is None:  # an artifact: the size to time (variable-size artifacts)
+        from convpipe.compiler.importer import random_inputs
+        from convpipe.runtime import io_info, read_manifest
+
+        inputs = random_inputs(_sized_infos(io_info(read_manifest(artifact), "inputs"), args.input_shape))
     if args.remote or args.tracker:
         from convpipe import remote
         from convpipe.compiler.importer import random_inputs
 
         args.artifact = artifact
         runner = _Runner(args)
-        inputs = random_inputs(runner.inputs)
+        inputs = inputs or random_inputs(runner.inputs)
         times = remote.time_remote(runner.lib, list(inputs.values()), runner.session, number=max(1, args.rounds), repeat=3,
                                    device=runner.device)
         where = args.remote or f"tracker {args.tracker} key {args.key}"
@@ -278,8 +306,8 @@ def cmd_bench(args) -> int:
     from convpipe.compiler.bench import artifact_device, bench_artifact
 
     device = args.device or artifact_device(artifact)
-    res = bench_artifact(artifact, onnx_path, args.threads, args.rounds, device=device, torch_model=args.torch_model,
-                         expected_sha256=args.expect_sha256)
+    res = bench_artifact(artifact, onnx_path, args.threads, args.rounds, inputs=inputs, device=device,
+                         torch_model=args.torch_model, expected_sha256=args.expect_sha256)
     con.print(report.bench_table(res, report.bench_title(args.model, device, args.threads, args.rounds)))
     return 0
 
@@ -378,7 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="x86", help="x86 (this host), arm, cuda, or a TVM target JSON")
     s.add_argument("--arch", help="CUDA arch for --target cuda: sm_80 | sm_90 (default: the local GPU's)")
     s.add_argument("--schedule", default="auto", choices=FAMILY_CHOICES)
-    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="pin an input's dims (repeatable)")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="pin an input's dims (repeatable); a dim may be a range LO..HI (e.g. x=1,3,32..1024,32..1024): "
+                        "the artifact then takes any size in range")
+    s.add_argument("--buckets", action="append", metavar="NAME=D0,D1,...",
+                   help="an exact shape to compile ahead with the full fixed-shape pipeline (repeatable, one bucket "
+                        "each; several inputs: a=...;b=...); other sizes in range run the generic build")
     s.add_argument("--db", help="tuning database (JSON) whose measured choices take precedence")
     s.add_argument("--layout", default="auto", help=LAYOUT_HELP)
     s.add_argument("--strict", action="store_true",
@@ -396,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", action="append", metavar="NAME=x.npy")
     s.add_argument("-o", "--output", metavar="out.npz", help="write outputs keyed by ONNX output name")
     s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="a variable-size artifact: the shape to generate inputs at (any size in its range; default: its "
+                        "default build's)")
     _add_remote_args(s)
     s.set_defaults(func=cmd_run)
 
@@ -403,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifact", metavar="ARTIFACT")
     s.add_argument("--input", action="append", metavar="NAME=x.npy")
     s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="a variable-size artifact: the shape to generate inputs at (any size in its range; default: its "
+                        "default build's)")
     s.add_argument("--runs", type=int, default=10, help="instrumented runs to average (default 10)")
     s.add_argument("--threads", type=int, help="CPU threads for TVM's pool (default: TVM's own)")
     s.add_argument("--top", type=int, default=25, help="kernels listed (the rest summed in one row)")
@@ -415,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="MODEL.onnx")
     s.add_argument("--input", action="append", metavar="NAME=x.npy")
     s.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="a variable-size artifact: the shape to generate inputs at (any size in its range; default: its "
+                        "default build's)")
     s.add_argument("--rtol", type=float, default=1e-3)
     s.add_argument("--atol", type=float, default=1e-4)
     _add_remote_args(s)
@@ -435,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layout", default="auto", metavar="L[,L...]",
                    help="when given an .onnx: compile with each of these layouts (auto, nchw, nchw<x>c) and time "
                         "every build side by side")
-    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="an .onnx: pin its input dims; an artifact: the shape to time (a variable-size artifact: any "
+                        "size in its range)")
     s.add_argument("--target", default="x86", help="when given an .onnx: compile for x86 (default) or cuda")
     s.add_argument("--arch", help="CUDA arch for --target cuda (default: the local GPU's)")
     s.add_argument("--max-memory", type=_parse_size, metavar="SIZE",

@@ -140,7 +140,8 @@ def verify_report_text(report) -> str:
 
 def print_inspect(con, artifact: str, m: dict) -> None:
     """``convpipe inspect``: an artifact's manifest ``m`` -- versions, target, inputs and outputs, layout, the CUDA
-    device code's resources, the conv2d layer table and the fallbacks taken."""
+    device code's resources, the conv2d layer table and the fallbacks taken; for a variable-size artifact also
+    the accepted sizes and every build (:func:`print_dynamic`)."""
     tgt = m["target"]
     con.print(f"artifact {artifact}: convpipe {m['convpipe_version']}, TVM {m['tvm_version']}, target "
               f"{tgt['arch']}/{tgt['isa']} {json.dumps(tgt['tvm_target'])}")
@@ -149,14 +150,54 @@ def print_inspect(con, artifact: str, m: dict) -> None:
     con.print(f"activation layout between convs: {m.get('layout', 'NCHW')} (model inputs and outputs as in the ONNX)")
     if "device_code" in m:
         con.print(device_code_line(m["device_code"]))
-    con.print(layer_table(m["conv2d"], "conv2d layers"))
+    con.print(layer_table(m["conv2d"], "conv2d layers" + (" (default build)" if "dynamic" in m else "")))
+    _print_fallbacks(con, m)
+    if "dynamic" in m:
+        print_dynamic(con, m["dynamic"])
+
+
+def _print_fallbacks(con, m: dict, indent: str = "") -> None:
     fallbacks = m.get("fallbacks", [])
     if fallbacks:
-        con.print(f"fallbacks ({len(fallbacks)}): where the compiler took a simpler path instead of failing")
+        con.print(f"{indent}fallbacks ({len(fallbacks)}): where the compiler took a simpler path instead of failing")
         for f in fallbacks:
-            con.print(f"  [{f['stage']}] {f['op']}: {f['fallback']} -- {f['why']}")
+            con.print(f"{indent}  [{f['stage']}] {f['op']}: {f['fallback']} -- {f['why']}")
     elif "fallbacks" in m:
-        con.print("fallbacks: none")
+        con.print(f"{indent}fallbacks: none")
+
+
+def dims_text(dims: Sequence) -> str:
+    """An accepted shape (``dynamic.inputs[i].dims``) as text: ``[1, 3, 32..1024, 32..1024]``."""
+    return "[" + ", ".join(f"{d[0]}..{d[1]}" if isinstance(d, (list, tuple)) else str(d) for d in dims) + "]"
+
+
+def build_serves(b: dict) -> str:
+    """What one build of a variable-size artifact serves, in words."""
+    if b["kind"] == "generic":
+        return "every other shape in range"
+    return "exactly " + "; ".join(f"{i['name']}={list(i['shape'])}" for i in b["inputs"])
+
+
+def print_dynamic(con, dyn: dict) -> None:
+    """``inspect``'s part for a variable-size artifact (the manifest's ``dynamic``, issue 16): the sizes each
+    input accepts, then per build its library, kind, what it serves, outputs, layout, conv2d schedules (a count
+    per family) and fallbacks."""
+    con.print("variable input sizes: " + ", ".join(f"{i['name']} {i['dtype']}{dims_text(i['dims'])}"
+                                                  for i in dyn["inputs"]))
+    builds = dyn["builds"]
+    con.print(f"builds ({len(builds)}): the runtime runs the bucket of exactly the input's shape, else the generic "
+              "build")
+    for b in builds:
+        fams: dict[str, int] = {}
+        for layer in b["conv2d"]:
+            fams[layer["family"]] = fams.get(layer["family"], 0) + 1
+        convs = ", ".join(f"{n} {f}" for f, n in fams.items()) or "none by convpipe"
+        con.print(f"  {b['name']} ({b['kind']}, {b['library']['file']}): serves {build_serves(b)}; outputs "
+                  + ", ".join(f"{o['name']} {dims_text(o['shape'])}" for o in b["outputs"])
+                  + f"; layout {b.get('layout', 'NCHW')}; conv2d schedules: {convs}")
+        _print_fallbacks(con, b, "    ")
+    if "no_generic" in dyn:
+        con.print(f"no generic build: {dyn['no_generic']} -- only the bucket shapes are accepted")
 
 
 def device_code_line(dc: dict) -> str:
