@@ -14,6 +14,16 @@ from tvm.s_tir.dlight.base.common_schedules import try_inline
 from tvm.target import Target
 
 
+def _normalized_llvm(func, target: Target) -> tuple:
+    """``(schedule, block infos)`` of ``func`` (dlight's ``normalize_prim_func``: ``None`` when it cannot
+    analyse it), or ``(None, None)`` unless ``func`` is a PrimFunc and ``target`` an llvm one (what the rules
+    here schedule)."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None, None
+    sch = s_tir.Schedule(func)
+    return sch, normalize_prim_func(sch)
+
+
 class InjectiveCPU(ScheduleRule):
     """Parallel + vectorised loop nest for an injective PrimFunc on an llvm target.
 
@@ -26,10 +36,7 @@ class InjectiveCPU(ScheduleRule):
         self.min_parallel = min_parallel
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
+        sch, infos = _normalized_llvm(func, target)
         if not infos or not all(i.is_injective() for i in infos):
             return None
         infos = try_inline(sch, infos)
@@ -82,10 +89,7 @@ class DenseCPU(ScheduleRule):
         self.n_block = n_block
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
+        sch, infos = _normalized_llvm(func, target)
         # normalize_prim_func drops unit loops: [S, R] is a GEMV (M = 1), [S, S, R] a small-M GEMM
         if not infos or infos[0].name != "matmul" or [i.kind for i in infos[0].iters] not in (["S", "R"], ["S", "S", "R"]):
             return None

@@ -47,7 +47,7 @@ Winograd's ``tile``, ...) are read through :func:`upgrade_knobs` (:data:`LEGACY_
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, Union
+from typing import Callable, ClassVar, Union
 
 import numpy as np
 import tvm
@@ -60,6 +60,9 @@ Knobs = dict[str, int]
 #: The values one knob may take: a ``range`` (e.g. ``range(1, OW + 1)``) or an explicit tuple (e.g. the divisors
 #: of ``OH``, or the Winograd tile sizes ``(2, 4, 6)``).
 KnobDomain = Union[range, tuple[int, ...]]
+#: How a rule packs the weight (:meth:`Conv2dRule.weight_packing`): ``(shape_fn, pack_fn, args)``, a pair of
+#: :mod:`.compute` functions ``shape_fn(wl, *args)`` (the packed shape) and ``pack_fn(weight, wl, *args)``.
+WeightPacking = tuple[Callable[..., tuple[int, ...]], Callable[..., np.ndarray], tuple[int, ...]]
 
 #: Knob names before issue 13, per family (both CPU and CUDA rules of the family): old name -> current name.
 #: No old name of a family is a current knob name of that family (``tests/test_knobs.py`` checks), so renaming
@@ -138,8 +141,8 @@ class Conv2dRule(abc.ABC):
 
     A concrete rule sets :attr:`family` (through its family base: :class:`DirectFamily`, ...) and :attr:`arch`
     (``"x86"``, ``"arm"``, ``"cuda"``, through its target base and leaf class) and implements
-    :meth:`knob_space`, :meth:`default_knobs`, :meth:`packed_weight_shape`, :meth:`pack_weight`,
-    :meth:`unscheduled` and :meth:`apply`; optionally :meth:`knob_constraints`, :meth:`candidate_knobs`.
+    :meth:`knob_space`, :meth:`default_knobs`, :meth:`weight_packing` (which gives :meth:`packed_weight_shape` and
+    :meth:`pack_weight`), :meth:`unscheduled` and :meth:`apply`; optionally :meth:`knob_constraints`, :meth:`candidate_knobs`.
     """
 
     family: ClassVar[str]
@@ -255,12 +258,20 @@ class Conv2dRule(abc.ABC):
 
     # ---- the weight ----------------------------------------------------------------------------
     @abc.abstractmethod
+    def weight_packing(self, wl: Conv2dWorkload, knobs: Knobs) -> WeightPacking:
+        """The :mod:`.compute` packing of the weight for ``wl`` and ``knobs`` (complete, as ints: see
+        :meth:`read_knobs`): ``(shape_fn, pack_fn, args)``, what :meth:`packed_weight_shape` and
+        :meth:`pack_weight` call."""
+
     def packed_weight_shape(self, wl: Conv2dWorkload, knobs: Knobs) -> tuple[int, ...]:
         """Shape of the weight the kernel takes (after :meth:`pack_weight`)."""
+        shape_fn, _, args = self.weight_packing(wl, self.read_knobs(knobs))
+        return shape_fn(wl, *args)
 
-    @abc.abstractmethod
     def pack_weight(self, weight: np.ndarray, wl: Conv2dWorkload, knobs: Knobs) -> np.ndarray:
         """OIHW ``float32[K, C/groups, KH, KW]`` -> the kernel's weight layout (NumPy, at compile time)."""
+        _, pack_fn, args = self.weight_packing(wl, self.read_knobs(knobs))
+        return pack_fn(weight, wl, *args)
 
     # ---- the kernel ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -112,15 +112,10 @@ class DepthwiseCpu(DepthwiseFamily, CpuRule):
                     out.append(c)
         return out[:8]
 
-    def packed_weight_shape(self, wl, knobs):
+    def weight_packing(self, wl, knobs):
         if wl.data_block:
-            return compute.depthwise_blocked_packed_shape(wl)
-        return compute.depthwise_packed_shape(wl)
-
-    def pack_weight(self, weight, wl, knobs):
-        if wl.data_block:
-            return compute.depthwise_blocked_pack_weight(weight, wl)
-        return compute.depthwise_pack_weight(weight, wl)
+            return compute.depthwise_blocked_packed_shape, compute.depthwise_blocked_pack_weight, ()
+        return compute.depthwise_packed_shape, compute.depthwise_pack_weight, ()
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """:func:`..compute.depthwise_blocked` for NCHW[x]c; for NCHW :func:`..compute.depthwise`, with the

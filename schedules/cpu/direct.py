@@ -11,7 +11,6 @@ file (:func:`.base.vector_registers`): on NEON each FMA is an ``fmla v.4s``.
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import s_tir
 
@@ -120,13 +119,9 @@ class DirectCpu(DirectFamily, CpuRule):
                         cands.append(k)
         return cands
 
-    def packed_weight_shape(self, wl, knobs):
-        kn = self.read_knobs(knobs)
-        return compute.direct_blocked_packed_shape(wl, kn["oc_block"], kn["ic_block"])
-
-    def pack_weight(self, weight: np.ndarray, wl, knobs):
-        kn = self.read_knobs(knobs)
-        return compute.direct_blocked_pack_weight(weight, wl, kn["oc_block"], kn["ic_block"])
+    def weight_packing(self, wl, knobs):
+        pack = (compute.direct_blocked_packed_shape, compute.direct_blocked_pack_weight)
+        return (*pack, (knobs["oc_block"], knobs["ic_block"]))
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """:func:`..compute.direct_blocked` with the knobs' channel blocks and column tile."""

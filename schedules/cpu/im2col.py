@@ -87,11 +87,8 @@ class Im2colCpu(Im2colFamily, CpuRule):
                     cands.append(c)
         return cands
 
-    def packed_weight_shape(self, wl, knobs):
-        return compute.im2col_blocked_packed_shape(wl, self.read_knobs(knobs)["oc_block"])
-
-    def pack_weight(self, weight, wl, knobs):
-        return compute.im2col_blocked_pack_weight(weight, wl, self.read_knobs(knobs)["oc_block"])
+    def weight_packing(self, wl, knobs):
+        return compute.im2col_blocked_packed_shape, compute.im2col_blocked_pack_weight, (knobs["oc_block"],)
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """:func:`..compute.im2col_rows` with the knobs' channel panel and column tile."""

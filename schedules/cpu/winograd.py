@@ -49,6 +49,22 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return v
 
 
+def _unrolled_transform(sch: s_tir.Schedule, row, col, channels, tmp: str, at) -> None:
+    """A transform stage (input: ``data_pack`` = B^T (d B); output: ``inverse`` = A^T (M A)): its ``row`` and
+    ``col`` loops unrolled and its ``channels`` loop vectorised, and its intermediate block ``tmp`` (d B, M A)
+    computed at loop ``at`` (the channel-vector loop) likewise: its two matrix loops unrolled, channels
+    vectorised."""
+    sch.unroll(row)
+    sch.unroll(col)
+    sch.vectorize(channels)
+    block = sch.get_sblock(tmp)
+    sch.compute_at(block, at)
+    _, t_row, t_col, t_channels = sch.get_loops(block)[-4:]
+    sch.unroll(t_row)
+    sch.unroll(t_col)
+    sch.vectorize(t_channels)
+
+
 class WinogradCpu(WinogradFamily, CpuRule):
     """Winograd F(m x m, 3 x 3) for 3x3, stride-1, dilation-1, groups-1 convs (any N, C, K, H, W, pads).
 
@@ -116,13 +132,8 @@ class WinogradCpu(WinogradFamily, CpuRule):
                     out.append(cand)
         return out
 
-    def packed_weight_shape(self, wl, knobs):
-        kn = self.read_knobs(knobs)
-        return compute.winograd_packed_shape(wl, kn["m"], kn["oc_block"])
-
-    def pack_weight(self, weight, wl, knobs):
-        kn = self.read_knobs(knobs)
-        return compute.winograd_pack_weight(weight, wl, kn["m"], kn["oc_block"])
+    def weight_packing(self, wl, knobs):
+        return compute.winograd_packed_shape, compute.winograd_pack_weight, (knobs["m"], knobs["oc_block"])
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """:func:`..compute.winograd` with the knobs' ``m``, channel padding and tile padding."""
@@ -150,15 +161,7 @@ class WinogradCpu(WinogradFamily, CpuRule):
         co, ci = sch.split(c, [None, cv])
         sch.reorder(p, co, eps, nu, ci)
         sch.parallel(p)
-        sch.unroll(eps)
-        sch.unroll(nu)
-        sch.vectorize(ci)
-        dt = sch.get_sblock("data_tmp")
-        sch.compute_at(dt, co)
-        _, ra, nu2, c2 = sch.get_loops(dt)[-4:]
-        sch.unroll(ra)
-        sch.unroll(nu2)
-        sch.vectorize(c2)
+        _unrolled_transform(sch, eps, nu, ci, "data_tmp", co)
 
         # batched GEMM
         bg = sch.get_sblock("bgemm")
@@ -188,15 +191,7 @@ class WinogradCpu(WinogradFamily, CpuRule):
         ko, ki = sch.split(k, [None, kv])
         sch.reorder(n, th, tw, ko, vh, vw, ki)
         sch.parallel(sch.fuse(n, th))
-        sch.unroll(vh)
-        sch.unroll(vw)
-        sch.vectorize(ki)
-        it = sch.get_sblock("inv_tmp")
-        sch.compute_at(it, ko)
-        _, e1, vw2, k2 = sch.get_loops(it)[-4:]
-        sch.unroll(e1)
-        sch.unroll(vw2)
-        sch.vectorize(k2)
+        _unrolled_transform(sch, vh, vw, ki, "inv_tmp", ko)
 
         # crop + NHWC -> NCHW
         o = sch.get_sblock("out")

@@ -56,6 +56,26 @@ def halo(tile: int, stride: int, kernel: int, dilation: int) -> int:
     return (tile - 1) * stride + (kernel - 1) * dilation + 1
 
 
+def gemm_knob_reason(knobs: dict[str, int], step: str, *thread_knobs: str) -> str | None:
+    """The limits of a :func:`gemm_tile` GEMM with knobs ``oc_thr``/``oc_tile`` x ``p_thr``/``p_tile`` staged in
+    ``knobs[step]``-element reduction slices (implicit-GEMM im2col, Winograd's batched GEMM): ``None`` when they
+    hold, else the first broken one -- at most 1024 threads per block (also each of ``thread_knobs``, the
+    threads of a rule's other kernels), both operand slices in 48 KiB of shared memory, at most 64 accumulators
+    per thread."""
+    threads = knobs["oc_thr"] * knobs["p_thr"]
+    if threads > MAX_THREADS:
+        return f"oc_thr*p_thr = {threads} threads per block (at most {MAX_THREADS})"
+    for name in thread_knobs:
+        if knobs[name] > MAX_THREADS:
+            return f"{name} = {knobs[name]} threads per block (at most {MAX_THREADS})"
+    smem = 4 * knobs[step] * (knobs["oc_thr"] * knobs["oc_tile"] + knobs["p_thr"] * knobs["p_tile"])
+    if smem > MAX_STATIC_SMEM:
+        return f"{step}={knobs[step]}: {smem} bytes of shared memory (at most {MAX_STATIC_SMEM})"
+    if knobs["oc_tile"] * knobs["p_tile"] > 64:
+        return "register tile oc_tile*p_tile over 64 accumulators"
+    return None
+
+
 def coop_fetch(sch: s_tir.Schedule, block, n_tx: int, n_ty: int = 1, vec: int = 1) -> None:
     """Cooperative fetch: spread all loops of a shared-memory copy ``block`` over the block's threads.
 
@@ -88,13 +108,16 @@ def gemm_tile(
     k_step: int,
     shared_reads: tuple[int, ...] = (0, 1),
     batch_loops: int = 1,
+    gather: str | None = None,
 ) -> tuple:
     """Tile a GEMM-shaped block ``C[b.., m, n] += A[.., m, k] * B[.., k, n]`` for CUDA.
 
     The block's loops must be ``(*batch, m, n, k)`` with ``batch_loops`` leading batch loops. The output tile per
     thread block is ``(m_thr*m_tile) x (n_thr*n_tile)``; each thread keeps an ``m_tile x n_tile`` register tile
     (``local`` cache), both operands are staged through shared memory in ``k_step`` slices, fetched
-    cooperatively by all ``m_thr*n_thr`` threads. Grid: batch -> blockIdx.z, m -> blockIdx.y, n -> blockIdx.x.
+    cooperatively by all ``m_thr*n_thr`` threads (:func:`coop_fetch`). Grid: batch -> blockIdx.z,
+    m -> blockIdx.y, n -> blockIdx.x. ``gather``: a block producing an operand (im2col's column gather) inlined
+    into its shared-memory fill before the fetch is spread over the threads.
 
     Returns ``(block, writeback_block, shared_blocks, k_outer_loop)``. Splits need not divide: ragged edges get
     predicates.
@@ -124,7 +147,23 @@ def gemm_tile(
     sch.unroll(ki)
     sch.unroll(mr)
     sch.unroll(nr)
+    if gather is not None:
+        sch.compute_inline(sch.get_sblock(gather))
+    for s in shared:
+        coop_fetch(sch, s, n_thr, m_thr)
     return block, local, shared, ko
+
+
+def gemm_knobs(knobs: dict[str, int], m: str, n: str, step: str) -> dict[str, int]:
+    """The tile arguments of :func:`gemm_tile` from a rule's knobs: ``<m>_thr``/``<m>_tile`` along the GEMM's M
+    axis, ``<n>_thr``/``<n>_tile`` along N, ``knobs[step]`` reduction elements per shared-memory slice."""
+    return {
+        "m_thr": knobs[f"{m}_thr"],
+        "m_tile": knobs[f"{m}_tile"],
+        "n_thr": knobs[f"{n}_thr"],
+        "n_tile": knobs[f"{n}_tile"],
+        "k_step": knobs[step],
+    }
 
 
 def unroll_inner(sch: s_tir.Schedule, block, outer) -> None:
@@ -171,3 +210,11 @@ class CudaRule(Conv2dRule):
         if wl.data_block or wl.out_block:
             return f"CUDA kernels take NCHW data and output (got {wl.layout})"
         return None
+
+    def add_candidates(self, wl: Conv2dWorkload, target: TargetInfo, out: list, settings) -> list:
+        """``out`` (tuning candidates, the default first) extended, in order, by each knob setting of ``settings``
+        (an iterable) that is not in it yet and meets :meth:`~..rule.Conv2dRule.knob_constraints`."""
+        for kn in settings:
+            if kn not in out and self.knob_constraints(wl, target, kn) is None:
+                out.append(kn)
+        return out

@@ -57,22 +57,21 @@ class DepthwiseCuda(DepthwiseFamily, B.CudaRule):
         return {"oh_thr": oh_thr, "oh_tile": oh_tile, "ow_thr": ow_thr, "ow_tile": ow_tile}
 
     def candidate_knobs(self, wl, target):
-        out = [self.default_knobs(wl, target)]
+        return self.add_candidates(wl, target, [self.default_knobs(wl, target)], self._tiled_settings(wl))
+
+    @staticmethod
+    def _tiled_settings(wl):
+        """Register tiles of rows x columns that divide the output, each with the most threads along the output
+        its thread budget allows."""
         for yr, xr, budget in ((1, 1, 256), (2, 2, 128), (1, 2, 128), (2, 1, 256), (4, 2, 64), (1, 4, 128)):
             if wl.out_h % yr or wl.out_w % xr:
                 continue
             xt = B.largest_divisor(wl.out_w // xr, 32)
             yt = B.largest_divisor(wl.out_h // yr, max(1, budget // xt))
-            kn = {"oh_thr": yt, "oh_tile": yr, "ow_thr": xt, "ow_tile": xr}
-            if kn not in out and self.knob_constraints(wl, target, kn) is None:
-                out.append(kn)
-        return out
+            yield {"oh_thr": yt, "oh_tile": yr, "ow_thr": xt, "ow_tile": xr}
 
-    def packed_weight_shape(self, wl, knobs):
-        return compute.depthwise_packed_shape(wl)
-
-    def pack_weight(self, weight, wl, knobs):
-        return compute.depthwise_pack_weight(weight, wl)
+    def weight_packing(self, wl, knobs):
+        return compute.depthwise_packed_shape, compute.depthwise_pack_weight, ()
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """:func:`..compute.depthwise` (stride-de-interleaved padded input)."""

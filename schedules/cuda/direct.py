@@ -91,8 +91,25 @@ class DirectCuda(DirectFamily, B.CudaRule):
         return kn
 
     def candidate_knobs(self, wl, target):
-        out = [self.default_knobs(wl, target)]
-        base = out[0]
+        base = self.default_knobs(wl, target)
+        out = self.add_candidates(wl, target, [base], self._tiled_settings(wl, base))
+        return self.add_candidates(wl, target, out, (
+            {"oc_block": ob, "oc_thr": kt, "oh_thr": yt, "oh_tile": yr, "ow_thr": xt, "ow_tile": xr, "ic_step": ict}
+            for ob, kt, yt, yr, xt, xr, ict in (
+                (4, 8, 4, 2, 8, 2, 8),
+                (8, 4, 4, 2, 8, 2, 8),
+                (4, 4, 8, 1, 8, 2, 8),
+                (4, 4, 4, 2, 16, 1, 8),
+                (8, 8, 2, 2, 8, 2, 4),
+                (2, 4, 4, 2, 8, 4, 8),
+                (4, 8, 2, 2, 8, 2, 16),
+            )
+        ))
+
+    @staticmethod
+    def _tiled_settings(wl, base):
+        """``base`` with register tiles of 1, 2, 4 rows x 1, 2, 4 columns that divide the output, each with four
+        (oc_block, oc_thr, thread budget) choices and the most threads along the output the budget allows."""
         for yr in (1, 2, 4):
             for xr in (1, 2, 4):
                 if wl.out_h % yr or wl.out_w % xr:
@@ -100,30 +117,11 @@ class DirectCuda(DirectFamily, B.CudaRule):
                 for ob, kt, budget in ((4, 4, 128), (4, 8, 256), (8, 4, 128), (2, 8, 256)):
                     xt = B.largest_divisor(wl.out_w // xr, 16)
                     yt = B.largest_divisor(wl.out_h // yr, max(1, budget // (kt * xt)))
-                    kn = {**base, "oc_block": ob, "oc_thr": kt, "oh_thr": yt, "oh_tile": yr, "ow_thr": xt,
-                          "ow_tile": xr}
-                    if kn not in out and self.knob_constraints(wl, target, kn) is None:
-                        out.append(kn)
-        for ob, kt, yt, yr, xt, xr, ict in (
-            (4, 8, 4, 2, 8, 2, 8),
-            (8, 4, 4, 2, 8, 2, 8),
-            (4, 4, 8, 1, 8, 2, 8),
-            (4, 4, 4, 2, 16, 1, 8),
-            (8, 8, 2, 2, 8, 2, 4),
-            (2, 4, 4, 2, 8, 4, 8),
-            (4, 8, 2, 2, 8, 2, 16),
-        ):
-            kn = {"oc_block": ob, "oc_thr": kt, "oh_thr": yt, "oh_tile": yr, "ow_thr": xt, "ow_tile": xr,
-                  "ic_step": ict}
-            if kn not in out and self.knob_constraints(wl, target, kn) is None:
-                out.append(kn)
-        return out
+                    yield {**base, "oc_block": ob, "oc_thr": kt, "oh_thr": yt, "oh_tile": yr, "ow_thr": xt,
+                           "ow_tile": xr}
 
-    def packed_weight_shape(self, wl, knobs):
-        return compute.direct_blocked_packed_shape(wl, knobs["oc_block"], 1)
-
-    def pack_weight(self, weight, wl, knobs):
-        return compute.direct_blocked_pack_weight(weight, wl, knobs["oc_block"], 1)
+    def weight_packing(self, wl, knobs):
+        return compute.direct_blocked_packed_shape, compute.direct_blocked_pack_weight, (knobs["oc_block"], 1)
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """:func:`..compute.direct_blocked` with ``oc_block`` channel blocks, unit input-channel blocks and unit

@@ -44,15 +44,7 @@ class Im2colCuda(Im2colFamily, B.CudaRule):
     def knob_constraints(self, wl, target, knobs) -> str | None:
         """At most 1024 threads per block; both operand slices fit 48 KiB of shared memory; at most 64
         accumulators per thread."""
-        threads = knobs["oc_thr"] * knobs["p_thr"]
-        if threads > B.MAX_THREADS:
-            return f"oc_thr*p_thr = {threads} threads per block (at most {B.MAX_THREADS})"
-        smem = 4 * knobs["r_step"] * (knobs["oc_thr"] * knobs["oc_tile"] + knobs["p_thr"] * knobs["p_tile"])
-        if smem > B.MAX_STATIC_SMEM:
-            return f"r_step={knobs['r_step']}: {smem} bytes of shared memory (at most {B.MAX_STATIC_SMEM})"
-        if knobs["oc_tile"] * knobs["p_tile"] > 64:
-            return "register tile oc_tile*p_tile over 64 accumulators"
-        return None
+        return B.gemm_knob_reason(knobs, "r_step")
 
     def default_knobs(self, wl, target):
         kg = wl.out_channels // wl.groups
@@ -66,26 +58,20 @@ class Im2colCuda(Im2colFamily, B.CudaRule):
         return {"oc_thr": oc_thr, "oc_tile": oc_tile, "p_thr": p_thr, "p_tile": p_tile, "r_step": min(8, r_len)}
 
     def candidate_knobs(self, wl, target):
-        base = self.default_knobs(wl, target)
-        out = [base]
-        for oc_thr, oc_tile, p_thr, p_tile, r_step in (
-            (8, 4, 16, 4, 8),
-            (16, 4, 16, 4, 8),
-            (8, 8, 16, 4, 8),
-            (16, 4, 16, 4, 16),
-            (8, 4, 32, 2, 8),
-            (4, 2, 32, 2, 4),
-        ):
-            kn = {"oc_thr": oc_thr, "oc_tile": oc_tile, "p_thr": p_thr, "p_tile": p_tile, "r_step": r_step}
-            if kn not in out and self.knob_constraints(wl, target, kn) is None:
-                out.append(kn)
-        return out
+        return self.add_candidates(wl, target, [self.default_knobs(wl, target)], (
+            {"oc_thr": oc_thr, "oc_tile": oc_tile, "p_thr": p_thr, "p_tile": p_tile, "r_step": r_step}
+            for oc_thr, oc_tile, p_thr, p_tile, r_step in (
+                (8, 4, 16, 4, 8),
+                (16, 4, 16, 4, 8),
+                (8, 8, 16, 4, 8),
+                (16, 4, 16, 4, 16),
+                (8, 4, 32, 2, 8),
+                (4, 2, 32, 2, 4),
+            )
+        ))
 
-    def packed_weight_shape(self, wl, knobs):
-        return compute.im2col_packed_shape(wl)
-
-    def pack_weight(self, weight, wl, knobs):
-        return compute.im2col_pack_weight(weight, wl)
+    def weight_packing(self, wl, knobs):
+        return compute.im2col_packed_shape, compute.im2col_pack_weight, ()
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """:func:`..compute.im2col_gemm` (output pixels on one flattened axis)."""
@@ -97,20 +83,10 @@ class Im2colCuda(Im2colFamily, B.CudaRule):
         if wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right:
             sch.compute_inline(sch.get_sblock("pad_temp"))
         gemm = sch.get_sblock("gemm")
-        gemm, local, (w_s, col_s), ko = B.gemm_tile(
-            sch,
-            gemm,
-            m_thr=knobs["oc_thr"],
-            m_tile=knobs["oc_tile"],
-            n_thr=knobs["p_thr"],
-            n_tile=knobs["p_tile"],
-            k_step=knobs["r_step"],
-            batch_loops=2,
-        )
         # implicit GEMM: the im2col gather happens inside the shared-memory fill of the B operand
-        sch.compute_inline(sch.get_sblock("im2col"))
-        B.coop_fetch(sch, w_s, knobs["p_thr"], knobs["oc_thr"])
-        B.coop_fetch(sch, col_s, knobs["p_thr"], knobs["oc_thr"])
+        gemm, _, _, ko = B.gemm_tile(
+            sch, gemm, **B.gemm_knobs(knobs, m="oc", n="p", step="r_step"), batch_loops=2, gather="im2col"
+        )
         # the NCHW store: "out" is a pure re-indexing of the GEMM result, written straight from registers
         sch.reverse_compute_inline(sch.get_sblock("out"))
         sch.decompose_reduction(gemm, ko)

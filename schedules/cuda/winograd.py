@@ -23,6 +23,27 @@ from ..workload import Conv2dWorkload
 from . import base as B
 
 
+def _one_thread_each(sch: s_tir.Schedule, loop, threads: int):
+    """Spread ``loop`` over thread blocks of ``threads`` threads (one iteration per thread); the thread loop."""
+    bx, tx = sch.split(loop, [None, threads])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    return tx
+
+
+def _transform_kernel(sch: s_tir.Schedule, loop, threads: int, tmp: str, *unrolled) -> None:
+    """A transform kernel (input: ``data_pack`` = B^T (d B); inverse: ``inverse`` = A^T (M A)): one thread per
+    iteration of ``loop`` (a (tile, channel) pair), its alpha x alpha (or m x m) ``unrolled`` loops unrolled and its
+    intermediate block ``tmp`` (d B, M A) computed per thread in registers (``local``, every loop unrolled)."""
+    tx = _one_thread_each(sch, loop, threads)
+    block = sch.get_sblock(tmp)
+    sch.compute_at(block, tx, preserve_unit_loops=True)
+    sch.set_scope(block, 0, "local")
+    B.unroll_inner(sch, block, tx)
+    for lp in unrolled:
+        sch.unroll(lp)
+
+
 class WinogradCuda(WinogradFamily, B.CudaRule):
     """Winograd F(m x m, 3 x 3) for 3x3, stride-1, dilation-1, groups-1 convs.
 
@@ -53,17 +74,7 @@ class WinogradCuda(WinogradFamily, B.CudaRule):
     def knob_constraints(self, wl, target, knobs) -> str | None:
         """At most 1024 threads per block (GEMM and transforms); both GEMM operand slices fit 48 KiB of shared
         memory; at most 64 accumulators per thread."""
-        threads = knobs["oc_thr"] * knobs["p_thr"]
-        if threads > B.MAX_THREADS:
-            return f"oc_thr*p_thr = {threads} threads per block (at most {B.MAX_THREADS})"
-        if knobs["tf_thr"] > B.MAX_THREADS:
-            return f"tf_thr = {knobs['tf_thr']} threads per block (at most {B.MAX_THREADS})"
-        smem = 4 * knobs["ic_step"] * (knobs["oc_thr"] * knobs["oc_tile"] + knobs["p_thr"] * knobs["p_tile"])
-        if smem > B.MAX_STATIC_SMEM:
-            return f"ic_step={knobs['ic_step']}: {smem} bytes of shared memory (at most {B.MAX_STATIC_SMEM})"
-        if knobs["oc_tile"] * knobs["p_tile"] > 64:
-            return "register tile oc_tile*p_tile over 64 accumulators"
-        return None
+        return B.gemm_knob_reason(knobs, "ic_step", "tf_thr")
 
     def default_knobs(self, wl, target):
         m = 4 if min(wl.out_h, wl.out_w) >= 8 else 2
@@ -86,19 +97,14 @@ class WinogradCuda(WinogradFamily, B.CudaRule):
 
     def candidate_knobs(self, wl, target):
         base = self.default_knobs(wl, target)
-        out = [base]
-        for kt, kr, pt, pr, ct in ((8, 4, 16, 4, 8), (16, 4, 16, 2, 8), (8, 4, 32, 2, 8), (16, 2, 16, 2, 16),
-                                   (4, 4, 32, 2, 8)):
-            kn = {**base, "oc_thr": kt, "oc_tile": kr, "p_thr": pt, "p_tile": pr, "ic_step": ct}
-            if kn not in out and self.knob_constraints(wl, target, kn) is None:
-                out.append(kn)
-        return out
+        return self.add_candidates(wl, target, [base], (
+            {**base, "oc_thr": kt, "oc_tile": kr, "p_thr": pt, "p_tile": pr, "ic_step": ct}
+            for kt, kr, pt, pr, ct in ((8, 4, 16, 4, 8), (16, 4, 16, 2, 8), (8, 4, 32, 2, 8), (16, 2, 16, 2, 16),
+                                       (4, 4, 32, 2, 8))
+        ))
 
-    def packed_weight_shape(self, wl, knobs):
-        return compute.winograd_packed_shape(wl, knobs["m"])
-
-    def pack_weight(self, weight, wl, knobs):
-        return compute.winograd_pack_weight(weight, wl, knobs["m"])
+    def weight_packing(self, wl, knobs):
+        return compute.winograd_packed_shape, compute.winograd_pack_weight, (knobs["m"],)
 
     def unscheduled(self, wl: Conv2dWorkload, knobs: Knobs) -> tvm.tirx.PrimFunc:
         """:func:`..compute.winograd` with the knobs' ``m`` (``oc_block = p_tile = 1``: nothing padded)."""
@@ -113,32 +119,13 @@ class WinogradCuda(WinogradFamily, B.CudaRule):
         dp = sch.get_sblock("data_pack")
         eps, nu, p, ci = sch.get_loops(dp)
         sch.reorder(p, ci, eps, nu)
-        bx, tx = sch.split(sch.fuse(p, ci), [None, tf])
-        sch.bind(bx, "blockIdx.x")
-        sch.bind(tx, "threadIdx.x")
-        dtmp = sch.get_sblock("data_tmp")
-        sch.compute_at(dtmp, tx, preserve_unit_loops=True)
-        sch.set_scope(dtmp, 0, "local")
-        B.unroll_inner(sch, dtmp, tx)
-        sch.unroll(eps)
-        sch.unroll(nu)
+        _transform_kernel(sch, sch.fuse(p, ci), tf, "data_tmp", eps, nu)
 
         # 2. alpha^2 batched GEMMs M[p, eps, nu, k] = sum_c V[eps, nu, p, c] U[eps, nu, c, k]
         bg = sch.get_sblock("bgemm")
         p, eps, nu, ko, rc = sch.get_loops(bg)
         sch.reorder(eps, nu, p, ko, rc)
-        bg, _, (u_s, v_s), rco = B.gemm_tile(
-            sch,
-            bg,
-            m_thr=knobs["p_thr"],
-            m_tile=knobs["p_tile"],
-            n_thr=knobs["oc_thr"],
-            n_tile=knobs["oc_tile"],
-            k_step=knobs["ic_step"],
-            batch_loops=2,
-        )
-        B.coop_fetch(sch, u_s, knobs["oc_thr"], knobs["p_thr"])
-        B.coop_fetch(sch, v_s, knobs["oc_thr"], knobs["p_thr"])
+        bg, _, _, rco = B.gemm_tile(sch, bg, **B.gemm_knobs(knobs, m="p", n="oc", step="ic_step"), batch_loops=2)
         sch.decompose_reduction(bg, rco)
 
         # 3. inverse transform: one thread per (tile, output channel); M A lives in registers
@@ -148,18 +135,8 @@ class WinogradCuda(WinogradFamily, B.CudaRule):
         yo, yi = sch.split(y, [None, m])
         xo, xi = sch.split(x, [None, m])
         sch.reorder(n, yo, xo, ko, yi, xi)
-        bx, tx = sch.split(sch.fuse(n, yo, xo, ko), [None, tf])
-        sch.bind(bx, "blockIdx.x")
-        sch.bind(tx, "threadIdx.x")
-        itmp = sch.get_sblock("inv_tmp")
-        sch.compute_at(itmp, tx, preserve_unit_loops=True)
-        sch.set_scope(itmp, 0, "local")
-        B.unroll_inner(sch, itmp, tx)
-        sch.unroll(yi)
-        sch.unroll(xi)
+        _transform_kernel(sch, sch.fuse(n, yo, xo, ko), tf, "inv_tmp", yi, xi)
 
         # 4. crop + NHWC -> NCHW
         out = sch.get_sblock("out")
-        bx, tx = sch.split(sch.fuse(*sch.get_loops(out)), [None, tf])
-        sch.bind(bx, "blockIdx.x")
-        sch.bind(tx, "threadIdx.x")
+        _one_thread_each(sch, sch.fuse(*sch.get_loops(out)), tf)
