@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from convpipe.compiler.build import compile_model
 from convpipe.compiler.export import export_onnx, torch_outputs
 from convpipe.errors import ConvpipeError
 from convpipe.runtime import load, read_manifest
+from test_runtime_hardening import concurrently
 
 
 class TwoInputs(torch.nn.Module):
@@ -132,22 +132,15 @@ def test_threads_share_one_module(artifact):
     rng = np.random.default_rng(3)
     xs = [rng.standard_normal((1, 3, 10, 12)).astype("float32") for _ in range(8)]
     expected = [m.run([x]) for x in xs]
-    errors, results = [], {}
+    results = {}
 
     def worker(i):
-        try:
-            for _ in range(10):
-                results[i] = m.run([xs[i]])
-                for k in expected[i]:
-                    np.testing.assert_array_equal(results[i][k], expected[i][k])
-        except Exception as e:  # collected and re-raised on the main thread
-            errors.append(e)
+        for _ in range(10):
+            results[i] = m.run([xs[i]])
+            for k in expected[i]:
+                np.testing.assert_array_equal(results[i][k], expected[i][k])
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = concurrently(worker, 8)
     assert not errors, errors
 
 

@@ -142,6 +142,25 @@ def test_short_lived_threads_leave_no_threads_behind(tiny):
     assert r["rss_after"] - r["rss_before"] < 48, f"RSS grew {r['rss_after'] - r['rss_before']:.0f} MB: {r}"
 
 
+def concurrently(worker, n: int) -> list[Exception]:
+    """Run ``worker(i)`` for i = 0 .. n-1, each in its own thread, all at once; the exceptions they raised (to
+    be asserted on the main thread)."""
+    errors = []
+
+    def guarded(i):
+        try:
+            worker(i)
+        except Exception as e:  # collected for the main thread
+            errors.append(e)
+
+    ts = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return errors
+
+
 def test_concurrent_callers_get_their_own_results(tiny):
     """8 threads x 200 runs of one Module, each thread with its own input: every output equals the sequential one
     and the reference convolution."""
@@ -151,20 +170,12 @@ def test_concurrent_callers_get_their_own_results(tiny):
     expected = [m.run([x])["y"] for x in inputs]
     for x, y in zip(inputs, expected):
         np.testing.assert_allclose(y, torch_conv(x, w, wl), rtol=1e-4, atol=1e-5)
-    errors = []
 
     def worker(i):
-        try:
-            for _ in range(200):
-                np.testing.assert_array_equal(m.run({"x": inputs[i]})["y"], expected[i])
-        except Exception as e:  # re-raised on the main thread
-            errors.append(e)
+        for _ in range(200):
+            np.testing.assert_array_equal(m.run({"x": inputs[i]})["y"], expected[i])
 
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    errors = concurrently(worker, 8)
     assert not errors, errors[:3]
 
 
