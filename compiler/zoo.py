@@ -79,9 +79,15 @@ def face_crop(size: int) -> np.ndarray:
 
 
 def calibrate_batchnorm(model, input_shape: tuple[int, ...], n_images: int = 16, seed: int = 0) -> None:
-    """Recompute every BatchNorm's running mean/var from real photos (random crops of :data:`PHOTOS`), in place.
+    """Recompute every BatchNorm's running mean/var from real photos (random crops of :data:`PHOTOS`, NCHW
+    float32 at ``input_shape``'s H x W), in place.
 
-    Uses cumulative averaging (``momentum=None``) in train mode under ``torch.no_grad``; the model ends in eval.
+    The model runs as inference runs it (eval mode: no dropout, no train-only branches such as Inception-v3's
+    auxiliary classifier) with only the BatchNorm layers in train mode, averaging cumulatively (``momentum=None``)
+    under ``torch.no_grad``; the model ends in eval.
+
+    Raises:
+        ConvpipeError: the model's forward fails at this input size (names the shape and the error).
     """
     import torch
 
@@ -102,11 +108,18 @@ def calibrate_batchnorm(model, input_shape: tuple[int, ...], n_images: int = 16,
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for chunk in data.split(8):
-            model(chunk)
     model.eval()
+    for bn in bns:
+        bn.train()
+    try:
+        with torch.no_grad():
+            for chunk in data.split(8):
+                model(chunk)
+    except Exception as e:  # noqa: BLE001 -- the model's own error, named with the input size
+        raise ConvpipeError(f"the model's forward failed at input {'x'.join(map(str, input_shape))} while "
+                            f"recalibrating BatchNorm: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+    finally:
+        model.eval()
 
 
 @dataclass(frozen=True)
