@@ -888,6 +888,7 @@ def to_relax_generic(gm: GenericModel, resize_fallbacks: list[str] | None = None
     """
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.relax.frontend.onnx import onnx_frontend as fe
+    from tvm.tirx import IntImm
 
     holder = ImportedModel(gm.model, [], [], gm.path)
     model, mapping = with_identifier_names(holder)
@@ -921,6 +922,6 @@ def to_relax_generic(gm: GenericModel, resize_fallbacks: list[str] | None = None
         shape = getattr(shape, "values", shape)
         if shape is None or not hasattr(shape, "__iter__"):
             raise ConvpipeError(f"{gm.path}: output {info.name!r} has no known rank after conversion ({shape})")
-        dims = tuple(int(d.value) if hasattr(d, "value") else sym_text(d) for d in shape)
+        dims = tuple(int(d) if isinstance(d, IntImm) else sym_text(d) for d in shape)
         gm.outputs[k] = IOInfo(info.name, dims, info.dtype)
     return mod

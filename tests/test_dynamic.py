@@ -286,3 +286,38 @@ def test_api_form(work, onnx_files):
         convpipe.compile(onnx_files["fcn"], input_shapes={"x": (1, 3, (48, 16), 16)})
     with pytest.raises(ConvpipeError, match="export the module with torch.onnx.export"):
         convpipe.compile(FCN().eval(), torch.randn(1, 3, 16, 16), input_shapes={"x": (1, 3, (16, 32), 16)})
+
+
+class UP(torch.nn.Module):
+    """A stride-2 conv then a bilinear x2 upsample (Resize on a symbolic shape in the generic build)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(3, 4, 3, padding=1, stride=2)
+        self.up = torch.nn.Upsample(scale_factor=2, mode="bilinear")
+
+    def forward(self, x):
+        return self.up(torch.relu(self.c(x)))
+
+
+def test_generic_only_artifact_with_resize(work):
+    """No bucket: the generic build is the default (top-level inputs/outputs at the low end of the range); a
+    Resize on a symbolic shape uses TVM's converter, recorded as a fallback, and matches onnxruntime."""
+    import warnings
+
+    path = str(work / "up.onnx")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(UP().eval(), (torch.randn(1, 3, 32, 32),), path, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    res = compile_model(path, str(work / "up.cpa"), input_shapes={"x": (1, 3, (16, 48), (16, 48))})
+    man = res.manifest
+    assert [b["kind"] for b in man["dynamic"]["builds"]] == ["generic"]
+    assert man["library"]["file"] == "model.so" and man["inputs"][0]["shape"] == [1, 3, 16, 16]
+    assert man["outputs"][0]["shape"] == [1, 4, 16, 16]
+    assert any(f["op"].startswith("Resize") and "TVM's Resize" in f["fallback"] for f in man["fallbacks"])
+    m = rt.load(res.path)
+    for shape in ((1, 3, 16, 16), (1, 3, 33, 47), (1, 3, 48, 48)):
+        x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+        assert _close(m.run({"x": x})["y"], run_onnxruntime(path, {"x": x})["y"]), shape
