@@ -113,6 +113,12 @@ class _Runner:
         from convpipe import remote
         from convpipe.runtime import check_inputs
 
+        if "dynamic" in self.manifest:  # over RPC only the default build's library is uploaded
+            given = {k: list(getattr(v, "shape", ())) for k, v in inputs.items()}
+            want = {i.name: list(i.shape) for i in self.inputs}
+            if any(given.get(k, v) != v for k, v in want.items()):
+                raise ConvpipeError(f"inputs {given}: over --remote/--tracker a variable-size artifact runs its default "
+                                    f"build only, at {want}; run other sizes on the board itself")
         arrays = check_inputs(self.inputs, inputs)
         return remote.run_remote(self.lib, arrays, self.session, [o.name for o in self.outputs], device=self.device)
 
