@@ -93,10 +93,10 @@ class _Runner:
             import tvm
 
             from convpipe import remote
-            from convpipe.runtime import verify_library
+            from convpipe.runtime import verify_libraries
 
             self.manifest = read_manifest(args.artifact)
-            self.lib = verify_library(args.artifact, self.manifest, expected_sha256=expected_sha256)
+            self.lib = verify_libraries(args.artifact, self.manifest, expected_sha256=expected_sha256)
             if self.manifest["tvm_version"] != tvm.__version__:
                 raise ConvpipeError(f"artifact built with TVM {self.manifest['tvm_version']}, this host has {tvm.__version__}")
             self.inputs, self.outputs = io_info(self.manifest, "inputs"), io_info(self.manifest, "outputs")
@@ -134,7 +134,8 @@ def _add_remote_args(s) -> None:
 
 def _add_sha_arg(s) -> None:
     s.add_argument("--expect-sha256", metavar="HEX",
-                   help="refuse the artifact unless its library's sha256 is this one (loading an artifact runs its "
+                   help="refuse the artifact unless its library's sha256 is this one -- for a variable-size artifact the "
+                        "digest of all its libraries; `inspect` prints it as 'pin' (loading an artifact runs its "
                         "native code; the sha256 in its manifest only detects corruption)")
 
 
@@ -253,13 +254,17 @@ def cmd_verify(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from convpipe.runtime import read_manifest
+    from convpipe.runtime import pin_digest, read_manifest
 
     m = read_manifest(args.artifact)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    report.print_inspect(report.console(), args.artifact, m)
+    try:
+        pin = pin_digest(args.artifact, m)
+    except ConvpipeError:  # a missing library: inspect still shows the manifest (run/load say what is wrong)
+        pin = None
+    report.print_inspect(report.console(), args.artifact, m, pin)
     return 0
 
 

@@ -138,7 +138,7 @@ def verify_report_text(report) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def print_inspect(con, artifact: str, m: dict) -> None:
+def print_inspect(con, artifact: str, m: dict, pin: str | None = None) -> None:
     """``convpipe inspect``: an artifact's manifest ``m`` -- versions, target, inputs and outputs, layout, the CUDA
     device code's resources, the conv2d layer table and the fallbacks taken; for a variable-size artifact also
     the accepted sizes and every build (:func:`print_dynamic`)."""
@@ -147,6 +147,8 @@ def print_inspect(con, artifact: str, m: dict) -> None:
               f"{tgt['arch']}/{tgt['isa']} {json.dumps(tgt['tvm_target'])}")
     for kind in ("inputs", "outputs"):
         con.print(f"{kind}: " + ", ".join(f"{i['name']} {i['dtype']}{list(i['shape'])}" for i in m[kind]))
+    if pin:
+        con.print(f"pin (--expect-sha256): {pin}" + ("  (digest of every library)" if "dynamic" in m else ""))
     con.print(f"activation layout between convs: {m.get('layout', 'NCHW')} (model inputs and outputs as in the ONNX)")
     if "device_code" in m:
         con.print(device_code_line(m["device_code"]))

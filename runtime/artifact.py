@@ -485,6 +485,59 @@ def verify_library(path: str, manifest: dict, expected_sha256: str | None = None
     return lib
 
 
+def _library_entries(manifest: dict) -> list[dict]:
+    """Every library an artifact loads, each once: the default build's, then a variable-size artifact's other
+    builds' in manifest order (each ``{"file", "sha256"}``)."""
+    libs = [manifest["library"]]
+    for b in manifest.get("dynamic", {}).get("builds", []):
+        if all(b["library"]["file"] != x["file"] for x in libs):
+            libs.append(b["library"])
+    return libs
+
+
+def pin_digest(path: str, manifest: dict | None = None) -> str:
+    """The sha256 to pin an artifact with (``expected_sha256`` / ``--expect-sha256``), from the files' actual bytes.
+
+    A one-library artifact: its library's sha256 (what ``sha256sum model.so`` prints). A variable-size artifact
+    (several libraries, issue 16): the sha256 of the lines ``"<file> <sha256 of the file>\n"`` of every library
+    (:func:`_library_entries` order), so one pin covers every library that loading it runs.
+
+    Raises:
+        ConvpipeError: a library path leads outside the artifact or the file is missing.
+    """
+    manifest = manifest if manifest is not None else read_manifest(path)
+    lines = []
+    for entry in _library_entries(manifest):
+        lib = library_path(path, {"library": entry})
+        if not os.path.isfile(lib):
+            raise ConvpipeError(f"{path}: library {entry['file']} is missing")
+        lines.append((entry["file"], sha256_file(lib)))
+    if len(lines) == 1:
+        return lines[0][1]
+    return hashlib.sha256("".join(f"{f} {h}\n" for f, h in lines).encode()).hexdigest()
+
+
+def verify_libraries(path: str, manifest: dict, expected_sha256: str | None = None) -> str:
+    """:func:`verify_library` for the default build, with ``expected_sha256`` pinning every library the artifact
+    loads: for a variable-size artifact the pin is :func:`pin_digest` (a library's own sha256 is refused there:
+    it would leave the others unpinned); each further library is then checked against the manifest by the caller
+    (:func:`verify_library`), whose sha256s the pinned digest fixes. Returns the default library's real path.
+
+    Raises:
+        ConvpipeError: as :func:`verify_library`; the digest of the libraries differs from ``expected_sha256``.
+    """
+    if expected_sha256 is None or len(_library_entries(manifest)) == 1:
+        return verify_library(path, manifest, expected_sha256=expected_sha256)
+    pinned = normalize_sha256(expected_sha256)
+    got = pin_digest(path, manifest)
+    if got != pinned:
+        raise ConvpipeError(
+            f"{path}: the digest of its {len(_library_entries(manifest))} libraries {got[:16]}... differs from the "
+            f"expected {pinned[:16]}... (expected_sha256 of a variable-size artifact pins every library: the digest "
+            "`convpipe inspect` prints as 'pin'); refusing to load it")
+    return verify_library(path, manifest)
+
+
 @contextlib.contextmanager
 def private_copy(lib: str, sha256: str):
     """Copy the library ``lib`` into a fresh private directory (mode 0700) and yield the copy's path, after checking

@@ -48,7 +48,7 @@ import numpy as np
 
 from convpipe.errors import ConvpipeError
 
-from .artifact import check_elf, private_copy, read_manifest, verify_library
+from .artifact import check_elf, private_copy, read_manifest, verify_libraries, verify_library
 from .cuda import cuda_arch_mismatch, cuda_gpu_missing
 from .cuda import load_cuda_runtime  # noqa: F401 -- re-exported: importers of convpipe.runtime.module's CUDA helpers
 
@@ -289,9 +289,9 @@ class Module:
         builds: every :class:`Build` (one, ``"default"``, for a one-build artifact); :meth:`select` picks one.
 
     Variable-size artifacts (issue 16): every build's library is checked (inside the artifact, its manifest
-    sha256, a well-formed ELF) and loaded at load time; ``expected_sha256`` pins the default build's library
-    (``model.so``) only -- the others are covered by the manifest's sha256, which detects corruption, not
-    tampering.
+    sha256, a well-formed ELF) and loaded at load time; ``expected_sha256`` pins all of them at once: it is the
+    artifact's :func:`convpipe.runtime.pin_digest` (``convpipe inspect`` prints it), checked before any library
+    loads.
     """
 
     def __init__(self, path: str, device: str | None = None, threads: int | None = None,
@@ -305,7 +305,7 @@ class Module:
         self.path = path
         self.manifest = read_manifest(path)
         device = device or ("cuda" if self.manifest["target"]["arch"] == "cuda" else "cpu")
-        lib = verify_library(path, self.manifest, expected_sha256=expected_sha256)
+        lib = verify_libraries(path, self.manifest, expected_sha256=expected_sha256)
         check_target(self.manifest, device)
         self.inputs = io_info(self.manifest, "inputs")
         self.outputs = io_info(self.manifest, "outputs")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -321,3 +323,36 @@ def test_generic_only_artifact_with_resize(work):
     for shape in ((1, 3, 16, 16), (1, 3, 33, 47), (1, 3, 48, 48)):
         x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
         assert _close(m.run({"x": x})["y"], run_onnxruntime(path, {"x": x})["y"]), shape
+
+
+def test_pinning_covers_every_library_of_a_variable_size_artifact(work, onnx_files):
+    """``expected_sha256`` must pin what gets loaded. A variable-size artifact loads several libraries; pinning only
+    ``model.so`` let a swapped ``model.generic.so`` (with its sha256 rewritten in the manifest) load and run. The pin
+    of such an artifact is the digest of all its libraries (:func:`convpipe.runtime.pin_digest`, printed by
+    ``inspect``); ``model.so``'s own sha256 is refused for it, and a swapped library is refused before loading."""
+    import hashlib
+    import json
+    import shutil
+
+    from convpipe.runtime import pin_digest, sha256_file
+
+    art = str(work / "pinned.cpa")
+    compile_model(onnx_files["fcn"], art, input_shapes={"x": (1, 3, (16, 32), 32)}, buckets=[{"x": (1, 3, 32, 32)}])
+    digest = pin_digest(art)
+    rt.load(art, expected_sha256=digest)  # the right pin loads
+    with pytest.raises(ConvpipeError, match="every library"):
+        rt.load(art, expected_sha256=sha256_file(os.path.join(art, "model.so")))
+    # swap the generic build's library for another (valid) one and make the manifest agree
+    other = str(work / "other.cpa")
+    compile_model(onnx_files["cls"], other, input_shapes={"x": NETS["cls"][3]})  # another model's generic build
+    m = json.load(open(os.path.join(art, "manifest.json")))
+    (gen,) = [b for b in m["dynamic"]["builds"] if b["kind"] == "generic"]
+    src = os.path.join(other, m["library"]["file"])
+    shutil.copyfile(src, os.path.join(art, gen["library"]["file"]))
+    gen["library"]["sha256"] = hashlib.sha256(open(src, "rb").read()).hexdigest()
+    json.dump(m, open(os.path.join(art, "manifest.json"), "w"))
+    with pytest.raises(ConvpipeError, match="refusing to load"):
+        rt.load(art, expected_sha256=digest)
+    convpipe_cli = os.path.join(os.path.dirname(sys.executable), "convpipe")
+    p = subprocess.run([convpipe_cli, "inspect", other], capture_output=True, text=True)
+    assert p.returncode == 0 and f"pin (--expect-sha256): {pin_digest(other)}" in p.stdout, p.stdout + p.stderr

@@ -573,7 +573,7 @@ def test_library_swapped_after_its_check_is_not_loaded(tiny, tmp_path, monkeypat
     import convpipe.runtime.module as rtm
 
     path = copy_of(tiny, tmp_path)
-    real = rtm.verify_library
+    real = rtm.verify_libraries  # what Module calls to check the library (every library, for variable-size ones)
 
     def verify_then_swap(*args, **kwargs):
         lib = real(*args, **kwargs)
@@ -582,6 +582,6 @@ def test_library_swapped_after_its_check_is_not_loaded(tiny, tmp_path, monkeypat
             f.write(b"\0\1\2\3")
         return lib
 
-    monkeypatch.setattr(rtm, "verify_library", verify_then_swap)
+    monkeypatch.setattr(rtm, "verify_libraries", verify_then_swap)
     with pytest.raises(ConvpipeError, match="changed after it was checked"):
         load(path)
