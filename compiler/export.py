@@ -26,6 +26,7 @@ def export_onnx(
     input_name: str = "input",
     output_names: list[str] | None = None,
     source: str | None = None,
+    dynamic_axes: dict[str, list[int]] | None = None,
 ) -> list[str]:
     """Export ``model`` (eval mode) for one float32 NCHW input of ``input_shape`` to ``path`` -- or, given a list of
     shapes, for that many float32 inputs (named ``input_name`` + ``0``, ``1``, ... unless there is one).
@@ -35,6 +36,10 @@ def export_onnx(
     ``metadata_props`` as ``convpipe.source`` with ``convpipe.input_shape``, for information only: no command
     reads code to run from a file (``convpipe bench --torch-model`` names the PyTorch model explicitly). The file
     is written atomically (:func:`.output.write_file_atomically`).
+
+    ``dynamic_axes`` (``{input name: [axis, ...]}``): those input axes are exported as dynamic (``dim_param``
+    ``<name>_<axis>``; the exporter propagates them to the outputs), for a variable-size compile (issue 16); the
+    model is traced at ``input_shape``.
 
     Returns:
         The output names.
@@ -71,6 +76,7 @@ def export_onnx(
                 input_names=input_names,
                 output_names=names,
                 opset_version=opset,
+                dynamic_axes={n: {a: f"{n}_{a}" for a in axes} for n, axes in (dynamic_axes or {}).items()} or None,
                 dynamo=False,
                 do_constant_folding=True,
             )

@@ -242,10 +242,12 @@ def compile(model, example=None, *, input_shapes: Mapping[str, Sequence] | None 
         model: an ``nn.Module`` (exported with ``torch.onnx.export`` at the examples' shapes, float32, eval mode)
             or the path of an ``.onnx`` file.
         example: for a module: a tensor or a tuple of tensors (their shapes are compiled in; values unused).
-        input_shapes: for an ONNX file: dims to pin by input name (as ``--input-shape``); a dim may be an inclusive
-            range ``(lo, hi)``, e.g. ``{"x": (1, 3, (32, 1024), (32, 1024))}``: the artifact then takes any size in
-            range (a generic build with symbolic dims, :func:`convpipe.compiler.build.compile_dynamic`).
-        buckets: for an ONNX file: exact shapes compiled ahead with the full fixed-shape pipeline, one
+        input_shapes: dims to pin by input name (as ``--input-shape``); a dim may be an inclusive range
+            ``(lo, hi)``, e.g. ``{"x": (1, 3, (32, 1024), (32, 1024))}``: the artifact then takes any size in range
+            (a generic build with symbolic dims, :func:`convpipe.compiler.build.compile_dynamic`). For a module the
+            inputs are named ``input`` (or ``input0``, ``input1``, ...); its ranged axes are exported as dynamic
+            axes, traced at the example's shape (which should lie in range).
+        buckets: exact shapes compiled ahead with the full fixed-shape pipeline, one
             ``{input name: shape}`` per bucket (as ``--buckets``), e.g. ``[{"x": (1, 3, 224, 224)}]``; a run at a
             bucket's shape uses that build, any other size in range the generic one.
         target: ``"x86"``, ``"arm"``, ``"cuda"`` or a TVM target JSON; default: this host's CPU.
@@ -259,8 +261,8 @@ def compile(model, example=None, *, input_shapes: Mapping[str, Sequence] | None 
         ``output=`` and load it where the GPU is).
 
     Raises:
-        ConvpipeError: no example for a module; ranges or buckets for a module (export it with dynamic axes and
-            compile the ``.onnx``); a bad dim in ``input_shapes``/``buckets`` (names the input and axis); the export,
+        ConvpipeError: no example for a module; ``input_shapes``/``buckets`` naming an input the module does not
+            have; a bad dim in ``input_shapes``/``buckets`` (names the input and axis); the export,
             import or build failed (the message names the op, node or input); ``output`` must not be written.
     """
     from convpipe.compiler.build import compile_model
@@ -275,10 +277,8 @@ def compile(model, example=None, *, input_shapes: Mapping[str, Sequence] | None 
         if not isinstance(b, Mapping):
             raise ConvpipeError(f"buckets: expected a list of {{input name: shape}}, got an item {type(b).__name__}")
         bucket_list.append({k: _dims(k, v, "buckets", False) for k, v in b.items()})
-    if not isinstance(model, (str, os.PathLike)) and (bucket_list or any(isinstance(d, tuple) for v in specs.values()
-                                                                         for d in v)):
-        raise ConvpipeError("ranges in input_shapes and buckets apply to an ONNX file: export the module with "
-                            "torch.onnx.export(..., dynamic_axes={...}) and compile the .onnx")
+    dynamic_axes = {k: [a for a, d in enumerate(v) if isinstance(d, tuple)] for k, v in specs.items()}
+    dynamic_axes = {k: v for k, v in dynamic_axes.items() if v}
     tmp = tempfile.mkdtemp(prefix="convpipe-")
     try:
         source = None
@@ -293,7 +293,13 @@ def compile(model, example=None, *, input_shapes: Mapping[str, Sequence] | None 
 
             source = model
             onnx_path = os.path.join(tmp, "model.onnx")
-            export_onnx(model, _example_shapes(example), onnx_path)
+            shapes = _example_shapes(example)
+            names = ["input"] if len(shapes) == 1 else [f"input{k}" for k in range(len(shapes))]
+            unknown = sorted(set(specs) - set(names)) + sorted({k for b in bucket_list for k in b} - set(names))
+            if unknown:
+                raise ConvpipeError(f"input_shapes/buckets name {unknown}: the exported module's inputs are {names}")
+            # ranged dims are exported as dynamic axes (traced at the example's shape), the rest as the example's
+            export_onnx(model, shapes, onnx_path, dynamic_axes=dynamic_axes)
         art = os.fspath(output) if output is not None else os.path.join(tmp, "model.cpa")
         compile_model(onnx_path, art, target or _host_target(), schedule, specs, TuningDatabase(db) if db else None,
                       arch, layout, fast_math=fast_math, buckets=bucket_list or None)

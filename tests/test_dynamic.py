@@ -286,7 +286,8 @@ def test_api_form(work, onnx_files):
     assert isinstance(t, torch.Tensor) and tuple(t.shape) == (1, 4, 9, 15)
     with pytest.raises(ConvpipeError, match=r"input_shapes\['x'\] axis 2: expected a range \(lo, hi\) with 1 <= lo"):
         convpipe.compile(onnx_files["fcn"], input_shapes={"x": (1, 3, (48, 16), 16)})
-    with pytest.raises(ConvpipeError, match="export the module with torch.onnx.export"):
+    # a module's inputs are named input, input0, ...: another name is refused, naming them (ranges: see below)
+    with pytest.raises(ConvpipeError, match=r"\['x'\]: the exported module's inputs are \['input'\]"):
         convpipe.compile(FCN().eval(), torch.randn(1, 3, 16, 16), input_shapes={"x": (1, 3, (16, 32), 16)})
 
 
@@ -356,3 +357,20 @@ def test_pinning_covers_every_library_of_a_variable_size_artifact(work, onnx_fil
     convpipe_cli = os.path.join(os.path.dirname(sys.executable), "convpipe")
     p = subprocess.run([convpipe_cli, "inspect", other], capture_output=True, text=True)
     assert p.returncode == 0 and f"pin (--expect-sha256): {pin_digest(other)}" in p.stdout, p.stdout + p.stderr
+
+
+def test_api_module_with_ranges():
+    """``convpipe.compile(module, example, input_shapes={...ranges...})``: the module is exported with those axes
+    dynamic and compiled for the range (it used to be refused: ranges applied to ONNX files only)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, stride=2))
+    model.eval()
+    cm = convpipe.compile(model, torch.zeros(1, 3, 24, 24), input_shapes={"input": (1, 3, (16, 48), (16, 48))},
+                          buckets=[{"input": (1, 3, 32, 32)}])
+    for h, w in ((32, 32), (17, 40), (48, 16)):
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            ref = model(x)
+        y = cm(x)
+        assert y.shape == ref.shape and float((y - ref).abs().max()) <= 1e-4 * float(ref.abs().max()) + 1e-5
+    with pytest.raises(ConvpipeError, match=r"name \['x'\]: the exported module's inputs are \['input'\]"):
+        convpipe.compile(model, torch.zeros(1, 3, 24, 24), input_shapes={"x": (1, 3, (16, 48), (16, 48))})
