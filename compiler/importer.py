@@ -94,6 +94,26 @@ def load_onnx(path: str) -> onnx.ModelProto:
     return model
 
 
+def _by_input_name(path: str, inputs, given: dict, option: str = "--input-shape") -> dict:
+    """``given`` (``option``'s values by input name; ``""``: a bare shape) keyed by graph input name: a bare shape
+    goes to the only input. ``inputs``: the graph inputs (``.name``) or their names.
+
+    Raises:
+        ConvpipeError: a bare shape for a model with several inputs, or a name that is not a graph input.
+    """
+    names = [i if isinstance(i, str) else i.name for i in inputs]
+    given = dict(given)
+    if "" in given:
+        if len(names) != 1:
+            raise ConvpipeError(f"{path}: a bare {option}{' shape' if option == '--buckets' else ''} needs a model "
+                                f"with one input; inputs are {names}")
+        given[names[0]] = given.pop("")
+    for name in given:
+        if name not in names:
+            raise ConvpipeError(f"{path}: {option} names {name!r}, which is not a graph input; inputs are {names}")
+    return given
+
+
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
@@ -114,15 +134,7 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
             dim is left unpinned (the message names the input and axis and how to pin it).
     """
     inputs = _graph_inputs(model)
-    names = [i.name for i in inputs]
-    shapes = dict(shapes)
-    if "" in shapes:
-        if len(inputs) != 1:
-            raise ConvpipeError(f"{path}: a bare --input-shape needs a model with one input; inputs are {names}")
-        shapes[names[0]] = shapes.pop("")
-    for name in shapes:
-        if name not in names:
-            raise ConvpipeError(f"{path}: --input-shape names {name!r}, which is not a graph input; inputs are {names}")
+    shapes = _by_input_name(path, inputs, shapes)
     for vi in inputs:
         dims = vi.type.tensor_type.shape.dim
         given = shapes.get(vi.name)
@@ -683,15 +695,7 @@ def resolve_input_dims(model: onnx.ModelProto, specs: dict[str, tuple], path: st
             input and axis and how to give one).
     """
     inputs = _graph_inputs(model)
-    names = [i.name for i in inputs]
-    specs = dict(specs)
-    if "" in specs:
-        if len(inputs) != 1:
-            raise ConvpipeError(f"{path}: a bare --input-shape needs a model with one input; inputs are {names}")
-        specs[names[0]] = specs.pop("")
-    for name in specs:
-        if name not in names:
-            raise ConvpipeError(f"{path}: --input-shape names {name!r}, which is not a graph input; inputs are {names}")
+    specs = _by_input_name(path, inputs, specs)
     out = []
     for vi in inputs:
         dims = vi.type.tensor_type.shape.dim
@@ -732,15 +736,7 @@ def bucket_shapes(dims: list[dict], bucket: dict[str, tuple[int, ...]], path: st
         ConvpipeError: the bucket names an input the model lacks, has the wrong rank, or a size outside the range
             (or unequal to the exact size) the input accepts on some axis; an input with a range is not named.
     """
-    names = [d["name"] for d in dims]
-    bucket = dict(bucket)
-    if "" in bucket:
-        if len(names) != 1:
-            raise ConvpipeError(f"{path}: a bare --buckets shape needs a model with one input; inputs are {names}")
-        bucket[names[0]] = bucket.pop("")
-    for name in bucket:
-        if name not in names:
-            raise ConvpipeError(f"{path}: --buckets names {name!r}, which is not a graph input; inputs are {names}")
+    bucket = _by_input_name(path, [d["name"] for d in dims], bucket, "--buckets")
     out = {}
     for inp in dims:
         accepted = inp["dims"]

@@ -123,6 +123,15 @@ class _Runner:
         return remote.run_remote(self.lib, arrays, self.session, [o.name for o in self.outputs], device=self.device)
 
 
+def _add_input_args(s) -> None:
+    """``--input``, ``--seed`` and ``--input-shape``: the inputs of ``run``, ``profile`` and ``verify``."""
+    s.add_argument("--input", action="append", metavar="NAME=x.npy")
+    s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="a variable-size artifact: the shape to generate inputs at (any size in its range; default: "
+                        "its default build's)")
+
+
 def _add_remote_args(s) -> None:
     s.add_argument("--device", choices=("cpu", "cuda"), help="device, local or on --remote (default: the artifact's target)")
     s.add_argument("--remote", metavar="HOST:PORT", help="run on a TVM RPC server (a board, or a GPU host)")
@@ -437,34 +446,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run an artifact on .npy inputs")
     s.add_argument("artifact", metavar="ARTIFACT")
-    s.add_argument("--input", action="append", metavar="NAME=x.npy")
+    _add_input_args(s)
     s.add_argument("-o", "--output", metavar="out.npz", help="write outputs keyed by ONNX output name")
-    s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
-    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="a variable-size artifact: the shape to generate inputs at (any size in its range; default: its "
-                        "default build's)")
     _add_remote_args(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("profile", help="time every kernel of an artifact (where a run's time goes)")
     s.add_argument("artifact", metavar="ARTIFACT")
-    s.add_argument("--input", action="append", metavar="NAME=x.npy")
-    s.add_argument("--seed", type=int, default=0, help="seed for generated inputs when none are given")
-    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="a variable-size artifact: the shape to generate inputs at (any size in its range; default: its "
-                        "default build's)")
+    _add_input_args(s)
     s.add_argument("--runs", type=int, default=10, help="instrumented runs to average (default 10)")
     s.add_argument("--threads", type=int, help="CPU threads for TVM's pool (default: TVM's own)")
     s.add_argument("--top", type=int, default=25, help="kernels listed (the rest summed in one row)")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    s.add_argument("--expect-sha256", metavar="HEX", help="refuse any library with another sha256")
+    _add_sha_arg(s)
     s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("verify", help="compare an artifact with onnxruntime (exit 1 on mismatch)")
     s.add_argument("artifact", metavar="ARTIFACT")
     s.add_argument("model", metavar="MODEL.onnx")
-    s.add_argument("--input", action="append", metavar="NAME=x.npy")
-    s.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
-    s.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help="a variable-size artifact: the shape to generate inputs at (any size in its range; default: its "
-                        "default build's)")
+    _add_input_args(s)
     s.add_argument("--rtol", type=float, default=1e-3)
     s.add_argument("--atol", type=float, default=1e-4)
     _add_remote_args(s)
