@@ -506,15 +506,25 @@ def pin_digest(path: str, manifest: dict | None = None) -> str:
         ConvpipeError: a library path leads outside the artifact or the file is missing.
     """
     manifest = manifest if manifest is not None else read_manifest(path)
-    lines = []
+    return _digest(_library_hashes(path, manifest))
+
+
+def _library_hashes(path: str, manifest: dict) -> list[tuple[str, str]]:
+    """``(file, sha256 of its bytes now)`` for every library of the artifact (:func:`_library_entries` order)."""
+    out = []
     for entry in _library_entries(manifest):
         lib = library_path(path, {"library": entry})
         if not os.path.isfile(lib):
             raise ConvpipeError(f"{path}: library {entry['file']} is missing")
-        lines.append((entry["file"], sha256_file(lib)))
-    if len(lines) == 1:
-        return lines[0][1]
-    return hashlib.sha256("".join(f"{f} {h}\n" for f, h in lines).encode()).hexdigest()
+        out.append((entry["file"], sha256_file(lib)))
+    return out
+
+
+def _digest(hashes: list[tuple[str, str]]) -> str:
+    """:func:`pin_digest` of these ``(file, sha256)``: the one sha256 itself, else the sha256 of their lines."""
+    if len(hashes) == 1:
+        return hashes[0][1]
+    return hashlib.sha256("".join(f"{f} {h}\n" for f, h in hashes).encode()).hexdigest()
 
 
 def verify_libraries(path: str, manifest: dict, expected_sha256: str | None = None) -> str:
@@ -529,8 +539,12 @@ def verify_libraries(path: str, manifest: dict, expected_sha256: str | None = No
     if expected_sha256 is None or len(_library_entries(manifest)) == 1:
         return verify_library(path, manifest, expected_sha256=expected_sha256)
     pinned = normalize_sha256(expected_sha256)
-    got = pin_digest(path, manifest)
-    if got != pinned:
+    hashes = _library_hashes(path, manifest)
+    got = _digest(hashes)
+    # the manifest's sha256 of each library must be the pinned bytes' own: every later check (verify_library, the
+    # private copy loaded) compares against the manifest, so a library swapped after this point is refused too
+    claimed = [(e["file"], e["sha256"]) for e in _library_entries(manifest)]
+    if got != pinned or claimed != hashes:
         raise ConvpipeError(
             f"{path}: the digest of its {len(_library_entries(manifest))} libraries {got[:16]}... differs from the "
             f"expected {pinned[:16]}... (expected_sha256 of a variable-size artifact pins every library: the digest "
