@@ -304,13 +304,14 @@ def overrides() -> dict:
 
 
 @contextlib.contextmanager
-def convpipe_converters():
-    """While active, TVM's ONNX frontend uses :func:`overrides` in place of its own converters. The frontend looks
+def convpipe_converters(table: dict | None = None):
+    """While active, TVM's ONNX frontend uses ``table`` (default :func:`overrides`) in place of its own converters
+    (the generic build of a variable-size artifact passes its own, :func:`.importer._generic_converters`). The frontend looks
     its converters up in ``onnx_frontend._get_convert_map()`` at each call; this wraps that function for the
     duration of one import and restores it (not thread-safe: imports are serialised by the caller)."""
     from tvm.relax.frontend.onnx import onnx_frontend as fe
 
-    mine = overrides()
+    mine = overrides() if table is None else table
     original = fe._get_convert_map
 
     def patched():

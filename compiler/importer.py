@@ -883,29 +883,18 @@ def to_relax_generic(gm: GenericModel, resize_fallbacks: list[str] | None = None
         ConvpipeError: TVM's ONNX frontend failed, or the graph returns a different number of outputs.
     """
     from tvm.relax.frontend.onnx import from_onnx
-    from tvm.relax.frontend.onnx import onnx_frontend as fe
     from tvm.tirx import IntImm
 
     holder = ImportedModel(gm.model, [], [], gm.path)
     model, mapping = with_identifier_names(holder)
     dtype_dict = {mapping.get(d["name"], d["name"]): d["dtype"] for d in gm.dims}
     stepped: list[str] = []
-    table = _generic_converters(stepped)
-    original = fe._get_convert_map
-
-    def patched():
-        t = original()
-        t.update(table)
-        return t
-
-    fe._get_convert_map = patched
     try:
-        mod = from_onnx(model, dtype_dict=dtype_dict, keep_params_in_input=False)
+        with convpipe_converters(_generic_converters(stepped)):
+            mod = from_onnx(model, dtype_dict=dtype_dict, keep_params_in_input=False)
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise ConvpipeError(f"{gm.path}: TVM's ONNX frontend failed on the symbolic shapes: {msg}") from None
-    finally:
-        fe._get_convert_map = original
     if resize_fallbacks is not None:
         resize_fallbacks.extend(stepped)
     ty = mod["main"].body.ty
