@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -51,7 +52,7 @@ def prepare(imported: ImportedModel, target: TargetInfo, layout: str = "auto",
 
 
 def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "auto", db=None, layout: str = "auto",
-                fast_math: bool = False, fallbacks: list[Fallback] | None = None):
+                fast_math: bool = False, fallbacks: list[Fallback] | None = None, winograd_m_max: int | None = None):
     """Import + layout + lower + ``tvm.compile``: returns ``(executable, layer records, device code)``.
 
     Math is IEEE-exact unless ``fast_math`` (:mod:`.pipeline`: TVM's ``FastMathTransform`` and fast-math intrinsic
@@ -66,6 +67,8 @@ def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "au
     with a TVM error after ConvertLayout, the whole model is rebuilt in NCHW; an epilogue consumer that cannot be
     inlined into its conv kernel stays a kernel of its own (:func:`convpipe.schedules.epilogue.fuse_epilogue`).
 
+    ``winograd_m_max``: the accuracy guard's cap on Winograd tiles (:func:`.select.choose`, :mod:`.accuracy`).
+
     Raises:
         ConvpipeError: import or lowering failed (see :mod:`.importer`, :mod:`.layout`, :mod:`.lower`), or the
             CUDA device code could not be compiled.
@@ -73,7 +76,7 @@ def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "au
     taken: list[Fallback] = []
     mod, block = prepare(imported, target, layout, taken)
     try:
-        ex, layers, code = _lower_and_compile(mod, target, schedule, db, fast_math, taken)
+        ex, layers, code = _lower_and_compile(mod, target, schedule, db, fast_math, taken, winograd_m_max)
     except ConvpipeError:
         raise
     except Exception as e:  # a TVM error in the blocked build: the whole model in NCHW instead
@@ -82,17 +85,18 @@ def build_relax(imported: ImportedModel, target: TargetInfo, schedule: str = "au
         taken = [Fallback("layout", "model", "NCHW for the whole model",
                           f"the NCHW{block}c build failed after ConvertLayout: {one_line(e)}")]
         mod, _ = prepare(imported, target, "nchw")
-        ex, layers, code = _lower_and_compile(mod, target, schedule, db, fast_math, taken)
+        ex, layers, code = _lower_and_compile(mod, target, schedule, db, fast_math, taken, winograd_m_max)
     if fallbacks is not None:
         fallbacks.extend(taken)
     return ex, layers, code
 
 
-def _lower_and_compile(mod, target: TargetInfo, schedule: str, db, fast_math: bool, taken: list[Fallback]):
+def _lower_and_compile(mod, target: TargetInfo, schedule: str, db, fast_math: bool, taken: list[Fallback],
+                       winograd_m_max: int | None = None):
     """Lower the convs of a prepared module and ``tvm.compile`` it; epilogue fallbacks go to ``taken``."""
     from convpipe.schedules.epilogue import epilogue_fallbacks
 
-    lowered, layers = lower_conv2d(fast_math_transform(mod, fast_math), target, schedule, db)
+    lowered, layers = lower_conv2d(fast_math_transform(mod, fast_math), target, schedule, db, winograd_m_max)
     device = contextlib.nullcontext() if target.arch != "cuda" else cuda_build(target.isa, fast_math)
     ctx = tvm.transform.PassContext.current()  # the caller's, with the fast-math option stated
     scope = tvm.transform.PassContext(ctx.opt_level, list(ctx.required_pass), list(ctx.disabled_pass),
@@ -101,6 +105,36 @@ def _lower_and_compile(mod, target: TargetInfo, schedule: str, db, fast_math: bo
         ex = tvm.compile(lowered, target=target.target, relax_pipeline=relax_pipeline(target, fast_math))
     taken.extend(Fallback(**f) for f in epi)
     return ex, layers, code
+
+
+def build_guarded(imported: ImportedModel, onnx_path: str, target: TargetInfo, scratch: str, schedule: str = "auto",
+                  db=None, layout: str = "auto", fast_math: bool = False, accuracy_guard: bool = True,
+                  tolerance: tuple[float, float] | None = None):
+    """:func:`build_relax` and :func:`export_library` into the directory ``scratch``, then the Winograd accuracy
+    guard (:func:`.accuracy.guard`, which runs the exported library): returns ``(executable, layer records, device
+    code, fallbacks, the kept library's path in scratch, the manifest's accuracy entry)``. ``accuracy_guard=False``
+    skips the guard (the entry then says so); ``tolerance``: ``(rtol, atol)``, default
+    :data:`.verify.NETWORK_RTOL`, :data:`.verify.NETWORK_ATOL`."""
+    from .accuracy import guard
+    from .verify import NETWORK_ATOL, NETWORK_RTOL
+
+    def build(cap):
+        taken: list[Fallback] = []
+        ex, layers, code = build_relax(imported, target, schedule, db, layout, fast_math, taken, cap)
+        k = len(os.listdir(scratch))
+        lib, workspace = os.path.join(scratch, f"{k}.so"), os.path.join(scratch, f"{k}.build")
+        os.mkdir(workspace)
+        export_library(ex, lib, target, workspace)
+        shutil.rmtree(workspace)
+        return ex, layers, code, taken, lib
+
+    first = build(None)
+    if not accuracy_guard:
+        return (*first, {"checked": False, "why": "turned off (--no-accuracy-guard)"})
+    rtol, atol = tolerance or (NETWORK_RTOL, NETWORK_ATOL)
+    kept, entry, changed = guard(build, first, imported, onnx_path, target, schedule, rtol, atol)
+    ex, layers, code, taken, lib = kept
+    return ex, layers, code, taken + changed, lib, entry
 
 
 def export_library(ex, path: str, target: TargetInfo, workspace: str | None = None) -> None:
@@ -151,6 +185,8 @@ def compile_model(
     max_memory: int | None = None,
     fast_math: bool = False,
     buckets: list[dict[str, tuple[int, ...]]] | None = None,
+    accuracy_guard: bool = True,
+    tolerance: tuple[float, float] | None = None,
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (see :mod:`convpipe.runtime.artifact`).
 
@@ -174,6 +210,11 @@ def compile_model(
             take; default: this machine's physical memory (:func:`.importer.check_tensor_sizes`).
         fast_math: allow approximate math (``--fast-math``): TVM's fast Softmax/Exp/Erf/Tanh and, for CUDA, nvcc
             ``--use_fast_math``; off by default, where the non-conv ops match onnxruntime to ~1e-6.
+        accuracy_guard: run the Winograd accuracy guard (:mod:`.accuracy`: when the build has Winograd layers and
+            runs here, a comparison with onnxruntime; F(4, 3) -> F(2, 3) -> direct until the whole network is within
+            ``tolerance``); the manifest's ``accuracy`` entry records what it measured.
+        tolerance: ``(rtol, atol)`` of the guard (default ``(1e-4, 1e-5)``: ``max |ours - ref| <= rtol *
+            max |ref| + atol``).
 
     Raises:
         ConvpipeError: bad model, bad target, an output path that must not be written (see
@@ -183,7 +224,7 @@ def compile_model(
     check_output_dir(output, (onnx_path,))
     if buckets or has_ranges(input_shapes):
         return compile_dynamic(onnx_path, output, target, schedule, input_shapes, buckets, db, arch, layout,
-                               max_memory, fast_math)
+                               max_memory, fast_math, accuracy_guard, tolerance)
     times = {}
     t0 = time.perf_counter()
     try:
@@ -193,42 +234,39 @@ def compile_model(
     imported = import_onnx(onnx_path, input_shapes, max_memory=max_memory)
     times["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fallbacks: list[Fallback] = []
-    ex, layers, device_code = build_relax(imported, tinfo, schedule, db, layout, fast_math, fallbacks)
-    block = max((layer.workload.out_block for layer in layers), default=0)
-    times["build"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with atomic_directory(output, (onnx_path,)) as tmp:
-        lib = os.path.join(tmp, LIBRARY)
-        workspace = os.path.join(tmp, ".build")
-        os.mkdir(workspace)
-        export_library(ex, lib, tinfo, workspace)
-        shutil.rmtree(workspace)
-        manifest = {
-            "format": FORMAT,
-            "convpipe_version": convpipe.__version__,
-            "tvm_version": tvm.__version__,
-            "target": tinfo.to_json(),
-            "library": {"file": LIBRARY, "sha256": sha256_file(lib)},
-            "source_onnx": {"file": os.path.abspath(onnx_path), "sha256": sha256_file(onnx_path)},
-            "inputs": [i.to_dict() for i in imported.inputs],
-            "outputs": [o.to_dict() for o in imported.outputs],
-            "schedule": schedule,
-            "layout": f"NCHW{block}c" if block else "NCHW",
-            "conv2d": [layer.to_dict() for layer in layers],
-            "fallbacks": [f.to_dict() for f in fallbacks],
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        if device_code is not None:
-            manifest["device_code"] = write_cuda_source(device_code, tmp)
-        if fast_math:
-            manifest["fast_math"] = True
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2)
+    with tempfile.TemporaryDirectory(prefix="convpipe-build-") as scratch:
+        ex, layers, device_code, fallbacks, built, accuracy = build_guarded(
+            imported, onnx_path, tinfo, scratch, schedule, db, layout, fast_math, accuracy_guard, tolerance)
+        block = max((layer.workload.out_block for layer in layers), default=0)
+        times["build"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with atomic_directory(output, (onnx_path,)) as tmp:
+            lib = os.path.join(tmp, LIBRARY)
+            shutil.copyfile(built, lib)
+            manifest = {
+                "format": FORMAT,
+                "convpipe_version": convpipe.__version__,
+                "tvm_version": tvm.__version__,
+                "target": tinfo.to_json(),
+                "library": {"file": LIBRARY, "sha256": sha256_file(lib)},
+                "source_onnx": {"file": os.path.abspath(onnx_path), "sha256": sha256_file(onnx_path)},
+                "inputs": [i.to_dict() for i in imported.inputs],
+                "outputs": [o.to_dict() for o in imported.outputs],
+                "schedule": schedule,
+                "layout": f"NCHW{block}c" if block else "NCHW",
+                "conv2d": [layer.to_dict() for layer in layers],
+                "fallbacks": [f.to_dict() for f in fallbacks],
+                "accuracy": accuracy,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            if device_code is not None:
+                manifest["device_code"] = write_cuda_source(device_code, tmp)
+            if fast_math:
+                manifest["fast_math"] = True
+            with open(os.path.join(tmp, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=2)
     times["export"] = time.perf_counter() - t0
     return CompileResult(os.path.abspath(output), manifest, layers, times)
-
-
 
 
 # ---- variable input sizes (issue 16) ---------------------------------------------------------------------------
@@ -244,6 +282,8 @@ class _Build:
     layers: list
     fallbacks: list
     device_code: object = None
+    accuracy: dict | None = None  # the bucket's accuracy-guard entry (:mod:`.accuracy`)
+    built: str | None = None  # the bucket's library, exported already (by :func:`build_guarded`)
 
     @property
     def library(self) -> str:
@@ -281,7 +321,8 @@ def _accepted_dims(onnx_path: str, input_shapes: dict | None, buckets: list[dict
 def compile_dynamic(onnx_path: str, output: str, target: str | TargetInfo = "x86", schedule: str = "auto",
                     input_shapes: dict | None = None, buckets: list[dict] | None = None, db=None,
                     arch: str | None = None, layout: str = "auto", max_memory: int | None = None,
-                    fast_math: bool = False) -> CompileResult:
+                    fast_math: bool = False, accuracy_guard: bool = True,
+                    tolerance: tuple[float, float] | None = None) -> CompileResult:
     """A variable-size artifact (issue 16): one exact-shape build per bucket, by the fixed-shape pipeline
     (:func:`build_relax`: convpipe's conv schedules, the blocked layout, exact Resize), and -- when
     ``input_shapes`` gives a range -- one *generic* build whose ranged dims stay symbolic (:func:`build_generic`).
@@ -323,92 +364,99 @@ def compile_dynamic(onnx_path: str, output: str, target: str | TargetInfo = "x86
         if s not in shapes:
             shapes.append(s)
     builds: list[_Build] = []
-    for k, s in enumerate(shapes):
-        imported = import_onnx(onnx_path, s, max_memory=max_memory)
-        taken: list[Fallback] = []
-        ex, layers, code = build_relax(imported, tinfo, schedule, db, layout, fast_math, taken)
-        name = "default" if k == 0 else "b" + "_".join("x".join(map(str, v)) for v in s.values())
-        builds.append(_Build(name, "bucket", ex, imported.inputs, imported.outputs, layers, taken, code))
-    times["buckets"] = time.perf_counter() - t0
-    no_generic = None
-    t0 = time.perf_counter()
-    if not ranged:
-        no_generic = "no input dim was given a range (give one as LO..HI in --input-shape)"
-    elif tinfo.arch == "cuda":
-        no_generic = "generic (symbolic-shape) builds are made for CPU targets only; CUDA artifacts take buckets"
-    else:
-        try:
-            builds.append(build_generic(onnx_path, dims, tinfo, fast_math, max_memory, name="default" if not builds
-                                        else "generic"))
-        except ConvpipeError as e:
-            no_generic = str(e)
-        except Exception as e:  # noqa: BLE001 -- a TVM error in the symbolic build
-            no_generic = f"TVM could not build it: {one_line(e)}"
-    times["generic"] = time.perf_counter() - t0
-    if not builds:
-        raise ConvpipeError(f"{onnx_path}: no generic (symbolic-shape) build is possible: {no_generic}; give the "
-                            "exact shapes to serve with --buckets")
-    if no_generic and ranged:
-        import logging
+    with tempfile.TemporaryDirectory(prefix="convpipe-build-") as scratch:  # bucket libraries until copied
+        for k, s in enumerate(shapes):
+            imported = import_onnx(onnx_path, s, max_memory=max_memory)
+            ex, layers, code, taken, built, accuracy = build_guarded(imported, onnx_path, tinfo, scratch, schedule,
+                                                                     db, layout, fast_math, accuracy_guard, tolerance)
+            name = "default" if k == 0 else "b" + "_".join("x".join(map(str, v)) for v in s.values())
+            builds.append(_Build(name, "bucket", ex, imported.inputs, imported.outputs, layers, taken, code, accuracy,
+                                 built))
+        times["buckets"] = time.perf_counter() - t0
+        no_generic = None
+        t0 = time.perf_counter()
+        if not ranged:
+            no_generic = "no input dim was given a range (give one as LO..HI in --input-shape)"
+        elif tinfo.arch == "cuda":
+            no_generic = "generic (symbolic-shape) builds are made for CPU targets only; CUDA artifacts take buckets"
+        else:
+            try:
+                builds.append(build_generic(onnx_path, dims, tinfo, fast_math, max_memory, name="default" if not builds
+                                            else "generic"))
+            except ConvpipeError as e:
+                no_generic = str(e)
+            except Exception as e:  # noqa: BLE001 -- a TVM error in the symbolic build
+                no_generic = f"TVM could not build it: {one_line(e)}"
+        times["generic"] = time.perf_counter() - t0
+        if not builds:
+            raise ConvpipeError(f"{onnx_path}: no generic (symbolic-shape) build is possible: {no_generic}; give the "
+                                "exact shapes to serve with --buckets")
+        if no_generic and ranged:
+            import logging
 
-        logging.getLogger("convpipe.build").warning(
-            f"{onnx_path}: no generic build ({no_generic}); the artifact accepts only its bucket shapes")
-    default = builds[0]
-    if default.kind == "generic":  # the top-level entries describe the generic build at the low end of each range
-        low = {i["name"]: tuple(d[0] if isinstance(d, list) else d for d in i["dims"]) for i in dims}
-        at_low = import_onnx(onnx_path, low, max_memory=max_memory)
-        top_inputs, top_outputs = at_low.inputs, at_low.outputs
-    else:
-        top_inputs, top_outputs = default.inputs, default.outputs
-    t0 = time.perf_counter()
-    with atomic_directory(output, (onnx_path,)) as tmp:
-        entries = []
-        for b in builds:
-            lib = os.path.join(tmp, b.library)
-            workspace = os.path.join(tmp, ".build")
-            os.mkdir(workspace)
-            with quiet_native_stderr() if b.kind == "generic" else contextlib.nullcontext():
-                export_library(b.ex, lib, tinfo, workspace)  # TVM logs "Scope Saving" lines for symbolic shapes
-            shutil.rmtree(workspace)
-            block = max((layer.workload.out_block for layer in b.layers), default=0)
-            entry = {
-                "name": b.name, "kind": b.kind,
-                "library": {"file": b.library, "sha256": sha256_file(lib)},
-                "outputs": [o.to_dict() for o in b.outputs],
-                "layout": f"NCHW{block}c" if block else "NCHW",
-                "conv2d": [layer.to_dict() for layer in b.layers],
-                "fallbacks": [f.to_dict() for f in b.fallbacks],
+            logging.getLogger("convpipe.build").warning(
+                f"{onnx_path}: no generic build ({no_generic}); the artifact accepts only its bucket shapes")
+        default = builds[0]
+        if default.kind == "generic":  # the top-level entries describe the generic build at the low end of each range
+            low = {i["name"]: tuple(d[0] if isinstance(d, list) else d for d in i["dims"]) for i in dims}
+            at_low = import_onnx(onnx_path, low, max_memory=max_memory)
+            top_inputs, top_outputs = at_low.inputs, at_low.outputs
+        else:
+            top_inputs, top_outputs = default.inputs, default.outputs
+        t0 = time.perf_counter()
+        with atomic_directory(output, (onnx_path,)) as tmp:
+            entries = []
+            for b in builds:
+                lib = os.path.join(tmp, b.library)
+                workspace = os.path.join(tmp, ".build")
+                os.mkdir(workspace)
+                if b.built:
+                    shutil.copyfile(b.built, lib)
+                else:
+                    with quiet_native_stderr():  # TVM logs "Scope Saving" lines for symbolic shapes
+                        export_library(b.ex, lib, tinfo, workspace)
+                shutil.rmtree(workspace)
+                block = max((layer.workload.out_block for layer in b.layers), default=0)
+                entry = {
+                    "name": b.name, "kind": b.kind,
+                    "library": {"file": b.library, "sha256": sha256_file(lib)},
+                    "outputs": [o.to_dict() for o in b.outputs],
+                    "layout": f"NCHW{block}c" if block else "NCHW",
+                    "conv2d": [layer.to_dict() for layer in b.layers],
+                    "fallbacks": [f.to_dict() for f in b.fallbacks],
+                }
+                if b.kind == "bucket":
+                    entry["inputs"] = [i.to_dict() for i in b.inputs]
+                    entry["accuracy"] = b.accuracy
+                entries.append(entry)
+            first = entries[0]
+            manifest = {
+                "format": FORMAT,
+                "convpipe_version": convpipe.__version__,
+                "tvm_version": tvm.__version__,
+                "target": tinfo.to_json(),
+                "library": dict(first["library"]),
+                "source_onnx": {"file": os.path.abspath(onnx_path), "sha256": sha256_file(onnx_path)},
+                "inputs": [i.to_dict() for i in top_inputs],
+                "outputs": [o.to_dict() for o in top_outputs],
+                "schedule": schedule,
+                "layout": first["layout"],
+                "conv2d": first["conv2d"],
+                "fallbacks": first["fallbacks"],
+                "accuracy": first.get("accuracy") or {"checked": False, "why": "the generic build has no Winograd layer"},
+                "dynamic": {"inputs": dims, "builds": entries},
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
-            if b.kind == "bucket":
-                entry["inputs"] = [i.to_dict() for i in b.inputs]
-            entries.append(entry)
-        first = entries[0]
-        manifest = {
-            "format": FORMAT,
-            "convpipe_version": convpipe.__version__,
-            "tvm_version": tvm.__version__,
-            "target": tinfo.to_json(),
-            "library": dict(first["library"]),
-            "source_onnx": {"file": os.path.abspath(onnx_path), "sha256": sha256_file(onnx_path)},
-            "inputs": [i.to_dict() for i in top_inputs],
-            "outputs": [o.to_dict() for o in top_outputs],
-            "schedule": schedule,
-            "layout": first["layout"],
-            "conv2d": first["conv2d"],
-            "fallbacks": first["fallbacks"],
-            "dynamic": {"inputs": dims, "builds": entries},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        if no_generic:
-            manifest["dynamic"]["no_generic"] = no_generic
-        if default.device_code is not None:
-            manifest["device_code"] = write_cuda_source(default.device_code, tmp)
-        if fast_math:
-            manifest["fast_math"] = True
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2)
-    times["export"] = time.perf_counter() - t0
-    return CompileResult(os.path.abspath(output), manifest, default.layers, times)
+            if no_generic:
+                manifest["dynamic"]["no_generic"] = no_generic
+            if default.device_code is not None:
+                manifest["device_code"] = write_cuda_source(default.device_code, tmp)
+            if fast_math:
+                manifest["fast_math"] = True
+            with open(os.path.join(tmp, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=2)
+        times["export"] = time.perf_counter() - t0
+        return CompileResult(os.path.abspath(output), manifest, default.layers, times)
 
 
 def build_generic(onnx_path: str, dims: list[dict], target: TargetInfo, fast_math: bool = False,

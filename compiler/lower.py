@@ -57,7 +57,7 @@ class LayerRecord:
 
 
 def lower_conv2d(
-    mod: tvm.IRModule, target: TargetInfo, schedule: str = "auto", db=None
+    mod: tvm.IRModule, target: TargetInfo, schedule: str = "auto", db=None, winograd_m_max: int | None = None
 ) -> tuple[tvm.IRModule, list[LayerRecord]]:
     """Replace every ``relax.nn.conv2d`` in ``mod`` by a call to a convpipe-scheduled kernel.
 
@@ -67,6 +67,7 @@ def lower_conv2d(
         target: where the kernels will run.
         schedule: ``"auto"`` or a family name (see :mod:`.select`).
         db: optional :class:`convpipe.compiler.tune.TuningDatabase` whose records take precedence.
+        winograd_m_max: the accuracy guard's cap on Winograd tiles (:func:`.select.choose`, :mod:`.accuracy`).
 
     Returns:
         The lowered module and one :class:`LayerRecord` per conv2d, in program order.
@@ -96,7 +97,7 @@ def lower_conv2d(
                 "constant (initializer) weights to pre-pack them"
             )
         try:
-            choice = choose(wl, target, rules, schedule, db)
+            choice = choose(wl, target, rules, schedule, db, winograd_m_max)
         except ValueError as e:
             raise ConvpipeError(str(e)) from None
         key = (wl, choice.family, tuple(sorted(choice.knobs.items())))

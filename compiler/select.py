@@ -65,8 +65,12 @@ def choose(
     rules: dict[str, Conv2dRule],
     requested: str = "auto",
     db=None,
+    winograd_m_max: int | None = None,
 ) -> Choice:
     """Pick family and knobs for ``wl`` (see the module docstring for the policy).
+
+    ``winograd_m_max`` (set by the accuracy guard, :mod:`.accuracy`): a Winograd choice with a larger tile ``m``
+    gets F(``winograd_m_max``, 3) instead (its other knobs kept), or, at ``0``, the fallback family (direct).
 
     ``db`` (a :class:`convpipe.compiler.tune.TuningDatabase`) returns only records it has validated against the
     rule's knob space; an invalid record is skipped there with a warning (and ``wl`` gets the choice below), or
@@ -76,6 +80,20 @@ def choose(
         ValueError: ``requested`` is not ``auto`` or one of ``rules``' families.
         ConvpipeError: ``db`` is strict and its record for ``wl`` is invalid.
     """
+    choice = _choose(wl, target, rules, requested, db)
+    if winograd_m_max is None or choice.family != "winograd" or choice.knobs["m"] <= winograd_m_max:
+        return choice
+    why = f"accuracy guard (was {choice.reason}, F({choice.knobs['m']}, 3))"
+    if winograd_m_max > 0:
+        knobs = dict(choice.knobs, m=winograd_m_max)
+        if choice.rule.validate_knobs(wl, target, knobs) is not None:
+            knobs = dict(choice.rule.default_knobs(wl, target), m=winograd_m_max)
+        return Choice("winograd", knobs, why, choice.rule)
+    fam = fallback_family(wl, rules, target)
+    return Choice(fam, rules[fam].default_knobs(wl, target), why, rules[fam])
+
+
+def _choose(wl, target, rules, requested, db) -> Choice:
     if db is not None:
         rec = db.lookup(wl, target)
         if rec is not None and rec["family"] in rules:

@@ -8,6 +8,11 @@ import numpy as np
 
 from convpipe.errors import ConvpipeError
 
+#: A whole network matches onnxruntime when every output has ``max |ours - ref| <= NETWORK_RTOL * max |ref| +
+#: NETWORK_ATOL`` (normwise; issue 10's tolerance, used by the corpus and the compile-time accuracy guard,
+#: :mod:`.accuracy`).
+NETWORK_RTOL, NETWORK_ATOL = 1e-4, 1e-5
+
 
 @dataclass
 class OutputCheck:

@@ -235,7 +235,8 @@ def _dims(name: str, dims, what: str, ranges: bool) -> tuple:
 def compile(model, example=None, *, input_shapes: Mapping[str, Sequence] | None = None, target: str | None = None,
             schedule: str = "auto", layout: str = "auto", db: str | None = None, output: str | os.PathLike | None = None,
             arch: str | None = None, fast_math: bool = False, threads: int | None = None,
-            buckets: Sequence[Mapping[str, Sequence[int]]] | None = None) -> CompiledModule:
+            buckets: Sequence[Mapping[str, Sequence[int]]] | None = None,
+            accuracy_guard: bool = True) -> CompiledModule:
     """Compile a ``torch.nn.Module`` (with example inputs) or an ONNX file into a loaded :class:`CompiledModule`.
 
     Args:
@@ -252,6 +253,8 @@ def compile(model, example=None, *, input_shapes: Mapping[str, Sequence] | None 
             bucket's shape uses that build, any other size in range the generic one.
         target: ``"x86"``, ``"arm"``, ``"cuda"`` or a TVM target JSON; default: this host's CPU.
         schedule, layout, db, arch, fast_math: as ``convpipe compile`` (``db``: a tuning database path).
+        accuracy_guard: ``False`` as ``--no-accuracy-guard`` (skip the compile-time Winograd accuracy check against
+            onnxruntime, :mod:`convpipe.compiler.accuracy`).
         output: also keep the artifact directory there (written atomically; an existing directory is replaced only
             when it is a convpipe artifact); default: a temporary directory removed with the returned object.
         threads: CPU threads for TVM's pool when loading.
@@ -302,7 +305,7 @@ def compile(model, example=None, *, input_shapes: Mapping[str, Sequence] | None 
             export_onnx(model, shapes, onnx_path, dynamic_axes=dynamic_axes)
         art = os.fspath(output) if output is not None else os.path.join(tmp, "model.cpa")
         compile_model(onnx_path, art, target or _host_target(), schedule, specs, TuningDatabase(db) if db else None,
-                      arch, layout, fast_math=fast_math, buckets=bucket_list or None)
+                      arch, layout, fast_math=fast_math, buckets=bucket_list or None, accuracy_guard=accuracy_guard)
         module = load_artifact(art, threads=threads)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -191,12 +191,16 @@ def cmd_compile(args) -> int:
     res = compile_model(
         args.model, args.output, args.target, args.schedule, parse_input_specs(args.input_shape), db, args.arch,
         args.layout, max_memory=args.max_memory, fast_math=args.fast_math, buckets=parse_buckets(args.buckets),
+        accuracy_guard=args.accuracy_guard,
     )
     con = report.console()
     if not args.quiet:
         con.print(report.layer_table(res.manifest["conv2d"], f"{args.output}: conv2d schedules ({res.manifest['target']['isa']})"))
     if "dynamic" in res.manifest and not args.quiet:
         report.print_dynamic(con, res.manifest["dynamic"])
+    line = report.accuracy_line(res.manifest.get("accuracy"))
+    if line and (not args.quiet or res.manifest["accuracy"].get("kept")):
+        con.print(line)
     con.print(report.compile_line(args.model, res))
     return 0
 
@@ -441,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fast-math", action="store_true",
                    help="allow approximate exp/tanh/erf/division (TVM fast-math, nvcc --use_fast_math); default: "
                         "exact fp32 math, as onnxruntime")
+    s.add_argument("--no-accuracy-guard", dest="accuracy_guard", action="store_false",
+                   help="skip the Winograd accuracy guard (default: when the model has Winograd layers and runs here, "
+                        "compare it once with onnxruntime and step F(4,3) -> F(2,3) -> direct until the whole network "
+                        "is within 1e-4*max|ref|+1e-5)")
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     s.set_defaults(func=cmd_compile)
 

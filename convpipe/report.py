@@ -153,9 +153,27 @@ def print_inspect(con, artifact: str, m: dict, pin: str | None = None) -> None:
     if "device_code" in m:
         con.print(device_code_line(m["device_code"]))
     con.print(layer_table(m["conv2d"], "conv2d layers" + (" (default build)" if "dynamic" in m else "")))
+    line = accuracy_line(m.get("accuracy"))
+    if line:
+        con.print(line)
     _print_fallbacks(con, m)
     if "dynamic" in m:
         print_dynamic(con, m["dynamic"])
+
+
+def accuracy_line(acc: dict | None) -> str | None:
+    """The Winograd accuracy guard's result (a manifest's ``accuracy`` entry, :mod:`convpipe.compiler.accuracy`)
+    in one line: each build it measured against onnxruntime and the one kept; ``None`` for older manifests."""
+    if not acc:
+        return None
+    if not acc.get("checked"):
+        return f"accuracy guard: not run ({acc.get('why', '')})"
+    tried = "; ".join(f"{a['winograd']}: "
+                      + (f"{a['max_rel']:.2g} of max|ref|" if a["max_rel"] is not None else "non-finite mismatch")
+                      + f" ({'ok' if a['ok'] else 'over'})" for a in acc["attempts"])
+    kept = acc["attempts"][acc["kept"]]["winograd"]
+    return (f"accuracy guard vs onnxruntime ({acc['input']}, tolerance {acc['rtol']:g}*max|ref|+{acc['atol']:g}): "
+            f"{tried}; kept: {kept}")
 
 
 def _print_fallbacks(con, m: dict, indent: str = "") -> None:

@@ -23,8 +23,20 @@
 of failing -- ``stage`` ``"layout"`` (an op the blocked NCHW[x]c layout could not be carried into ran on NCHW,
 or ``op`` ``"model"``: the whole model in NCHW), ``"epilogue"`` (a consumer left as its own kernel instead of
 being inlined into the conv kernel) or ``"generic"`` (a step a variable-size artifact's generic build could not
-take on symbolic shapes: NCHW throughout, a conv2d left to TVM's legalization, TVM's Resize); ``op``,
-``fallback`` and ``why`` are free text for people.
+take on symbolic shapes: NCHW throughout, a conv2d left to TVM's legalization, TVM's Resize) or ``"winograd"`` (a
+Winograd layer given a smaller tile or a direct conv by the accuracy guard); ``op``, ``fallback`` and ``why`` are
+free text for people.
+
+``accuracy`` (optional; absent in older artifacts; also per bucket build): the compile-time Winograd accuracy
+guard (``convpipe.compiler.accuracy``)::
+
+    "accuracy": {"checked": true, "reference": "onnxruntime (CPU, graph optimisations off)",
+                 "input": "seeded N(0, 1) and a photo (...)", "rtol": 1e-4, "atol": 1e-5,
+                 "attempts": [{"winograd": "Winograd as selected", "max_abs": 2.1e-4, "max_rel": 1.6e-4,
+                               "ok": false}, {"winograd": "Winograd F(2, 3) at most", ...}],
+                 "kept": 1}                                        # or {"checked": false, "why": "..."}
+
+(``max_abs``/``max_rel`` are null for a non-finite mismatch).
 
 ``dynamic`` (optional; issue 16, variable input sizes; absent: a one-build artifact, as before)::
 
@@ -297,9 +309,38 @@ _DEVICE_CODE = _record(
     {"binary_sha256": _list(_sha256)},
 )
 #: ``fallbacks[i].stage`` values: where the compiler took a simpler path instead of failing
-FALLBACK_STAGES = ("layout", "epilogue", "generic")
+FALLBACK_STAGES = ("layout", "epilogue", "generic", "winograd")
 _FALLBACK = _record(
     {"stage": _one_of(*FALLBACK_STAGES), "op": _string, "fallback": _string, "why": _text},
+)
+
+
+def _bool(v, path, problems) -> None:
+    if not isinstance(v, bool):
+        problems.append(f"{path}: expected true or false, got {_value(v)}")
+
+
+def _error_or_null(v, path, problems) -> None:
+    """A measured error: a finite number >= 0, or null (a non-finite mismatch)."""
+    if v is not None:
+        _number(0.0)(v, path, problems)
+
+
+def _accuracy_consistent(a, path, problems) -> None:
+    if a["checked"] and not ("attempts" in a and a["attempts"] and "kept" in a):
+        problems.append(f"{path}: a checked entry names its attempts and the one kept")
+    elif a["checked"] and a["kept"] >= len(a["attempts"]):
+        problems.append(f"{path}.kept: expected an index into attempts (< {len(a['attempts'])}), got {a['kept']}")
+
+
+#: ``accuracy`` (optional; the compile-time Winograd accuracy guard, ``convpipe.compiler.accuracy``)
+_ACCURACY = _record(
+    {"checked": _bool},
+    {"why": _text, "reference": _text, "input": _text, "rtol": _number(0.0), "atol": _number(0.0),
+     "attempts": _list(_record({"winograd": _string, "max_abs": _error_or_null, "max_rel": _error_or_null,
+                                "ok": _bool})),
+     "kept": _int(0)},
+    then=_accuracy_consistent,
 )
 
 
@@ -332,7 +373,7 @@ _BUILD = _record(
     {"name": _string, "kind": _one_of("bucket", "generic"), "library": _record({"file": _relative_path,
                                                                                  "sha256": _sha256}),
      "outputs": _list(_DYN_OUTPUT, non_empty=True), "conv2d": _list(_LAYER)},
-    {"inputs": _tensors, "layout": _layout, "fallbacks": _list(_FALLBACK)},
+    {"inputs": _tensors, "layout": _layout, "fallbacks": _list(_FALLBACK), "accuracy": _ACCURACY},
     then=_build_consistent,
 )
 
@@ -365,7 +406,7 @@ _MANIFEST = _record(
         "conv2d": _list(_LAYER),
     },
     {"schedule": _string, "layout": _layout, "created": _string, "device_code": _DEVICE_CODE,
-     "fallbacks": _list(_FALLBACK), "dynamic": _DYNAMIC},
+     "fallbacks": _list(_FALLBACK), "accuracy": _ACCURACY, "dynamic": _DYNAMIC},
 )
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_name, isa  # noqa: E402 -- one reader of the machine for every report
 BIN = os.path.dirname(sys.executable)
 CONVPIPE = os.path.join(BIN, "convpipe")
-RTOL, ATOL = 1e-4, 1e-5
+from convpipe.compiler.verify import NETWORK_ATOL as ATOL, NETWORK_RTOL as RTOL  # noqa: E402 -- the one tolerance
 
 
 def load_list(path: str) -> dict:
