@@ -1,9 +1,12 @@
 """``torch.nn.Module`` -> ONNX.
 
-Uses PyTorch's TorchScript-based exporter (``dynamo=False``): on torch 2.13 it is fast and exports every
+Uses PyTorch's TorchScript-based exporter (``dynamo=False``) first: on torch 2.13 it is fast and exports every
 ``nn.Conv2d`` argument (stride, padding int/tuple/'same'/'valid', dilation, groups, bias, padding_mode
 zeros/reflect/replicate/circular: non-zero modes become Pad or Slice/Concat before a pad-free Conv). The result
 is checked with ``onnx.checker`` and shape inference; Conv ``auto_pad`` is rewritten to explicit ``pads``.
+Where it refuses a graph (timm ``halonet26t``: "Unsupported: ONNX export of operator Unfold, input size not
+accessible"), the ``torch.export``-based exporter (``dynamo=True``, opset >= 18) is tried; the model's
+``metadata_props`` record which one wrote it (``convpipe.exporter``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import warnings
 import numpy as np
 
 from convpipe.errors import ConvpipeError
+from convpipe.runtime.module import quiet_native_fd
 
 DEFAULT_OPSET = 17
 
@@ -65,35 +69,35 @@ def export_onnx(
                             + (f": {msg}" if msg else "") + " (try another --input-shape)") from e
     n_out = len(y) if isinstance(y, (tuple, list)) else 1
     names = output_names or (["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
+    axes = {n: {a: f"{n}_{a}" for a in ax} for n, ax in (dynamic_axes or {}).items()} or None
     buf = io.BytesIO()
+    exporter = "torchscript"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_native_fd(1):  # a failure prints the whole graph (C++, to stdout)
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                xs,
-                buf,
-                input_names=input_names,
-                output_names=names,
-                opset_version=opset,
-                dynamic_axes={n: {a: f"{n}_{a}" for a in axes} for n, axes in (dynamic_axes or {}).items()} or None,
-                dynamo=False,
-                do_constant_folding=True,
-            )
-    except Exception as e:
-        raise ConvpipeError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from None
-    proto = onnx.load_from_string(buf.getvalue())
+            torch.onnx.export(model, xs, buf, input_names=input_names, output_names=names, opset_version=opset,
+                              dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+        proto = onnx.load_from_string(buf.getvalue())
+    except Exception as e:  # e.g. Unfold with sizes unknown to the tracer (timm halonet26t): try torch.export's
+        first = " ".join(f"{type(e).__name__}: {e}".split())[:400]
+        proto = _export_dynamo(model, xs, input_names, names, opset, axes, first)
+        exporter = "dynamo"
+        import logging
+
+        logging.getLogger("convpipe.export").warning(
+            f"the TorchScript ONNX exporter refused the model ({first[:200]}); exported with PyTorch's "
+            f"torch.export-based exporter (dynamo=True, opset {max(opset, 18)}) instead")
     # torch exports padding='same' as auto_pad=SAME_UPPER, which onnxruntime refuses with dilation > 1:
     # write the explicit pads instead (same semantics, portable).
     from .importer import make_conv_pads_explicit
 
     proto = onnx.shape_inference.infer_shapes(proto)
     make_conv_pads_explicit(proto)
+    props = {"convpipe.exporter": exporter}
     if source:
-        onnx.helper.set_model_props(
-            proto, {"convpipe.source": source,
-                    "convpipe.input_shape": ";".join(",".join(map(str, s)) for s in shapes)}
-        )
+        props.update({"convpipe.source": source,
+                      "convpipe.input_shape": ";".join(",".join(map(str, s)) for s in shapes)})
+    onnx.helper.set_model_props(proto, props)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
@@ -102,6 +106,31 @@ def export_onnx(
 
     write_file_atomically(path, proto.SerializeToString())
     return names
+
+
+def _export_dynamo(model, xs, input_names, output_names, opset, dynamic_axes, first_error: str):
+    """PyTorch's ``torch.export``-based ONNX exporter (``dynamo=True``, onnxscript; opset >= 18), the fallback for
+    graphs the TorchScript exporter refuses. Returns the ``onnx.ModelProto``.
+
+    Raises:
+        ConvpipeError: this exporter failed too (both reasons are given).
+    """
+    import logging
+
+    import torch
+
+    try:
+        with warnings.catch_warnings(), quiet_native_fd(1):  # its progress lines
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            prog = torch.onnx.export(model, xs, input_names=input_names, output_names=output_names,
+                                     opset_version=max(opset, 18), dynamic_axes=dynamic_axes, dynamo=True,
+                                     verbose=False)
+        return prog.model_proto
+    except Exception as e:
+        second = " ".join(f"{type(e).__name__}: {e}".split())[:400]
+        raise ConvpipeError(f"torch.onnx.export failed: TorchScript exporter: {first_error}; torch.export-based "
+                            f"(dynamo) exporter: {second}") from None
 
 
 def torch_outputs(model, x: np.ndarray) -> list[np.ndarray]:

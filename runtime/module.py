@@ -606,30 +606,37 @@ class Module:
         return list(fn("main").results)
 
 
-@contextlib.contextmanager
 def quiet_native_stderr():
     """Send what native code writes to file descriptor 2 to ``/dev/null`` while active (Python's ``sys.stderr``
     is flushed first and restored after). Used around TVM calls that log noise through ``LOG(WARNING)``, which no
     setting turns off: saving and loading a Relax executable with symbolic shapes logs ``Warning: Scope
     Saving:`` / ``Scope Loaded:`` per memory scope (``src/runtime/vm/executable.cc``). Errors still arrive as
     exceptions. Other threads' writes to fd 2 in that window are lost too, so keep it short."""
+    return quiet_native_fd(2)
+
+
+@contextlib.contextmanager
+def quiet_native_fd(fd: int):
+    """Send what is written to file descriptor ``fd`` (1: stdout, 2: stderr) to ``/dev/null`` while active, native
+    code included (the matching Python stream is flushed first); see :func:`quiet_native_stderr`."""
     import sys
 
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
+        (sys.stdout if fd == 1 else sys.stderr).flush()
+        saved = os.dup(fd)
     except (OSError, ValueError, AttributeError):
         yield
         return
     try:
         null = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(null, 2)
+            os.dup2(null, fd)
         finally:
             os.close(null)
         yield
     finally:
-        os.dup2(saved, 2)
+        (sys.stdout if fd == 1 else sys.stderr).flush()
+        os.dup2(saved, fd)
         os.close(saved)
 
 

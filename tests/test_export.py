@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from convpipe.compiler.build import compile_model
 from convpipe.compiler.export import export_onnx, torch_outputs
 from convpipe.compiler.verify import compare, run_onnxruntime
+from convpipe.errors import ConvpipeError
 from convpipe.runtime import load
 
 
@@ -93,3 +94,75 @@ def test_forward_failure_is_a_user_error(tmp_path):
                                             r"AssertionError: width must be a multiple of 32"):
         export_onnx(Picky(), (1, 3, 8, 8), str(tmp_path / "p.onnx"))
     assert not (tmp_path / "p.onnx").exists()
+
+
+class _PaddedUnfold:
+    """A conv, then ``Tensor.unfold`` on a tensor padded by an amount computed from its size: the TorchScript
+    exporter refuses it ("Unsupported: ONNX export of operator Unfold, input size not accessible", as on timm
+    ``halonet26t``)."""
+
+    @staticmethod
+    def make():
+        import torch
+        import torch.nn.functional as F
+
+        class PaddedUnfold(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+            def forward(self, x):
+                y = self.conv(x)
+                h = y.shape[2]
+                return F.pad(y, [1, 1, h // 8, h // 8]).unfold(2, 4, 2).sum(-1)
+
+        torch.manual_seed(0)
+        return PaddedUnfold().eval()
+
+
+def test_export_falls_back_to_the_dynamo_exporter(tmp_path, caplog):
+    """Where the TorchScript exporter fails, the torch.export-based one writes the model (recorded in its
+    metadata, with a warning), and it compiles and matches PyTorch."""
+    import onnx
+    import torch
+
+    from convpipe.compiler.build import compile_model
+    from convpipe.compiler.export import export_onnx
+    from convpipe.runtime import load
+
+    model = _PaddedUnfold.make()
+    path = str(tmp_path / "unfold.onnx")
+    with caplog.at_level("WARNING", logger="convpipe.export"):
+        export_onnx(model, (1, 3, 16, 16), path)
+    assert "TorchScript ONNX exporter refused" in caplog.text and "Unfold" in caplog.text
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert props["convpipe.exporter"] == "dynamo"
+    compile_model(path, str(tmp_path / "unfold.cpa"))
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    (ours,) = load(str(tmp_path / "unfold.cpa")).run([x]).values()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_export_names_both_exporters_when_both_fail(tmp_path, monkeypatch):
+    """rfft2: the TorchScript exporter refuses it; the dynamo exporter (which writes it) is made to fail here."""
+    import torch
+
+    from convpipe.compiler.export import export_onnx
+
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            return torch.fft.rfft2(x).abs()
+
+    real = torch.onnx.export
+
+    def export(*args, dynamo=False, **kw):
+        if dynamo:
+            raise RuntimeError("no dynamo today")
+        return real(*args, dynamo=dynamo, **kw)
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    with pytest.raises(ConvpipeError, match="TorchScript exporter: .*rfft2.*dynamo.* exporter: RuntimeError: no dynamo"):
+        export_onnx(Bad().eval(), (1, 3, 8, 8), str(tmp_path / "bad.onnx"))
+    assert not (tmp_path / "bad.onnx").exists()
