@@ -20,6 +20,8 @@ from convpipe.errors import ConvpipeError
 from convpipe.runtime.module import quiet_native_fd
 
 DEFAULT_OPSET = 17
+#: Protocol Buffers' 2 GiB message limit: one ``.onnx`` file without external data holds less
+PROTOBUF_LIMIT = 2**31
 
 
 def export_onnx(
@@ -49,8 +51,9 @@ def export_onnx(
         The output names.
 
     Raises:
-        ConvpipeError: the exporter failed (the message carries its reason), the result fails the checker, or
-            ``path`` cannot be written.
+        ConvpipeError: the exporter failed (the message carries its reason), the result fails the checker,
+            ``path`` cannot be written, or the weights exceed the 2 GiB protobuf limit (:data:`PROTOBUF_LIMIT`;
+            torchvision ``vit_h_14`` and ``regnet_y_128gf``: external data is not supported).
     """
     import onnx
     import torch
@@ -69,6 +72,10 @@ def export_onnx(
                             + (f": {msg}" if msg else "") + " (try another --input-shape)") from e
     n_out = len(y) if isinstance(y, (tuple, list)) else 1
     names = output_names or (["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
+    weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    if weight_bytes >= PROTOBUF_LIMIT:
+        raise ConvpipeError(f"the model holds {weight_bytes / 2**30:.2f} GiB of parameters and buffers: over the 2 GiB "
+                            "a single ONNX protobuf can hold, and convpipe does not export ONNX external data yet")
     axes = {n: {a: f"{n}_{a}" for a in ax} for n, ax in (dynamic_axes or {}).items()} or None
     buf = io.BytesIO()
     exporter = "torchscript"

@@ -166,3 +166,15 @@ def test_export_names_both_exporters_when_both_fail(tmp_path, monkeypatch):
     with pytest.raises(ConvpipeError, match="TorchScript exporter: .*rfft2.*dynamo.* exporter: RuntimeError: no dynamo"):
         export_onnx(Bad().eval(), (1, 3, 8, 8), str(tmp_path / "bad.onnx"))
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_export_refuses_weights_over_the_protobuf_limit(tmp_path, monkeypatch):
+    """A model over 2 GiB of weights gets a clear error naming its size (the limit is lowered here: no 2 GiB
+    model in CI)."""
+    import convpipe.compiler.export as export
+
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT", 1000)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3)).eval()  # 1,792 bytes of weights
+    with pytest.raises(ConvpipeError, match="GiB of parameters and buffers: over the 2 GiB"):
+        export.export_onnx(model, (1, 3, 8, 8), str(tmp_path / "big.onnx"))
+    assert not (tmp_path / "big.onnx").exists()
