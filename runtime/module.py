@@ -651,18 +651,13 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
 
 def _distinct(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> list[np.ndarray]:
     """``outputs`` with a copy of each one whose memory overlaps a reused input buffer (an output that is a graph
-    input, or a view of one, would change at the next run) or an earlier output (the same tensor returned twice)."""
-    def span(a):
-        return a.__array_interface__["data"][0], a.__array_interface__["data"][0] + a.nbytes
-
-    taken = [span(a) for a in inputs]
-    result = []
+    input, or a view of one, would change at the next run) or an earlier output (the same tensor returned twice).
+    ``np.may_share_memory`` compares the arrays' address ranges only (``max_work=0``): ~0.3 us a pair, where
+    reading ``__array_interface__`` cost ~4 us an array (a dict built per call)."""
+    result: list[np.ndarray] = []
     for a in outputs:
-        lo, hi = span(a)
-        if any(lo < h and l < hi for l, h in taken):
+        if any(np.may_share_memory(a, b) for b in inputs) or any(np.may_share_memory(a, b) for b in result):
             a = a.copy()
-            lo, hi = span(a)
-        taken.append((lo, hi))
         result.append(a)
     return result
 
