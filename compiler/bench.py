@@ -1,6 +1,6 @@
-"""Side-by-side latency: convpipe vs onnxruntime vs PyTorch eager, measured in one process, engines interleaved
-round by round so the machine's noise hits all alike. Reported figure: the median over rounds of the mean
-latency of a batch of runs (ms).
+"""Side-by-side latency: convpipe vs onnxruntime vs OpenVINO (when installed) vs PyTorch eager, measured in one
+process, engines interleaved round by round so the machine's noise hits all alike. Reported figure: the median over
+rounds of the mean latency of a batch of runs (ms).
 
 Three thread pools share the process, so none may busy-wait after its work (a spinning pool steals the cores
 from the next engine: on 2 cores PyTorch ran 40x slower behind a spinning TVM pool). :func:`set_threads`
@@ -8,7 +8,12 @@ turns spinning off for all three (``TVM_THREAD_POOL_SPIN_COUNT=0``, ``OMP_WAIT_P
 ``session.intra_op.allow_spinning=0``), and TVM's workers are not pinned to cores (``TVM_BIND_THREADS=0``:
 pinned, they let the OS stack two busy threads on one core next to the other pools -- ResNet-18 at 2 threads
 ran 12.6 ms or 20 ms from one process start to the next). The env variables must be set before the pools start,
-which is why the CLI calls it first thing for ``bench`` and ``demo``."""
+which is why the CLI calls it first thing for ``bench`` and ``demo``.
+
+OpenVINO (PyPI ``openvino``, optional: :func:`openvino_available`) is built in one place, :func:`openvino_runner`:
+CPU plugin, fp32 (``INFERENCE_PRECISION_HINT=f32``: its default on CPUs with AVX-512 BF16 or AMX is bf16), the
+latency hint, the same thread count, no hyper-threading and no pinning (as TVM's pool). Its TBB workers spin for a
+few microseconds after a run and then sleep; OpenVINO has no switch for that."""
 
 from __future__ import annotations
 
@@ -131,6 +136,157 @@ def model_engines(
     return engines
 
 
+def openvino_available() -> bool:
+    """Whether OpenVINO's Python package (``openvino``) can be imported here (an install that fails to import
+    counts as absent)."""
+    try:
+        import openvino  # noqa: F401
+    except Exception:  # noqa: BLE001 -- ImportError, or a broken install (missing shared library)
+        return False
+    return True
+
+
+#: what :func:`bench_artifact` (and ``convpipe bench``) says in place of OpenVINO's row when it cannot be imported
+OPENVINO_NOT_INSTALLED = "not installed"
+
+
+class OpenVINORunner:
+    """One inference of an ONNX model with OpenVINO per call (see :func:`openvino_runner`); ``threads`` is the
+    thread count OpenVINO actually uses (it may be lower than asked for: OpenVINO uses at most the cores it may run
+    on), ``output_names`` the ONNX graph's output names in order, ``compiled`` the ``openvino.CompiledModel`` (its
+    properties can be read back with ``compiled.get_property``)."""
+
+    def __init__(self, compiled, request, inputs: dict, names: list, threads: int):
+        self.compiled = compiled
+        self._request = request
+        self._inputs = inputs  # the arrays the request's input tensors share memory with: kept alive here
+        self._names = names  # [(output name, output port)]
+        self.threads = threads
+        self.output_names = [n for n, _ in names]
+
+    def __call__(self) -> dict[str, np.ndarray]:
+        """Run once on the inputs given at construction; ``{ONNX output name: array}`` (the request's own
+        buffers, overwritten by the next call: copy what must outlive it)."""
+        r = self._request.infer(share_outputs=True)
+        return {n: r[port] for n, port in self._names}
+
+
+def openvino_runner(onnx_path: str, inputs: dict[str, np.ndarray], threads: int) -> OpenVINORunner:
+    """A zero-argument callable running ``onnx_path`` once with OpenVINO on ``inputs`` per call, for
+    :func:`side_by_side`; it returns ``{ONNX output name: np.ndarray}`` (see :class:`OpenVINORunner`).
+
+    The model is read by OpenVINO's ONNX frontend (``Core.read_model``), its inputs fixed to the shapes of
+    ``inputs`` (``Model.reshape``: a symbolic dim becomes static), compiled for ``"CPU"`` with
+    ``INFERENCE_PRECISION_HINT=f32``, ``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_NUM_THREADS=threads``,
+    ``ENABLE_HYPER_THREADING=False`` (retried with True when that leaves fewer than ``threads`` threads, so the
+    count matches the other engines wherever OpenVINO allows it) and ``ENABLE_CPU_PINNING=False``. One
+    ``InferRequest`` is created, its input tensors share memory with ``inputs`` (no copy per call), and it is
+    reused by every call; one inference runs here, so a model OpenVINO cannot run fails now, not while timing.
+
+    Args:
+        onnx_path: an ONNX file.
+        inputs: ``{ONNX input name: array}``, every graph input, each with the shape and dtype to run (e.g.
+            float32 NCHW ``(1, 3, 224, 224)``).
+        threads: intra-op threads (>= 1).
+
+    Raises:
+        ConvpipeError: OpenVINO is not installed (:func:`openvino_available`); ``threads`` < 1; ``inputs`` do not
+            name the model's inputs exactly; OpenVINO cannot read, reshape, compile or run the model (the message
+            names ``onnx_path`` and OpenVINO's first line).
+    """
+    from convpipe.errors import ConvpipeError
+
+    if threads < 1:
+        raise ConvpipeError(f"openvino: threads must be at least 1, got {threads}")
+    if not openvino_available():
+        raise ConvpipeError(f"openvino: {OPENVINO_NOT_INSTALLED} (pip install openvino)")
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    def fail(what: str, e: Exception, detail: str = "") -> ConvpipeError:
+        """OpenVINO's message without its source locations (``Exception from src/...``, ``Check '...' failed
+        at ...``), on one line, at most 300 characters."""
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        kept = [ln for ln in lines if not ln.startswith(("Exception from", "Check "))] or lines or [repr(e)]
+        text = " ".join(kept)
+        return ConvpipeError(f"{onnx_path}: OpenVINO cannot {what} it{detail}: {text[:300]}"
+                             + ("..." if len(text) > 300 else ""))
+
+    core = ov.Core()
+    try:
+        model = core.read_model(onnx_path)
+    except Exception as e:  # noqa: BLE001 -- OpenVINO raises RuntimeError for every kind of failure
+        raise fail("read", e) from e
+    names = {p.get_any_name(): p for p in model.inputs}
+    for p in model.inputs:  # a port may carry several tensor names: the ONNX input name is one of them
+        for n in p.get_names():
+            names.setdefault(n, p)
+    wanted = [p for p in model.inputs if not (p.get_names() & set(inputs))]
+    extra = sorted(n for n in inputs if n not in names)
+    if wanted or extra:
+        raise ConvpipeError(f"{onnx_path}: OpenVINO: inputs given {sorted(inputs)}, the model's are "
+                            f"{[p.get_any_name() for p in model.inputs]}")
+    arrays = {n: np.ascontiguousarray(a) for n, a in inputs.items()}
+    try:
+        model.reshape({n: ov.PartialShape(list(a.shape)) for n, a in arrays.items()})
+    except Exception as e:  # noqa: BLE001
+        raise fail("reshape", e, f" to {({n: list(a.shape) for n, a in arrays.items()})}") from e
+    config = {hints.inference_precision: ov.Type.f32, hints.performance_mode: hints.PerformanceMode.LATENCY,
+              props.inference_num_threads: threads, hints.enable_hyper_threading: False,
+              hints.enable_cpu_pinning: False}
+    try:
+        compiled = core.compile_model(model, "CPU", config)
+        got = int(compiled.get_property(props.inference_num_threads))
+        if got < threads:  # hyper-threads may be needed to reach the thread count the other engines use
+            config[hints.enable_hyper_threading] = True
+            again = core.compile_model(model, "CPU", config)
+            if int(again.get_property(props.inference_num_threads)) > got:
+                compiled, got = again, int(again.get_property(props.inference_num_threads))
+    except Exception as e:  # noqa: BLE001
+        raise fail("compile", e) from e
+    try:
+        import onnx
+
+        graph_outputs = [o.name for o in onnx.load(onnx_path, load_external_data=False).graph.output]
+    except Exception:  # noqa: BLE001 -- OpenVINO read it: its own names are the fallback
+        graph_outputs = []
+    outs = []
+    for i, port in enumerate(compiled.outputs):
+        tensor_names = port.get_names()
+        name = graph_outputs[i] if i < len(graph_outputs) and graph_outputs[i] in tensor_names else port.get_any_name()
+        outs.append((name, port))
+    request = compiled.create_infer_request()
+    try:
+        for n, a in arrays.items():
+            request.set_tensor(names[n], ov.Tensor(a, shared_memory=True))
+        run = OpenVINORunner(compiled, request, arrays, outs, got)
+        run()
+    except Exception as e:  # noqa: BLE001
+        raise fail("run", e) from e
+    return run
+
+
+def check_against(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict:
+    """How far an engine's outputs are from the reference's (onnxruntime's), over all outputs of ``ref``:
+    ``{"max_rel_err": max over outputs of max|ours - ref| / max|ref| (normwise), "within": every output within
+    issue 10's network tolerance, NETWORK_RTOL * max|ref| + NETWORK_ATOL, "tolerance": that tolerance as text}``.
+
+    Raises:
+        ConvpipeError: see :func:`convpipe.compiler.verify.compare` (an output missing or of another shape).
+    """
+    from .verify import NETWORK_ATOL, NETWORK_RTOL, compare
+
+    checks = compare(ours, ref, NETWORK_RTOL, NETWORK_ATOL)
+    within = True
+    for c in checks:
+        r = np.asarray(ref[c.name], np.float64)
+        scale = float(np.abs(r[np.isfinite(r)]).max()) if np.isfinite(r).any() else 0.0
+        within &= c.max_abs <= NETWORK_RTOL * scale + NETWORK_ATOL
+    return {"max_rel_err": max(c.max_rel for c in checks), "within": bool(within),
+            "tolerance": f"{NETWORK_RTOL:g} x max|ref| + {NETWORK_ATOL:g}"}
+
+
 def artifact_device(artifact: str | dict[str, str]) -> str:
     """``"cuda"`` for an artifact (or the first of ``{engine name: artifact}``) built for CUDA, else ``"cpu"``.
 
@@ -167,9 +323,16 @@ def bench_artifact(artifact: str | dict[str, str], onnx_path: str | None, thread
                    device: str | None = None, torch_model: str | None = None,
                    expected_sha256: str | None = None) -> dict[str, dict]:
     """Time the artifact(s) against onnxruntime (``onnx_path``, else the artifact's recorded source when that
-    file exists) and PyTorch (only when ``torch_model``, a zoo name or ``package.module:factory`` from the command
-    line, is given: a file's contents never name code to run), on random inputs unless ``inputs`` are given, on
-    ``device`` (default: the artifact's). Returns :func:`side_by_side`'s result, convpipe's engine(s) first.
+    file exists), OpenVINO on the same ONNX (CPU only, when installed: :func:`openvino_runner`) and PyTorch (only
+    when ``torch_model``, a zoo name or ``package.module:factory`` from the command line, is given: a file's
+    contents never name code to run), on random inputs unless ``inputs`` are given, on ``device`` (default: the
+    artifact's).
+
+    Returns :func:`side_by_side`'s result (ms), convpipe's engine(s) first, then onnxruntime, OpenVINO, PyTorch.
+    OpenVINO's entry also has :func:`check_against`'s keys (its outputs vs onnxruntime's, graph optimisations
+    off, on the same inputs) and, when it runs fewer threads than asked, ``"note"``. Where an ONNX is at hand on
+    the CPU but OpenVINO is not timed, the result ends with ``{"openvino": {"skipped": why}}`` (why:
+    :data:`OPENVINO_NOT_INSTALLED`, or ``"failed: ..."`` when it cannot run the model) instead of a timing.
 
     Raises:
         ConvpipeError: see :func:`model_engines` and :func:`convpipe.compiler.zoo.get_model`."""
@@ -190,4 +353,32 @@ def bench_artifact(artifact: str | dict[str, str], onnx_path: str | None, thread
         module = get_model(torch_model)[0]
     device = device or artifact_device(artifact)
     engines = model_engines(artifact, onnx_path, inputs, threads, module, device, expected_sha256=expected_sha256)
-    return side_by_side(engines, rounds=rounds)
+    skipped, checks = {}, {}
+    if onnx_path and device == "cpu":
+        from convpipe.errors import ConvpipeError
+
+        from .verify import run_onnxruntime
+
+        if not openvino_available():
+            skipped["openvino"] = OPENVINO_NOT_INSTALLED
+        else:
+            try:
+                ov_run = openvino_runner(onnx_path, inputs, threads)
+                ov_out = {n: a.copy() for n, a in ov_run().items()}
+            except ConvpipeError as e:
+                skipped["openvino"] = f"failed: {e}"
+            else:
+                checks["openvino"] = check_against(ov_out, run_onnxruntime(onnx_path, inputs, threads))
+                if ov_run.threads != threads:
+                    checks["openvino"]["note"] = (f"{ov_run.threads} thread(s), not {threads}: OpenVINO uses at most "
+                                                  "the cores it may run on")
+                order = list(engines)  # OpenVINO next to onnxruntime, PyTorch last
+                at = order.index("onnxruntime") + 1 if "onnxruntime" in order else len(order)
+                engines = dict([(n, engines[n]) for n in order[:at]] + [("openvino", ov_run)]
+                               + [(n, engines[n]) for n in order[at:]])
+    res = side_by_side(engines, rounds=rounds)
+    for name, check in checks.items():
+        res[name].update(check)
+    for name, why in skipped.items():
+        res[name] = {"skipped": why}
+    return res

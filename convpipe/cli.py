@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("bench", help="latency of convpipe vs onnxruntime vs PyTorch, side by side")
+    s = sub.add_parser("bench", help="latency of convpipe vs onnxruntime vs OpenVINO (when installed) vs PyTorch, "
+                                     "side by side")
     s.add_argument("model", metavar="ARTIFACT|MODEL.onnx")
     s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     s.add_argument("--rounds", type=int, default=7)

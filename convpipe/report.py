@@ -300,18 +300,43 @@ def print_profile(con, artifact: str, kernels, run_ms: float, runs: int, top: in
 
 
 def bench_table(res: dict, title: str):
-    """Side-by-side latency (:func:`convpipe.compiler.bench.side_by_side`'s result): median/min/max ms per engine
-    and the speed-up of the first engine (convpipe) over each."""
+    """Side-by-side latency (:func:`convpipe.compiler.bench.side_by_side`'s result, as
+    :func:`convpipe.compiler.bench.bench_artifact` extends it): median/min/max ms per engine and the speed-up of the
+    first engine (convpipe) over each.
+
+    An engine whose entry has ``max_rel_err`` (OpenVINO, checked against onnxruntime) shows it in a ``max rel err
+    vs onnxruntime`` column (``MISMATCH`` beyond its ``tolerance``); the column is there only when some engine
+    has it. An entry ``{"skipped": why}`` (e.g. OpenVINO not installed) is no row but a caption line
+    ``NAME: why``, as is an entry's ``note``."""
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
-    base = next(iter(res))
-    for col in ("engine", "median ms", "min ms", "max ms", f"{base} speed-up"):
+    timed = {n: r for n, r in res.items() if "skipped" not in r}
+    base = next(iter(timed))
+    checked = any("max_rel_err" in r for r in timed.values())
+    cols = ["engine", "median ms", "min ms", "max ms", f"{base} speed-up"]
+    cols += ["max rel err vs onnxruntime"] if checked else []
+    for col in cols:
         t.add_column(col, justify="right" if col != "engine" else "left")
-    ours = res[base]["median_ms"]
-    for name, r in res.items():
-        t.add_row(name, f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['median_ms'] / ours:.2f}x")
-    t.caption = f"speed-up = engine median / {base} median (> 1: {base} faster)"
+    ours = timed[base]["median_ms"]
+    for name, r in timed.items():
+        row = [name, f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['max_ms']:.3f}",
+               f"{r['median_ms'] / ours:.2f}x"]
+        if checked:
+            err = r.get("max_rel_err")
+            row.append("" if err is None else f"{err:.1e}" + ("" if r.get("within", True) else " MISMATCH"))
+        t.add_row(*row)
+    caption = [f"speed-up = engine median / {base} median (> 1: {base} faster)"]
+    tolerances = sorted({r["tolerance"] for r in timed.values() if "tolerance" in r})
+    if checked:
+        caption.append("max rel err = max|engine - onnxruntime| / max|onnxruntime| over the outputs (onnxruntime "
+                       "with graph optimisations off, same inputs)"
+                       + (f"; MISMATCH beyond {', '.join(tolerances)}" if tolerances else ""))
+    caption += [f"{n}: {r['note']}" for n, r in timed.items() if r.get("note")]
+    caption += [f"{n}: {r['skipped']}" for n, r in res.items() if "skipped" in r]
+    t.caption = "\n".join(caption)
+    if len(caption) > 1:
+        t.caption_justify = "left"
     return t
 
 

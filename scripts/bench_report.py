@@ -54,8 +54,10 @@ def analyse(raw: dict, peak: dict) -> dict:
         ``{"layers": {"<threads>": [row]}, "models": {"<threads>": [row]}, "targets": [target]}``: a layer row has
         ``ours_ms``/``ort_ms``/``pytorch_ms``/``metaschedule_ms`` (ms, None when not timed), ``ours_gflops``,
         ``ours_pct_peak`` (% of the FMA peak at that thread count), speed ratios ``vs_ort``/``vs_pytorch``/
-        ``vs_metaschedule`` (> 1: ours faster); a model row latency ratios ``lat_vs_ort``/``lat_vs_pytorch``
-        (< 1: ours faster); a target ``{"target", "threads", "measured", "goal", "met"}`` with ``met`` None where
+        ``vs_metaschedule`` (> 1: ours faster); a model row ``ort_ms``/``ov_ms``/``pytorch_ms`` (ms; ``ov_ms``
+        OpenVINO's, None when not installed or failed, then ``ov_skipped`` says why) and latency ratios
+        ``lat_vs_ort``/``lat_vs_ov``/``lat_vs_pytorch`` (ours ms / theirs, < 1: ours faster); a target
+        ``{"target", "threads", "measured", "goal", "met"}`` with ``met`` None where
         nothing was measured or for reference rows.
 
     Raises:
@@ -93,12 +95,16 @@ def analyse(raw: dict, peak: dict) -> dict:
             ours_key = "convpipe-tuned" if "convpipe-tuned" in tm else "convpipe"
             ours = tm.get(ours_key, {}).get("median_ms")
             ort = tm.get("onnxruntime", {}).get("median_ms")
+            ov = tm.get("openvino", {}).get("median_ms")
             pt = tm.get("pytorch", {}).get("median_ms")
             mrows.append({
                 "model": M["model"], "ours_engine": ours_key, "ours_ms": ours, "auto_ms": tm.get("convpipe", {}).get("median_ms"),
                 "tuned_ms": tm.get("convpipe-tuned", {}).get("median_ms"), "ort_ms": ort, "pytorch_ms": pt,
                 "nchw_ms": tm.get("convpipe-nchw", {}).get("median_ms"),
+                "ov_ms": ov, "ov_threads": M.get("openvino", {}).get("threads"),
+                "ov_skipped": M.get("openvino", {}).get("skipped"),
                 "lat_vs_ort": ours / ort if ours and ort else None, "lat_vs_pytorch": ours / pt if ours and pt else None,
+                "lat_vs_ov": ours / ov if ours and ov else None,
                 "compile": M.get("compile", {}), "check": M.get("check", {}), "failed": M.get("failed", {}),
             })
         an["models"][ts] = mrows
@@ -159,6 +165,13 @@ def analyse(raw: dict, peak: dict) -> dict:
             worst = max(vals)
             add("models ahead of PyTorch eager (latency ratio < 1)", ts, f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})",
                 "< 1.00x each", ok == len(vals))
+    for ts in sorted(an["models"], key=int):  # OpenVINO: a reference, no goal of the issue
+        vals = [(m["lat_vs_ov"], m["model"]) for m in an["models"][ts] if m["lat_vs_ov"] is not None]
+        if vals:
+            ok = sum(v < 1 for v, _ in vals)
+            worst = max(vals)
+            add("reference: models ahead of OpenVINO (latency ratio < 1)", ts,
+                f"{ok}/{len(vals)}; worst {worst[0]:.2f}x ({worst[1]})", "(reference)", None)
     # layer speed ratios (> 1: ours faster), per thread count: a goal against PyTorch, a reference against MetaSchedule
     for key, target, goal in (
         ("vs_pytorch", "layers ahead of PyTorch eager (speed ratio > 1)", "> 1.00x each"),
@@ -205,7 +218,9 @@ def markdown(res: dict, an: dict) -> str:
         "",
         "Method: engines of a layer/model timed interleaved in one process at the same thread count (see scripts/bench_x86.py's "
         "docstring). Speed ratio = onnxruntime (or PyTorch) ms / ours ms (> 1: ours faster); latency ratio = ours ms / "
-        "onnxruntime ms (< 1: ours faster). GFLOP/s counts direct-convolution FLOPs, also for Winograd.",
+        "onnxruntime (OpenVINO, PyTorch) ms (< 1: ours faster). GFLOP/s counts direct-convolution FLOPs, also for "
+        "Winograd. OpenVINO (models only, when installed): CPU plugin, INFERENCE_PRECISION_HINT=f32, latency hint, "
+        "same thread count.",
         "",
         "## Targets (issue 3)",
         "",
@@ -213,21 +228,32 @@ def markdown(res: dict, an: dict) -> str:
         "",
         "## Models",
         "",
-        "| model | threads | convpipe auto ms | convpipe tuned ms | convpipe NCHW ms | onnxruntime ms | PyTorch ms | "
-        "ours / ORT latency | ours / PyTorch latency | compile s (auto) | max rel err vs ORT |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | threads | convpipe auto ms | convpipe tuned ms | convpipe NCHW ms | onnxruntime ms | OpenVINO ms | "
+        "PyTorch ms | ours / ORT latency | ours / OpenVINO latency | ours / PyTorch latency | compile s (auto) | "
+        "max rel err vs ORT | OpenVINO max rel err vs ORT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ts in sorted(an["models"], key=int):
         for r in an["models"][ts]:
             c = r["compile"].get("convpipe", {})
             chk = r["check"].get("convpipe", {})
+            ovc = r["check"].get("openvino", {})
+            ov_ms = fmt(r.get("ov_ms")) if r.get("ov_ms") is not None else (r.get("ov_skipped") or "—").split(":")[0]
+            if r.get("ov_ms") is not None and r.get("ov_threads") not in (None, int(ts)):
+                ov_ms += f" ({r['ov_threads']} thr)"
+            ov_err = fmt(ovc.get("max_rel_err"), ".1e") + ("" if ovc.get("within", True) else " MISMATCH")
             out.append(
                 f"| {r['model']} | {ts} | {fmt(r['auto_ms'])} | {fmt(r['tuned_ms'])} | {fmt(r.get('nchw_ms'))} | "
-                f"{fmt(r['ort_ms'])} | "
-                f"{fmt(r['pytorch_ms'])} | {fmt(r['lat_vs_ort'], '.3f')} | {fmt(r['lat_vs_pytorch'], '.3f')} | "
-                f"{fmt(c.get('wall_s'), '.1f')} | {fmt(chk.get('max_rel_err'), '.1e')} |"
+                f"{fmt(r['ort_ms'])} | {ov_ms} | "
+                f"{fmt(r['pytorch_ms'])} | {fmt(r['lat_vs_ort'], '.3f')} | {fmt(r.get('lat_vs_ov'), '.3f')} | "
+                f"{fmt(r['lat_vs_pytorch'], '.3f')} | "
+                f"{fmt(c.get('wall_s'), '.1f')} | {fmt(chk.get('max_rel_err'), '.1e')} | {ov_err} |"
                 + (f" failed: {r['failed']}" if r["failed"] else "")
             )
+    ov_failed = sorted({(r["model"], r["ov_skipped"]) for rows in an["models"].values() for r in rows
+                        if (r.get("ov_skipped") or "").startswith("failed")})
+    if ov_failed:
+        out += ["", "OpenVINO failed: " + "; ".join(f"{m}: {why[len('failed: '):]}" for m, why in ov_failed)]
     for ts in sorted(an["layers"], key=int):
         pk = peak.get(ts, {}).get("gflops")
         out += [
@@ -311,7 +337,7 @@ def plots(res: dict, an: dict, out_dir: str) -> list[str]:
         for ax, ts in zip(axes[0], mts):
             rows = an["models"][ts]
             engines = [("convpipe auto", "auto_ms"), ("convpipe tuned", "tuned_ms"), ("onnxruntime", "ort_ms"),
-                       ("PyTorch eager", "pytorch_ms")]
+                       ("OpenVINO", "ov_ms"), ("PyTorch eager", "pytorch_ms")]
             engines = [e for e in engines if any(r.get(e[1]) for r in rows)]
             width = 0.8 / max(1, len(engines))
             for j, (label, key) in enumerate(engines):

@@ -1,4 +1,5 @@
-"""x86 benchmark: convpipe vs onnxruntime vs PyTorch eager (vs TVM MetaSchedule), per conv layer and end to end.
+"""x86 benchmark: convpipe vs onnxruntime vs PyTorch eager (vs TVM MetaSchedule), per conv layer, and end to end
+also vs OpenVINO (when installed).
 
 The evidence for issue 3 ("x86 performance: beat onnxruntime end to end").
 
@@ -33,8 +34,11 @@ What is measured
   output, fp32) is at least ``--compute-bound-ai`` (default 16 FLOP/B).
 - **Models**: ``compile_model(onnx, schedule="auto")`` (and with ``--db``; and ``layout="nchw"``, the network
   kept in NCHW, to show what the blocked layout buys), timed with ``compiler.bench``'s
-  ``model_engines`` next to onnxruntime on the same ONNX and the PyTorch model; compile time of the no-tuning
-  build is recorded; convpipe's output is checked against onnxruntime's.
+  ``model_engines`` next to onnxruntime on the same ONNX, OpenVINO on the same ONNX when the ``openvino``
+  package is installed (``compiler.bench.openvino_runner``: CPU plugin, ``INFERENCE_PRECISION_HINT=f32``,
+  latency hint, ``INFERENCE_NUM_THREADS = N``, no hyper-threading, no pinning) and the PyTorch model; compile
+  time of the no-tuning build is recorded; convpipe's and OpenVINO's outputs are checked against onnxruntime's.
+  The layer suite has no OpenVINO column.
 
 Method
 ------
@@ -42,9 +46,10 @@ Engines of one layer (or one model) are timed together by ``compiler.bench.side_
 calibrated to ``round_s`` per round, then rounds run the engines in turn (A B C A B C ...), so the machine's noise
 hits all alike; the figure is the median over rounds of the mean latency per call. Every engine uses the same
 thread count N: ``TVM_NUM_THREADS`` (read once per process, when TVM's pool starts), onnxruntime's
-``intra_op_num_threads`` and ``torch.set_num_threads``. Hence each thread count runs in a fresh subprocess (this
-script re-invokes itself with ``--worker N``). Kernels and model artifacts built by the first worker are reused
-by the next (same target; only the thread pool differs).
+``intra_op_num_threads``, OpenVINO's ``INFERENCE_NUM_THREADS`` (OpenVINO uses at most the cores it may run on: the
+model record says how many it ran, ``openvino.threads``) and ``torch.set_num_threads``. Hence each thread count
+runs in a fresh subprocess (this script re-invokes itself with ``--worker N``). Kernels and model artifacts built by
+the first worker are reused by the next (same target; only the thread pool differs).
 
 How to run
 ----------
@@ -225,9 +230,10 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def versions() -> dict:
-    """Versions of python, tvm, onnxruntime, torch, numpy, onnx and convpipe (those importable), as strings."""
+    """Versions of python, tvm, onnxruntime, openvino, torch, numpy, onnx and convpipe (those importable), as
+    strings."""
     out = {"python": platform.python_version()}
-    for mod in ("tvm", "onnxruntime", "torch", "numpy", "onnx"):
+    for mod in ("tvm", "onnxruntime", "openvino", "torch", "numpy", "onnx"):
         try:
             out[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001
@@ -527,13 +533,17 @@ def run_layers(args, threads, target, rules, db, onnx_paths, rounds, round_s, wo
 # ---------------------------------------------------------------------------------------------------------------
 def run_models(args, threads, target, db, models, onnx_paths, torch_models, inputs, rounds, round_s, work) -> list[dict]:
     """Compile each model (auto, NCHW, and tuned with ``db``), check it against onnxruntime, and time it next to
-    onnxruntime and PyTorch at ``threads`` threads. One record per model (timings in ms, compile seconds); a
-    failing variant is recorded, not raised."""
+    onnxruntime, OpenVINO (when installed; also checked against onnxruntime) and PyTorch at ``threads`` threads.
+    One record per model (timings in ms, compile seconds; ``openvino``: ``{"threads": the count it ran}``, or
+    ``{"skipped": "not installed"}``, or ``{"skipped": "failed: ..."}``); a failing variant is recorded, not
+    raised."""
     import numpy as np
 
-    from convpipe.compiler.bench import model_engines, side_by_side
+    from convpipe.compiler.bench import (OPENVINO_NOT_INSTALLED, check_against, model_engines, openvino_available,
+                                         openvino_runner, side_by_side)
     from convpipe.compiler.build import compile_model
     from convpipe.compiler.verify import run_onnxruntime
+    from convpipe.errors import ConvpipeError
     from convpipe.runtime import load
 
     out = []
@@ -585,6 +595,18 @@ def run_models(args, threads, target, db, models, onnx_paths, torch_models, inpu
 
             e = {"onnxruntime": lambda s=sess, i=inputs[name]: s.run(None, i), "pytorch": run_torch}
         engines["onnxruntime"] = e["onnxruntime"]
+        if not openvino_available():
+            rec["openvino"] = {"skipped": OPENVINO_NOT_INSTALLED}
+        else:
+            try:
+                ov_run = openvino_runner(onnx_paths[name], inputs[name], threads)
+                chk = check_against({k: v.copy() for k, v in ov_run().items()}, ref)
+                rec["check"]["openvino"] = {"max_rel_err": chk["max_rel_err"], "within": chk["within"]}
+                rec["openvino"] = {"threads": ov_run.threads}
+                engines["openvino"] = ov_run
+            except ConvpipeError as ex:
+                rec["openvino"] = {"skipped": f"failed: {ex}"}
+                log(f"[model] {name}: openvino FAILED: {ex}")
         engines["pytorch"] = e["pytorch"]
         rec["timing"] = side_by_side(engines, rounds=rounds, round_s=max(round_s, 0.3 if args.quick else 1.0))
         summary = "  ".join(f"{k} {t['median_ms']:.2f}ms" for k, t in rec["timing"].items())
