@@ -130,6 +130,12 @@ def fuse_epilogue(sch: s_tir.Schedule, out_block, kernel_scope_unchecked: bool =
         if len(consumers) != 1:
             rest.extend(consumers)
             break
+        wider = _broadcast_consumer(sch, consumers[0], producer)
+        if wider:  # e.g. the SE-block Mul of an excite conv's [N, C, 1, 1] output over [N, C, H, W]
+            _note_fallback(f"{sch.get(consumers[0]).name_hint} (after conv2d block {sch.get(producer).name_hint})",
+                           wider)
+            rest.extend(consumers)
+            break
         if not kernel_scope_unchecked or consumer_covered(sch, consumers[0]):
             outcome = _try_inline(sch, consumers[0], producer)
             if outcome == "done":
@@ -153,6 +159,32 @@ def fuse_epilogue(sch: s_tir.Schedule, out_block, kernel_scope_unchecked: bool =
         leftovers.append(b)
         rest.extend(sch.get_consumers(b))
     return leftovers
+
+
+def _elements(block) -> int | None:
+    """Elements of the buffer a block writes (its first), when its shape is constant."""
+    n = 1
+    for d in block.writes[0].source.shape:
+        if not isinstance(d, tirx.IntImm):
+            return None
+        n *= int(d.value)
+    return n
+
+
+def _broadcast_consumer(sch: s_tir.Schedule, consumer, producer) -> str | None:
+    """Why ``consumer`` is no epilogue of ``producer`` (``None`` when it may be one): it writes more elements than
+    the producer does, i.e. broadcasts the producer's output over a larger tensor (a squeeze-and-excitation
+    scale, an attention map). Inlining it would have to recompute the producer per element of the larger domain;
+    ``reverse_compute_inline`` fails inside on such a consumer (``InternalError: ... Cannot dispatch a null
+    expression``, TVM 0.27), so it runs as its own vectorised loop nest instead."""
+    c, p = sch.get(consumer), sch.get(producer)
+    if not c.writes or not p.writes:
+        return None
+    nc, np_ = _elements(c), _elements(p)
+    if nc is None or np_ is None or nc <= np_:
+        return None
+    return (f"it broadcasts the conv output ({np_} elements) over a larger tensor ({nc} elements), so it is not "
+            "an epilogue of this conv: it runs as its own vectorised loop nest")
 
 
 def consumer_covered(sch: s_tir.Schedule, consumer) -> bool:
