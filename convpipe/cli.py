@@ -241,10 +241,11 @@ def cmd_profile(args) -> int:
 
         inputs = random_inputs(_sized_infos(module.inputs, args.input_shape), args.seed)
     kernels, run_ms = module.profile(inputs, args.runs)
+    conv2d = module.manifest.get("conv2d") if "dynamic" not in module.manifest else None
     if args.json:
-        print(json.dumps(report.profile_json(kernels, run_ms), indent=1))
+        print(json.dumps(report.profile_json(kernels, run_ms, conv2d, args.peak), indent=1))
         return 0
-    report.print_profile(report.console(), args.artifact, kernels, run_ms, args.runs, args.top)
+    report.print_profile(report.console(), args.artifact, kernels, run_ms, args.runs, args.top, conv2d, args.peak)
     return 0
 
 
@@ -466,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="CPU threads for TVM's pool (default: TVM's own)")
     s.add_argument("--top", type=int, default=25, help="kernels listed (the rest summed in one row)")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--peak", type=float, metavar="GFLOPS",
+                   help="the machine's FMA peak at this thread count (e.g. from scripts/fma_peak.c): adds %% of peak")
     _add_sha_arg(s)
     s.set_defaults(func=cmd_profile)
 

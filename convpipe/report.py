@@ -13,6 +13,7 @@ the functions that build tables, so the runtime-only install can still format a 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 # ------------------------------------------------------------------------------------------------------------
@@ -247,28 +248,78 @@ def kernel_kind(name: str) -> str:
     return next((kind for key, kind in KERNEL_KINDS if key in name), "element-wise/other")
 
 
-def profile_json(kernels, run_ms: float) -> dict:
-    """``profile --json``: the instrumented run's mean ms and every :class:`convpipe.runtime.KernelTime` with its
-    kind."""
-    return {"run_ms": run_ms, "kernels": [
-        {"name": k.name, "kind": kernel_kind(k.name), "calls": k.calls, "ms": k.ms} for k in kernels]}
+def conv_kernel_flops(conv2d: list[dict]) -> dict[str, tuple[float, list[int]]]:
+    """From a manifest's ``conv2d`` list: ``{conv kernel name (e.g. conv2d_winograd_10): (GFLOP per call, [layer
+    #, ...])}``. GFLOP is the conv's nominal ``2 * N*K*OH*OW * C/groups*KH*KW`` (direct-equivalent for Winograd)."""
+    out: dict[str, tuple[float, list[int]]] = {}
+    for layer in conv2d:
+        gflop, idx = out.get(layer["kernel"], (layer["gflop"], []))
+        out[layer["kernel"]] = (gflop, idx + [layer["index"]])
+    return out
 
 
-def profile_table(kernels, title: str, top: int):
-    """``profile``'s kernel table: the ``top`` slowest kernels (calls, ms and share of the kernels' time per run),
-    the rest summed in one row."""
+def _conv_of(name: str, flops: dict) -> tuple[float, list[int]] | None:
+    """The conv kernel a (fused) kernel symbol runs: ``fused_conv2d_winograd_10_add7_relu4`` ->
+    ``conv2d_winograd_10``'s entry (whole ``_``-separated tokens, so ``..._1`` is not ``..._10``)."""
+    for kernel, entry in flops.items():
+        if re.search(rf"(?:^|_){re.escape(kernel)}(?:_|$)", name):
+            return entry
+    return None
+
+
+def _layers_text(idx: list[int]) -> str:
+    return ",".join(map(str, idx)) if len(idx) <= 4 else f"{idx[0]},{idx[1]},...,{idx[-1]} ({len(idx)})"
+
+
+def profile_rows(kernels, run_ms: float, conv2d: list[dict] | None = None, peak: float | None = None) -> list[dict]:
+    """One dict per :class:`convpipe.runtime.KernelTime` (sorted as given): ``name``, ``kind``, ``calls``, ``ms``
+    (per run), ``pct`` (of the kernels' time) and, for a conv kernel found in the manifest's ``conv2d`` list,
+    ``layers`` (conv layer numbers), ``gflops`` (GFLOP/s: nominal FLOPs of its calls / its time) and, given
+    ``peak`` (the machine's FMA peak in GFLOP/s at the run's thread count), ``pct_peak``."""
+    total = sum(k.ms for k in kernels) or 1e-12
+    flops = conv_kernel_flops(conv2d or [])
+    rows = []
+    for k in kernels:
+        row = {"name": k.name, "kind": kernel_kind(k.name), "calls": k.calls, "ms": k.ms, "pct": 100 * k.ms / total}
+        conv = _conv_of(k.name, flops) if row["kind"] == "conv2d" else None
+        if conv is not None and k.ms > 0:
+            row["layers"] = conv[1]
+            row["gflops"] = conv[0] * k.calls / (k.ms / 1e3)
+            if peak:
+                row["pct_peak"] = 100 * row["gflops"] / peak
+        rows.append(row)
+    return rows
+
+
+def profile_json(kernels, run_ms: float, conv2d: list[dict] | None = None, peak: float | None = None) -> dict:
+    """``profile --json``: the instrumented run's mean ms and every kernel (:func:`profile_rows`)."""
+    return {"run_ms": run_ms, "peak_gflops": peak, "kernels": profile_rows(kernels, run_ms, conv2d, peak)}
+
+
+def profile_table(kernels, title: str, top: int, conv2d: list[dict] | None = None, peak: float | None = None,
+                  run_ms: float = 0.0):
+    """``profile``'s kernel table: the ``top`` slowest kernels (calls, ms and share of the kernels' time per run;
+    for conv kernels the conv layer numbers, GFLOP/s and, given ``peak``, % of the FMA peak), the rest summed in
+    one row."""
     from rich.table import Table
 
-    total = sum(k.ms for k in kernels) or 1e-12
+    rows = profile_rows(kernels, run_ms, conv2d, peak)
     t = Table(title=title, title_justify="left")
-    for col, just in (("kernel", "left"), ("kind", "left"), ("calls", "right"), ("ms", "right"), ("%", "right")):
+    cols = [("kernel", "left"), ("kind", "left"), ("conv #", "left"), ("calls", "right"), ("ms", "right"),
+            ("%", "right"), ("GFLOP/s", "right")] + ([("% peak", "right")] if peak else [])
+    for col, just in cols:
         t.add_column(col, justify=just)
-    for k in kernels[:top]:
-        t.add_row(k.name, kernel_kind(k.name), f"{k.calls:g}", f"{k.ms:.3f}", f"{100 * k.ms / total:.1f}")
-    if len(kernels) > top:
-        rest = kernels[top:]
-        t.add_row(f"({len(rest)} more)", "", f"{sum(k.calls for k in rest):g}", f"{sum(k.ms for k in rest):.3f}",
-                  f"{100 * sum(k.ms for k in rest) / total:.1f}")
+    for r in rows[:top]:
+        cells = [r["name"], r["kind"], _layers_text(r["layers"]) if "layers" in r else "", f"{r['calls']:g}",
+                 f"{r['ms']:.3f}", f"{r['pct']:.1f}", f"{r['gflops']:.1f}" if "gflops" in r else ""]
+        if peak:
+            cells.append(f"{r['pct_peak']:.0f}" if "pct_peak" in r else "")
+        t.add_row(*cells)
+    if len(rows) > top:
+        rest = rows[top:]
+        t.add_row(f"({len(rest)} more)", "", "", f"{sum(r['calls'] for r in rest):g}",
+                  f"{sum(r['ms'] for r in rest):.3f}", f"{sum(r['pct'] for r in rest):.1f}", "",
+                  *([""] if peak else []))
     return t
 
 
@@ -287,11 +338,16 @@ def profile_summary(kernels, run_ms: float) -> list[str]:
     ]
 
 
-def print_profile(con, artifact: str, kernels, run_ms: float, runs: int, top: int) -> None:
+def print_profile(con, artifact: str, kernels, run_ms: float, runs: int, top: int, conv2d: list[dict] | None = None,
+                  peak: float | None = None) -> None:
     """``convpipe profile``: the kernel table (:func:`profile_table`) and its summary (:func:`profile_summary`)."""
-    con.print(profile_table(kernels, f"profile {artifact}: per run, mean of {runs} runs", top))
+    con.print(profile_table(kernels, f"profile {artifact}: per run, mean of {runs} runs", top, conv2d, peak, run_ms))
     for line in profile_summary(kernels, run_ms):
         con.print(line)
+    if conv2d:
+        con.print("GFLOP/s: the conv's nominal FLOPs (direct-equivalent for Winograd) per second of the kernel"
+                  + (f"; % peak of {peak:g} GFLOP/s (--peak)" if peak else "; give --peak GFLOPS (e.g. from "
+                     "scripts/fma_peak.c at this thread count) for % of the FMA peak"))
 
 
 # ------------------------------------------------------------------------------------------------------------

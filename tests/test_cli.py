@@ -120,6 +120,19 @@ def test_profile(work):
     # which kind leads depends on the machine's load (tiny kernels): only that conv2d is among the kinds
     assert "by kind:" in text and "conv2d" in text.split("by kind:")[1] and "of an instrumented run of" in text, text
     user_error(run("profile", art, "--runs", "0", ok=False), "runs: expected at least 1, got 0")
+    # conv kernels carry their conv layer numbers and GFLOP/s (nominal FLOPs / time), and % of a given peak
+    rep = json.loads(run("profile", art, "--runs", "3", "--json", "--peak", "100").stdout)
+    with open(os.path.join(art, "manifest.json")) as f:
+        layers = json.load(f)["conv2d"]
+    convs = [k for k in rep["kernels"] if k["kind"] == "conv2d"]
+    assert sorted(i for k in convs for i in k["layers"]) == [layer["index"] for layer in layers]
+    for k in convs:
+        gflop = next(layer["gflop"] for layer in layers if layer["index"] == k["layers"][0])
+        assert k["gflops"] == pytest.approx(gflop * k["calls"] / (k["ms"] / 1e3))
+        assert k["pct_peak"] == pytest.approx(k["gflops"])  # of a 100 GFLOP/s peak
+    assert rep["peak_gflops"] == 100
+    text = " ".join(run("profile", art, "--runs", "2", "--peak", "100").stdout.split())
+    assert "GFLOP/s" in text and "% peak" in text and "conv #" in text
 
 
 def test_bench_artifact_and_onnx(work):
