@@ -12,10 +12,10 @@ Fallback (a family that does not support a layer): depthwise layers -> ``depthwi
 ``auto`` heuristic (documented, unmeasured; measured choice is ``convpipe tune``):
 
 - depthwise (``groups == C``) -> ``depthwise``;
-- Winograd shape (3x3, stride 1, dilation 1, groups 1) with ``C >= 16``, ``K >= 16`` and an output of at least
-  7x7 -> ``winograd`` (F(4x4, 3x3) does 4x fewer multiplies in its element-wise stage, F(2x2, 3x3) -- the
-  rule's default up to 8x8 outputs -- 2.25x; measured on the 512->512 7x7 ResNet layer: F(2,3) 1.38 ms vs
-  direct 2.0 ms at 1 thread; smaller outputs do not amortise the transforms);
+- Winograd shape (3x3, stride 1, dilation 1, groups 1) with ``C >= 16``, ``K >= 16`` and an output edge of at
+  least the target rule's ``auto_min_output`` -> ``winograd`` (F(4x4, 3x3) does 4x fewer multiplies in its
+  element-wise stage, F(2x2, 3x3) 2.25x). CPU rules: 14 (below, the Winograd weight streams from memory inside
+  a network: :attr:`convpipe.schedules.cpu.WinogradCpu.auto_min_output` has the measurements); CUDA: 7;
 - other ``groups == 1`` -> ``direct``;
 - other grouped convs -> ``im2col``.
 """
@@ -52,9 +52,10 @@ def auto_family(wl: Conv2dWorkload, rules: dict[str, Conv2dRule], target: Target
         and rules["winograd"].supports(wl, target)
         and wl.in_channels >= 16
         and wl.out_channels >= 16
-        and min(wl.out_h, wl.out_w) >= 7
+        and min(wl.out_h, wl.out_w) >= rules["winograd"].auto_min_output
     ):
-        return "winograd", "auto: 3x3 stride-1 conv, C,K >= 16, output >= 7x7"
+        edge = rules["winograd"].auto_min_output
+        return "winograd", f"auto: 3x3 stride-1 conv, C,K >= 16, output >= {edge}x{edge}"
     fam = fallback_family(wl, rules, target)
     return fam, f"auto: {'groups=1' if fam == 'direct' else 'grouped conv'} -> {fam}"
 

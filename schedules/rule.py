@@ -335,6 +335,11 @@ class WinogradFamily(Conv2dRule):
 
     family = "winograd"
 
+    #: The smallest output edge (pixels) from which the ``auto`` selection (``compiler/select.py``) prefers this
+    #: family to a direct conv on the target: its transforms and its weight, ``(m + 2)^2 / 9`` times a direct
+    #: conv's, must be amortised over enough output tiles.
+    auto_min_output = 7
+
     def family_reason(self, wl: Conv2dWorkload) -> str | None:
         """A 3x3, stride-1, dilation-1, groups-1 conv (:meth:`.workload.Conv2dWorkload.is_winograd_shape`)."""
         if not wl.is_winograd_shape():

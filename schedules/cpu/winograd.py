@@ -83,6 +83,15 @@ class WinogradCpu(WinogradFamily, CpuRule):
     #: The output tile edges m of F(m x m, 3 x 3) this rule builds (those with a measured :data:`ERROR_BOUND`).
     M_VALUES = tuple(sorted(ERROR_BOUND))
 
+    #: On a CPU, Winograd pays inside a network from 14 x 14 outputs. Below, its packed weight U (``16 C K``
+    #: floats for F(2, 3): 16 MB on ResNet's 512-channel 7 x 7 layers) no longer stays in cache between calls
+    #: and is reused by only 16 tiles (a direct conv reuses its 9.4 MB weight over 49 pixels), so it streams from
+    #: memory: alone, the 512 x 7 x 7 layer ran F(2, 3) 1.66 ms vs direct 1.73 ms, inside ResNet-18 F(2, 3) took
+    #: 3.3-4.1 ms a call (55-69 GFLOP/s direct-equivalent). Measured end to end (Intel Xeon, AVX-512, 2026-11-30;
+    #: ms, 1 / 2 threads, min output edge for Winograd 7 -> 14 -> 28): ResNet-18 26.3 / 15.5 -> 23.3 / 13.3 ->
+    #: 22.8 / 13.6; ResNet-50 65.6 / 34.0 -> 62.9 / 33.0 -> 61.9 / 33.3.
+    auto_min_output = 14
+
     def knob_space(self, wl: Conv2dWorkload, target: TargetInfo):
         """``m``: 2, 4 or 6 (:attr:`M_VALUES`); ``oc_block``: 1 .. 4 x lanes (up to four vectors of output channels;
         K is zero-padded up to it); ``p_tile``: 1 .. the number of vector registers; together a register tile of
