@@ -224,6 +224,8 @@ def markdown(report: dict) -> str:
         "",
         f"**{report['summary']}**",
         "",
+        *[f"- {note}" for note in report.get("notes", [])],
+        *([""] if report.get("notes") else []),
         "| model | input | status | export s | compile s | max abs err | max rel err | conv2d families | fallbacks | error |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
