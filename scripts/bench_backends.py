@@ -2,8 +2,8 @@
 side by side, on this CPU (issue 13).
 
 Fairness, as in every convpipe benchmark: each engine runs in its own process (``--worker``), with its own
-defaults and the same thread count (``set_threads``: TVM, OpenMP and PyTorch pools at ``--threads``, none
-spinning); the parent alternates the engines round by round (A B C A B C ...), each round about ``--round-s``
+defaults and the same thread count (``set_threads``: TVM, OpenMP and PyTorch pools at ``--threads``; PyTorch's
+OpenMP pool passive, TVM's pool with its own defaults, spinning and pinned, as onnxruntime's and OpenVINO's); the parent alternates the engines round by round (A B C A B C ...), each round about ``--round-s``
 seconds of back-to-back calls, and reports the median over rounds of the per-call latency (ms) and ratios to eager.
 Compile time is the first call's wall time (Dynamo capture + backend compile). Every engine's output is compared
 with eager PyTorch's (max |diff| / max |eager|). The report records the CPU model, ISA, measured FMA peak and
@@ -28,17 +28,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-ENGINES = ("eager", "inductor", "convpipe")
+ENGINES = ("eager", "inductor", "convpipe", "convpipe-artifact", "onnxruntime", "openvino")
+#: engines run by default (onnxruntime and OpenVINO, the deployment anchors, with ``--engines``)
+DEFAULT_ENGINES = ("eager", "inductor", "convpipe")
 DEFAULT_MODELS = "resnet18,resnet50,mobilenet_v2,pnet,rnet,onet"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated names of convpipe's zoo")
-    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ", ".join(ENGINES))
+    p.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
+                   help="comma-separated subset of " + ", ".join(ENGINES) + " (onnxruntime and openvino run the model "
+                        "exported by convpipe export, with their own defaults at --threads)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--round-s", type=float, default=0.25, help="seconds of calls per engine per round")
+    p.add_argument("--settle-s", type=float, default=0.3,
+                   help="idle seconds before each engine's round: thread pools that spin after their work "
+                        "(TVM's, onnxruntime's, OpenVINO's) stop before the next engine runs (default 0.3)")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "perf", "backends"), help="report directory")
     p.add_argument("--no-machine", action="store_true", help="skip the FMA-peak and bandwidth probes")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
@@ -53,6 +60,9 @@ def worker(args: argparse.Namespace) -> int:
     from convpipe.compiler.bench import set_threads
 
     set_threads(args.threads)  # before torch and TVM start their pools
+    if args.worker.startswith("convpipe"):  # its own process: TVM's own pool defaults (spinning, pinned threads),
+        os.environ.pop("TVM_THREAD_POOL_SPIN_COUNT", None)  # as onnxruntime and OpenVINO keep theirs; set_threads
+        os.environ.pop("TVM_BIND_THREADS", None)  # turns both off for engines sharing one process
     import numpy as np
     import torch
 
@@ -66,6 +76,8 @@ def worker(args: argparse.Namespace) -> int:
         ref = model(x)
     if args.worker == "eager":
         fn = model
+    elif args.worker in ("convpipe-artifact", "onnxruntime", "openvino"):  # the exported ONNX, run by that engine
+        fn = _onnx_engine(args.worker, model, x, args.threads)
     else:
         import warnings
 
@@ -98,6 +110,59 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx_engine(engine: str, model, x, threads: int):
+    """``fn(x) -> torch.Tensor | tuple``: the convpipe artifact compiled from it with default flags and run by
+    :meth:`convpipe.runtime.Module.run` (NumPy in and out, no Dynamo), onnxruntime (CPU provider, its default graph
+    optimisations and spinning,
+    ``intra_op_num_threads = threads``) or OpenVINO (:func:`convpipe.compiler.bench.openvino_runner`: CPU plugin,
+    f32, latency hint, ``threads``) on the model exported to ONNX by :func:`convpipe.compiler.export.export_onnx`.
+    The input is bound once (OpenVINO shares its memory); every call runs the model on it."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from convpipe.compiler.export import export_onnx
+
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-backends-"), "model.onnx")
+    names = export_onnx(model, tuple(x.shape), path)
+    feed = {"input": np.ascontiguousarray(x.numpy())}
+    if engine == "convpipe-artifact":  # the deployment path: convpipe compile, then the runtime's Module.run
+        from convpipe.compiler.build import compile_model
+        from convpipe.runtime import load
+
+        art = os.path.join(os.path.dirname(path), "model.cpa")
+        compile_model(path, art)
+        module = load(art, threads=threads)
+
+        def run():
+            out = module.run(feed)
+            return [out[n] for n in names]
+    elif engine == "onnxruntime":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+        def run():
+            return sess.run(names, feed)
+    else:
+        from convpipe.compiler.bench import openvino_runner
+
+        runner = openvino_runner(path, feed, threads)
+
+        def run():
+            out = runner()
+            return [out[n] for n in names]
+
+    def fn(_x):
+        outs = [torch.from_numpy(np.asarray(o)) for o in run()]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    return fn
+
+
 def _start(engine: str, model: str, args) -> subprocess.Popen:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--model", model,
            "--threads", str(args.threads)]
@@ -128,6 +193,7 @@ def bench_model(model: str, engines: list[str], args) -> dict:
     samples = {e: [] for e in ready}
     for r in range(args.rounds):
         for e in ready:
+            time.sleep(args.settle_s)  # the previous engine's pool stops spinning before this one runs
             procs[e].stdin.write(f"round {n[e]}\n")
             procs[e].stdin.flush()
             samples[e].append(_reply(procs[e], f"{model}/{e}")["ms"])
@@ -150,7 +216,9 @@ def markdown(report: dict) -> str:
     from machine import describe
 
     engines = report["engines"]
-    lines = ["# PyTorch eager vs inductor vs the convpipe `torch.compile` backend", "",
+    compiled = [e for e in engines if e in ("inductor", "convpipe")]  # compile s = their first call
+    names = {"convpipe": "the convpipe `torch.compile` backend", "convpipe-artifact": "the convpipe artifact (Module.run)"}
+    lines = ["# " + " vs ".join(names.get(e, e) for e in engines), "",
              f"Generated by `scripts/bench_backends.py` on {report['created']}. {describe(report['machine'])}", "",
              f"{report['threads']} thread(s), each engine in its own process, engines alternated over "
              f"{report['rounds']} rounds of ~{report['round_s']} s; median per-call latency in ms (lower is "
@@ -158,22 +226,34 @@ def markdown(report: dict) -> str:
              "(Dynamo capture + backend compile); max rel = max |out - eager| / max |eager|.", "",
              "| model | " + " | ".join(f"{e} ms" for e in engines) + " | "
              + " | ".join(f"{e} / eager" for e in engines if e != "eager") + " | "
-             + " | ".join(f"{e} compile s" for e in engines if e != "eager") + " | max rel |",
-             "|---|" + "---|" * (len(engines) + 2 * (len(engines) - 1) + 1)]
+             + "".join(f"{e} compile s | " for e in compiled) + "max rel |",
+             "|---|" + "---|" * (len(engines) + (len(engines) - 1) + len(compiled) + 1)]
     for row in report["results"]:
         es = row["engines"]
         eager = es.get("eager", {}).get("median_ms")
         ms = [f"{es[e]['median_ms']:.2f}" if "median_ms" in es[e] else "failed" for e in engines]
         ratios = [f"{es[e]['median_ms'] / eager:.2f}" if eager and "median_ms" in es[e] else "—"
                   for e in engines if e != "eager"]
-        comp = [f"{es[e]['compile_s']:.1f}" if "compile_s" in es[e] else "—" for e in engines if e != "eager"]
+        comp = [f"{es[e]['compile_s']:.1f}" if "compile_s" in es[e] else "—" for e in compiled]
         rel = max((es[e]["max_rel"] for e in engines if "max_rel" in es[e]), default=float("nan"))
         lines.append(f"| {row['model']} | " + " | ".join(ms) + " | " + " | ".join(ratios) + " | "
-                     + " | ".join(comp) + f" | {rel:.1e} |")
+                     + "".join(f"{c} | " for c in comp) + f"{rel:.1e} |")
     fails = [(row["model"], e, es["error"]) for row in report["results"] for e, es in row["engines"].items()
              if "error" in es]
     if fails:
         lines += ["", "Failures:", ""] + [f"- {m} / {e}: {err[:300]}" for m, e, err in fails]
+    ours = next((e for e in ("convpipe-artifact", "convpipe") if e in engines), None)
+    anchors = [a for a in ("onnxruntime", "openvino") if a in engines and ours]
+    if anchors:  # the deployment comparison: ours / each anchor (below 1: convpipe is faster)
+        lines += ["", f"{ours} / deployment engine (latency ratio; below 1: convpipe is faster):", "",
+                  "| model | " + " | ".join(f"{ours} / {a}" for a in anchors) + " |",
+                  "|---|" + "---|" * len(anchors)]
+        for row in report["results"]:
+            es = row["engines"]
+            cells = [f"{es[ours]['median_ms'] / es[a]['median_ms']:.2f}"
+                     if "median_ms" in es.get(ours, {}) and "median_ms" in es.get(a, {}) else "—"
+                     for a in anchors]
+            lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     lines += ["", "![latency ratios](backends.png)", ""]
     return "\n".join(lines)
 
