@@ -31,7 +31,7 @@ import numpy as np
 from convpipe.errors import ConvpipeError
 from convpipe.schedules import TargetInfo
 
-from .layout import Fallback
+from .layout import Fallback, one_line
 from .verify import NETWORK_ATOL, NETWORK_RTOL
 
 #: The Winograd caps tried in order: ``None`` the layers as selected, ``2`` F(2, 3) at most, ``0`` no Winograd.
@@ -163,14 +163,21 @@ def guard(build: Callable[[int | None], tuple], first: tuple, imported, onnx_pat
         att, refs = measure(first[4], imported, onnx_path, rtol, atol)
     except ConvpipeError as e:
         return first, {"checked": False, "why": f"onnxruntime could not run the model: {e}"}, []
-    attempts, builds = [att], [first]
+    except Exception as e:  # noqa: BLE001 -- the library failed here: the build stays, unguarded, and says why
+        return first, {"checked": False, "why": f"the built library could not be run here: {one_line(e)}"}, []
+    attempts, builds, stopped = [att], [first], None
     for cap in CAPS[1:]:
         if attempts[-1].ok:
             break
         if not any(layer.family == "winograd" and layer.knobs.get("m", 0) > cap for layer in builds[-1][1]):
             continue
-        nxt = build(cap)
-        att, _ = measure(nxt[4], imported, onnx_path, rtol, atol, refs)
+        try:
+            nxt = build(cap)
+            att, _ = measure(nxt[4], imported, onnx_path, rtol, atol, refs)
+        except Exception as e:  # noqa: BLE001 -- a rebuild that fails leaves the builds measured so far
+            stopped = f"the rebuild with Winograd capped at F({cap}, 3) failed: {one_line(e)}" if cap else \
+                f"the rebuild without Winograd failed: {one_line(e)}"
+            break
         att.cap = cap
         attempts.append(att)
         builds.append(nxt)
@@ -180,6 +187,8 @@ def guard(build: Callable[[int | None], tuple], first: tuple, imported, onnx_pat
     entry = {"checked": True, "reference": "onnxruntime (CPU, graph optimisations off)",
              "input": " and ".join(label for label, _ in guard_inputs(imported)), "rtol": rtol, "atol": atol,
              "attempts": [a.to_dict() for a in attempts], "kept": kept}
+    if stopped:
+        entry["stopped"] = stopped
     fallbacks = []
     if kept:
         a0 = attempts[0]

@@ -174,7 +174,7 @@ def accuracy_line(acc: dict | None) -> str | None:
                       + f" ({'ok' if a['ok'] else 'over'})" for a in acc["attempts"])
     kept = acc["attempts"][acc["kept"]]["winograd"]
     return (f"accuracy guard vs onnxruntime ({acc['input']}, tolerance {acc['rtol']:g}*max|ref|+{acc['atol']:g}): "
-            f"{tried}; kept: {kept}")
+            f"{tried}; kept: {kept}" + (f" ({acc['stopped']})" if acc.get("stopped") else ""))
 
 
 def _print_fallbacks(con, m: dict, indent: str = "") -> None:

@@ -339,7 +339,7 @@ _ACCURACY = _record(
     {"why": _text, "reference": _text, "input": _text, "rtol": _number(0.0), "atol": _number(0.0),
      "attempts": _list(_record({"winograd": _string, "max_abs": _error_or_null, "max_rel": _error_or_null,
                                 "ok": _bool})),
-     "kept": _int(0)},
+     "kept": _int(0), "stopped": _text},
     then=_accuracy_consistent,
 )
 

@@ -119,3 +119,22 @@ def test_guard_off_and_not_for_a_named_schedule(four_conv, tmp_path):
     res = compile_model(four_conv, str(tmp_path / "e.cpa"), schedule="winograd", tolerance=(1e-12, 0.0))
     assert res.manifest["accuracy"] == {"checked": False, "why": "--schedule winograd was asked for"}
     assert [layer["knobs"]["m"] for layer in res.manifest["conv2d"]] == [4, 4, 4, 4]
+
+
+def test_guard_keeps_the_build_when_a_rebuild_fails(four_conv, tmp_path, monkeypatch):
+    """A rebuild that fails inside TVM leaves the builds measured so far (the first one, here) and says why; the
+    compile does not fail."""
+    import convpipe.compiler.build as build
+
+    real = build.build_relax
+
+    def failing(*args, **kw):
+        if (args[7] if len(args) > 7 else kw.get("winograd_m_max")) is not None:
+            raise RuntimeError("InternalError: boom")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(build, "build_relax", failing)
+    res = build.compile_model(four_conv, str(tmp_path / "f.cpa"), tolerance=(1e-6, 0.0))
+    acc = res.manifest["accuracy"]
+    assert acc["kept"] == 0 and len(acc["attempts"]) == 1 and "boom" in acc["stopped"], acc
+    assert [layer["knobs"]["m"] for layer in res.manifest["conv2d"]] == [4, 4, 4, 4]
